@@ -1,0 +1,154 @@
+"""Command line: ``python -m app serve | pull | models | convert`` (also ``mlx-openai-server``).
+
+Flags are generated from :class:`app.config.Settings`, so every setting is a flag
+(``--max-body-bytes``), an env var (``MLX_SERVER_MAX_BODY_BYTES``) or a YAML key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from app.config import Settings
+
+log = logging.getLogger("app")
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML settings file (same keys as the flags)")
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = field.description or None
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=help_text)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if args.config:
+        os.environ["MLX_SERVER_CONFIG"] = args.config
+    given: dict[str, Any] = {
+        name: getattr(args, name)
+        for name in Settings.model_fields
+        if getattr(args, name, None) is not None
+    }
+    return Settings(**given)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _configure_backend(settings: Settings) -> None:
+    """Pick the BLAS before MLX is imported, then log what MLX will run on."""
+    from app.core.blas import configure_blas
+
+    report = configure_blas(settings.blas, settings.blas_threads)
+    import mlx.core as mx
+
+    log.info(
+        "MLX %s on %s; BLAS: %s (%s, threads %s) %s",
+        mx.__version__, mx.default_device(), report.backend, report.library or "-",
+        report.threads or "-", report.detail,
+    )
+
+
+def cmd_serve(settings: Settings) -> int:
+    _configure_backend(settings)
+    import uvicorn
+
+    from app.main import create_app
+
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def cmd_pull(settings: Settings, ids: list[str]) -> int:
+    from app.models.manager import resolve_model_path
+    from app.models.registry import ModelRegistry
+    from app.models.sources import ModelSourceError
+
+    registry = ModelRegistry.load(settings.models_file)
+    specs = [s for s in registry if not ids or s.id in ids or set(ids) & set(s.aliases)]
+    if ids and not specs:
+        print(f"no model named {', '.join(ids)} in the registry", file=sys.stderr)
+        return 2
+    status = 0
+    for spec in specs:
+        try:
+            path = resolve_model_path(spec, settings)
+        except ModelSourceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"{spec.id}: {path}")
+    return status
+
+
+def cmd_models(settings: Settings) -> int:
+    from app.models.registry import ModelRegistry
+
+    for spec in ModelRegistry.load(settings.models_file):
+        print(f"{spec.id:28} {spec.type:10} {','.join(spec.capabilities):22} {spec.source}")
+    return 0
+
+
+def cmd_convert(settings: Settings, model_id: str, out: Path) -> int:
+    """Write a registry language model out in mlx-lm format (e.g. for mlx_lm.server)."""
+    _configure_backend(settings)
+    from app.models.manager import load_language_model
+    from app.models.mlx_dir import save_mlx_dir
+    from app.models.registry import ModelRegistry
+
+    spec = ModelRegistry.load(settings.models_file).get(model_id)
+    if spec is None or spec.type != "lm":
+        print(f"no language model named {model_id!r}", file=sys.stderr)
+        return 2
+    save_mlx_dir(load_language_model(spec, settings), out)
+    print(out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mlx-openai-server", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    pull = sub.add_parser("pull", help="fetch registry models into the cache")
+    pull.add_argument("ids", nargs="*", help="model ids (default: all)")
+    models = sub.add_parser("models", help="list the registry")
+    convert = sub.add_parser("convert", help="write a language model in mlx-lm format")
+    convert.add_argument("--model", default="default")
+    convert.add_argument("--out", type=Path, required=True)
+    for p in (serve, pull, models, convert):
+        _add_settings_flags(p)
+    args = parser.parse_args(argv)
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    if args.command == "serve":
+        return cmd_serve(settings)
+    if args.command == "pull":
+        return cmd_pull(settings, args.ids)
+    if args.command == "models":
+        return cmd_models(settings)
+    return cmd_convert(settings, args.model, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.api.cancellation import ClientDisconnected, unless_disconnected
+from app.api.errors import request_context
+from app.api.sse import sse_response
+from app.handler.chat import ChatHandler
+from app.schemas.openai import ChatCompletion, ChatCompletionRequest
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    handler: ChatHandler = request.app.state.chat
+    ctx = request_context(request)
+    submission = await handler.prepare(body, ctx)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse_response(handler.stream(submission, ctx, include_usage), ctx)
+    try:
+        result = await unless_disconnected(request, handler.complete(submission, ctx))
+    except ClientDisconnected:
+        submission.cancel()
+        return Response(status_code=499)
+    return JSONResponse(result)

@@ -1,0 +1,93 @@
+"""Server settings: one pydantic-settings class, the single source of truth.
+
+Values come from (highest priority first) explicit keyword arguments (the CLI),
+environment variables ``MLX_SERVER_*``, an optional YAML file named by
+``MLX_SERVER_CONFIG`` / ``--config``, then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+def default_cache_dir() -> Path:
+    """Model cache root: ``$MLX_SERVER_CACHE_DIR`` or ``$XDG_CACHE_HOME/mlx-openai-server-lab``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "mlx-openai-server-lab"
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by ``MLX_SERVER_CONFIG`` (if any)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("MLX_SERVER_CONFIG")
+        if not path:
+            return {}
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping")
+        return data
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told. Field names double as CLI flags."""
+
+    model_config = SettingsConfigDict(env_prefix="MLX_SERVER_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    models_file: Path | None = Field(
+        None, description="YAML model registry; built-in defaults when unset"
+    )
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    offline: bool = Field(False, description="never call pip/hub to fetch a model")
+
+    # Start-up
+    preload: bool = Field(True, description="load models marked preload at start-up")
+    blas: Literal["auto", "openblas", "off"] = "auto"
+    blas_threads: int | None = Field(None, ge=1)
+    weights_dtype: Literal["auto", "float32", "float16", "bfloat16", "quantized"] = "auto"
+
+    # Limits (DESIGN.md section 7)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_tokens_default: int = Field(2048, ge=1, description="cap when a model sets none")
+    max_n: int = Field(8, ge=1)
+    max_messages: int = Field(1024, ge=1)
+    max_stop_sequences: int = Field(16, ge=1)
+    max_embedding_inputs: int = Field(2048, ge=1)
+    queue_depth: int = Field(256, ge=1, description="waiting requests per model")
+    queue_timeout_s: float = Field(600.0, gt=0)
+
+    # Engine
+    max_batch_size: int = Field(16, ge=1, description="sequences decoded together")
+    prefill_step_size: int = Field(512, ge=16)
+    prefix_cache_bytes: int = Field(512 * 1024 * 1024, ge=0)
+
+    # Embeddings micro-batching
+    embedding_batch_size: int = Field(32, ge=1)
+    embedding_batch_wait_ms: float = Field(5.0, ge=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))

@@ -1,0 +1,64 @@
+"""Per-request HTDI context: ids from headers (or the body's ``metadata``) and timing."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+REQUEST_ID_HEADER = "x-request-id"
+HOUSE_ID_HEADER = "x-house-id"
+
+
+def sane_id(value: str | None) -> str | None:
+    """Keep an id only if it is a plain token of at most 128 characters."""
+    if value and _SANE_ID.match(value):
+        return value
+    return None
+
+
+def new_request_id() -> str:
+    return f"req-{uuid.uuid4().hex}"
+
+
+@dataclass
+class RequestContext:
+    request_id: str
+    house_id: str | None = None
+    source: str | None = None
+    model: str | None = None
+    request_id_from_header: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    def apply_body_metadata(self, metadata: dict[str, Any] | None) -> None:
+        """Body ``metadata`` fills what the headers did not set (headers win)."""
+        if not metadata:
+            return
+        if not self.request_id_from_header and sane_id(str(metadata.get("requestId") or "")):
+            self.request_id = str(metadata["requestId"])
+        if self.house_id is None:
+            self.house_id = sane_id(str(metadata.get("houseId") or ""))
+        if self.source is None and isinstance(metadata.get("source"), str):
+            self.source = metadata["source"][:128]
+
+    def latency_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000.0, 3)
+
+    def htdi(self) -> dict[str, Any]:
+        return {
+            "requestId": self.request_id,
+            "houseId": self.house_id,
+            "source": self.source,
+            "latencyMs": self.latency_ms(),
+            "model": self.model,
+        }
+
+    def response_headers(self) -> dict[str, str]:
+        headers = {"X-Request-ID": self.request_id}
+        if self.house_id:
+            headers["X-House-ID"] = self.house_id
+        return headers

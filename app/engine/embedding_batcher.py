@@ -1,0 +1,268 @@
+"""Micro-batching for embedding requests.
+
+One :class:`EmbeddingBatcher` owns one worker thread that performs every MLX call for its
+model.  Coroutines call :meth:`EmbeddingBatcher.embed`; the worker gathers requests that
+arrive within ``max_wait_ms`` of the first one (or until ``max_batch_size`` sequences are
+queued), sorts all their sequences by length, and runs one padded forward pass per
+sub-batch.  Results go back to the event loop with ``loop.call_soon_threadsafe``.
+
+A failing forward pass that mixed several requests is retried request by request, so an
+error only fails the requests that actually cause it; the worker keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ForwardFn = Callable[[list[list[int]]], Sequence[Sequence[float]]]
+ValidateFn = Callable[[list[list[int]]], None]
+
+
+@dataclass
+class EmbeddingBatcherStats:
+    forward_passes: int = 0
+    failed_forward_passes: int = 0
+    requests_served: int = 0
+    requests_failed: int = 0
+    requests_cancelled: int = 0
+    sequences_embedded: int = 0
+    max_requests_in_pass: int = 0
+    max_sequences_in_pass: int = 0
+
+
+class _Request:
+    __slots__ = ("token_ids", "future", "loop", "results", "remaining", "error")
+
+    def __init__(self, token_ids: list[list[int]], future: asyncio.Future[Any], loop: Any) -> None:
+        self.token_ids = token_ids
+        self.future = future
+        self.loop: asyncio.AbstractEventLoop = loop
+        self.results: list[list[float] | None] = [None] * len(token_ids)
+        self.remaining = len(token_ids)
+        self.error: BaseException | None = None
+
+
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+_STOP = object()
+
+
+class EmbeddingBatcher:
+    """Gathers concurrent embedding requests into padded forward passes on one thread."""
+
+    def __init__(
+        self,
+        forward: ForwardFn,
+        *,
+        max_batch_size: int = 32,
+        max_wait_ms: float = 5.0,
+        validate: ValidateFn | None = None,
+        warmup: Callable[[], object] | None = None,
+        name: str = "embeddings",
+    ) -> None:
+        """``forward`` maps a list of token-id sequences to one vector per sequence and is
+        only ever called from the worker thread.  ``validate`` (optional) runs on the
+        caller's side before queueing and should raise ``ValueError`` for bad input.
+        ``warmup`` (optional) runs first on the worker thread; requests wait for it."""
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self._forward = forward
+        self._validate = validate
+        self._warmup = warmup
+        self.ready = threading.Event()  # set once warm-up has finished (or failed)
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
+        self.name = name
+        self.stats = EmbeddingBatcherStats()
+        self._stats_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lifecycle = threading.Lock()
+        self._stopping = False
+
+    @classmethod
+    def for_model(cls, model: Any, **kwargs: Any) -> EmbeddingBatcher:
+        """Batcher for a ``LoadedEmbeddingModel`` (``embed_token_ids``, validation, warm-up)."""
+        kwargs.setdefault("validate", model.validate_token_ids)
+        kwargs.setdefault("warmup", model.warmup)
+        return cls(model.embed_token_ids, **kwargs)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    def start(self) -> None:
+        with self._lifecycle:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stopping = False
+            self.ready.clear()
+            self._thread = threading.Thread(
+                target=self._run, name=f"{self.name}-batcher", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop the worker after the work already queued; later ``embed`` calls fail."""
+        with self._lifecycle:
+            thread = self._thread
+            if thread is None:
+                return
+            self._stopping = True
+            self._queue.put(_STOP)
+        thread.join(timeout)
+        with self._lifecycle:
+            if not thread.is_alive():
+                self._thread = None
+        self._fail_queued(RuntimeError(f"{self.name} batcher stopped"))
+
+    def stats_snapshot(self) -> dict[str, int]:
+        with self._stats_lock:
+            return asdict(self.stats)
+
+    # -- asyncio side --------------------------------------------------------------------
+    async def embed(self, token_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Embed sequences of token ids; one vector per sequence, in input order."""
+        batch = [list(ids) for ids in token_ids]
+        if not batch:
+            return []
+        if self._validate is not None:
+            self._validate(batch)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[list[float]]] = loop.create_future()
+        with self._lifecycle:  # so that no request lands behind the stop marker
+            if not self.running:
+                raise RuntimeError(f"{self.name} batcher is not running")
+            self._queue.put(_Request(batch, future, loop))
+        return await future
+
+    # -- worker thread -------------------------------------------------------------------
+    def _run(self) -> None:
+        if self._warmup is not None:
+            started = time.perf_counter()
+            try:
+                self._warmup()
+                logger.info("%s warm-up took %.2fs", self.name, time.perf_counter() - started)
+            except Exception:
+                logger.exception("%s batcher: warm-up failed (serving anyway)", self.name)
+        self.ready.set()
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            pending: list[_Request] = [item]
+            queued = len(item.token_ids)
+            stop_after = False
+            deadline = time.monotonic() + self.max_wait_s
+            while queued < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                try:
+                    if remaining > 0:
+                        item = self._queue.get(timeout=remaining)
+                    else:
+                        item = self._queue.get_nowait()  # only what is already queued
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop_after = True
+                    break
+                pending.append(item)
+                queued += len(item.token_ids)
+            try:
+                self._process(pending)
+            except Exception as exc:  # never let the worker die
+                logger.exception("%s batcher: unexpected error", self.name)
+                for req in pending:
+                    self._finish_error(req, exc)
+            if stop_after:
+                return
+
+    def _process(self, pending: list[_Request]) -> None:
+        live = []
+        for req in pending:
+            if req.future.cancelled():  # racy read is fine: only skips wasted work
+                self._count(requests_cancelled=1)
+            else:
+                live.append(req)
+        items = [(req, i) for req in live for i in range(len(req.token_ids))]
+        items.sort(key=lambda it: len(it[0].token_ids[it[1]]))
+        for start in range(0, len(items), self.max_batch_size):
+            self._run_pass(items[start : start + self.max_batch_size], retry=True)
+
+    def _run_pass(self, items: list[tuple[_Request, int]], *, retry: bool) -> None:
+        items = [(req, i) for req, i in items if req.error is None]
+        if not items:
+            return
+        requests = list(dict.fromkeys(req for req, _ in items))
+        try:
+            vectors = self._forward([req.token_ids[i] for req, i in items])
+            if len(vectors) != len(items):
+                raise RuntimeError(f"forward returned {len(vectors)} vectors for {len(items)}")
+        except Exception as exc:  # isolate failures per request
+            self._count(failed_forward_passes=1)
+            if retry and len(requests) > 1:
+                # Find the culprit(s): rerun each request on its own.
+                for req in requests:
+                    self._run_pass([it for it in items if it[0] is req], retry=False)
+            else:
+                for req in requests:
+                    self._finish_error(req, exc)
+            return
+        with self._stats_lock:
+            s = self.stats
+            s.forward_passes += 1
+            s.sequences_embedded += len(items)
+            s.max_requests_in_pass = max(s.max_requests_in_pass, len(requests))
+            s.max_sequences_in_pass = max(s.max_sequences_in_pass, len(items))
+        for (req, i), vec in zip(items, vectors, strict=True):
+            req.results[i] = vec if isinstance(vec, list) else list(vec)
+            req.remaining -= 1
+            if req.remaining == 0:
+                self._count(requests_served=1)
+                self._deliver(req, _set_result, req.results)
+
+    def _finish_error(self, req: _Request, exc: BaseException) -> None:
+        if req.error is not None:
+            return
+        req.error = exc
+        self._count(requests_failed=1)
+        self._deliver(req, _set_exception, exc)
+
+    @staticmethod
+    def _deliver(req: _Request, setter: Callable[..., None], value: Any) -> None:
+        try:
+            req.loop.call_soon_threadsafe(setter, req.future, value)
+        except RuntimeError:  # event loop already closed; nobody is waiting
+            pass
+
+    def _count(self, **deltas: int) -> None:
+        with self._stats_lock:
+            for key, delta in deltas.items():
+                setattr(self.stats, key, getattr(self.stats, key) + delta)
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP:
+                self._finish_error(item, exc)

@@ -1,0 +1,63 @@
+"""Per-request samplers and logits processors built on mlx-lm's sampling utilities.
+
+mlx-lm's samplers draw from MLX's global random state, so a seeded request would give
+different text depending on what else is in the batch. Seeded samplers here carry their
+own PRNG key instead, split once per step, which makes them batch-independent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import mlx.core as mx
+from mlx_lm.sample_utils import (
+    apply_min_p,
+    apply_top_k,
+    apply_top_p,
+    greedy_sampler,
+    make_logits_processors,
+)
+
+from app.engine.types import SamplingParams
+
+Sampler = Callable[[mx.array], mx.array]
+
+
+def make_request_sampler(params: SamplingParams) -> Sampler:
+    """Greedy requests share one sampler object so a batch of them samples in one call."""
+    if params.temperature == 0:
+        return greedy_sampler
+    filters: list[Callable[[mx.array], mx.array]] = []
+    if 0 < params.top_p < 1.0:
+        filters.append(lambda x: apply_top_p(x, params.top_p))
+    if params.min_p > 0:
+        filters.append(lambda x: apply_min_p(x, params.min_p))
+    if params.top_k > 0:
+        filters.append(lambda x: apply_top_k(x, params.top_k))
+    inv_temp = 1.0 / params.temperature
+    key = mx.random.key(params.seed) if params.seed is not None else None
+
+    def sample(logprobs: mx.array) -> mx.array:
+        nonlocal key
+        for apply in filters:
+            logprobs = apply(logprobs)
+        if key is None:
+            return mx.random.categorical(logprobs * inv_temp)
+        key, sub = mx.random.split(key)
+        return mx.random.categorical(logprobs * inv_temp, key=sub)
+
+    return sample
+
+
+def make_request_processors(params: SamplingParams) -> list:
+    """Penalties over the generated tokens (OpenAI semantics) and logit bias."""
+    context = max(params.max_tokens, 1)
+    return make_logits_processors(
+        logit_bias=dict(params.logit_bias) or None,
+        repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
+        repetition_context_size=context,
+        presence_penalty=params.presence_penalty or None,
+        presence_context_size=context,
+        frequency_penalty=params.frequency_penalty or None,
+        frequency_context_size=context,
+    )

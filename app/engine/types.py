@@ -1,0 +1,82 @@
+"""Plain data passed between the handler (event loop) and the engine (worker thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-sequence decoding controls; each sequence in a batch keeps its own."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass
+class TextDelta:
+    """New text for one sequence (may be empty while a stop string is held back)."""
+
+    text: str
+    token_id: int
+
+
+@dataclass
+class Finished:
+    """The last event of a sequence."""
+
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass
+class Failed:
+    """The sequence ended with an error; ``status`` is the HTTP status to report."""
+
+    message: str
+    status: int = 500
+    code: str = "internal_error"
+
+
+@dataclass
+class PrefillProgress:
+    """The prompt is still being processed; lets streams send keep-alives."""
+
+    done: int
+    total: int
+
+
+EngineEvent = TextDelta | Finished | Failed | PrefillProgress
+
+
+@dataclass(eq=False)
+class GenerationRequest:
+    """One sequence to generate. The engine pushes events onto ``events`` via ``loop``."""
+
+    prompt_tokens: list[int]
+    params: SamplingParams
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    request_id: str = ""
+    enqueued_at: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+
+    def push(self, event: EngineEvent) -> None:
+        """Thread-safe hand-off to the request's event loop."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # loop closed: the client is gone
+            self.cancelled = True

