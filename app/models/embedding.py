@@ -213,9 +213,10 @@ class LoadedEmbeddingModel:
     def warmup(self) -> None:
         """Trace the forward pass and build its kernels before the first request.
 
-        On Linux, MLX JIT-compiles fused CPU kernels with the system C++ compiler on first
-        use (~15 s for this graph on 2 cores; cached on disk under ``$TMPDIR/mlx``).
-        A batch of one row and one of several rows per stream cover all kernel variants.
+        With ``compile`` on Linux, MLX JIT-builds fused CPU kernels with the system C++
+        compiler on first use (~15 s for this graph on 2 cores; cached under
+        ``$TMPDIR/mlx``); on Metal it builds shaders.  One single-row batch and one with
+        several rows per stream cover all kernel variants.
         """
         seq = [min(1, self.vocab_size - 1)] * min(8, self.max_length)
         self.embed_arrays([seq])
@@ -268,14 +269,17 @@ def load_embedding_model(
     dtype: mx.Dtype = mx.float32,
     pad_to_multiple: int = 8,
     parallel_streams: int | None = None,
-    compile: bool = True,
+    compile: bool | None = None,
     cpu_kernels: bool | None = None,
 ) -> LoadedEmbeddingModel:
     """Load a sentence-transformers BERT directory.
 
     ``parallel_streams``: on CPU, split each batch over this many MLX streams (default:
     ``min(os.cpu_count(), 4)``; ignored on GPU).  ``cpu_kernels``: arithmetic-only GELU
-    and softmax (default: when MLX's default device is the CPU).
+    and softmax (default: when MLX's default device is the CPU).  ``compile``: wrap the
+    forward pass in ``mx.compile`` (default: GPU only; on the CPU it measured no faster
+    and MLX builds each fused kernel with the system C++ compiler on first use, ~15-30 s
+    for a fresh machine).
     """
     path = Path(path)
     config_raw = _read_json(path / "config.json")
@@ -295,8 +299,11 @@ def load_embedding_model(
     max_length = int(st_config.get("max_seq_length") or config.max_position_embeddings)
     max_length = min(max_length, config.max_position_embeddings)
 
+    on_cpu = mx.default_device() == mx.cpu
     if cpu_kernels is None:
-        cpu_kernels = mx.default_device() == mx.cpu
+        cpu_kernels = on_cpu
+    if compile is None:
+        compile = not on_cpu
     if parallel_streams is None:
         parallel_streams = min(os.cpu_count() or 1, 4)
     return LoadedEmbeddingModel(
@@ -310,5 +317,5 @@ def load_embedding_model(
         do_lower_case=bool(st_config.get("do_lower_case", False)),
         pad_to_multiple=pad_to_multiple,
         parallel_streams=max(1, parallel_streams),
-        compile=compile,
+        compile=bool(compile),
     )

@@ -122,11 +122,13 @@ class _Header:
 
 def read_header(path: Path) -> tuple[str | None, dict[str, str]]:
     """``(general.architecture, {tensor name: GGML type name})`` from a GGUF file."""
-    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        try:
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             return _Header(buf).read()
-        except (struct.error, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: truncated or corrupt GGUF header ({exc})") from exc
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: truncated or corrupt GGUF header ({exc})") from exc
+    except ValueError as exc:  # bad magic / version, or an empty file mmap refuses
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 def _check_header(path: Path, arch: str | None, types: dict[str, str]) -> None:

@@ -194,4 +194,21 @@ class ModelManager:
         return engine, loaded
 
     async def _start_embedding_model(self, spec: ModelSpec) -> tuple[Any, Any]:
-        raise NotImplementedError(f"embedding models are not served yet ({spec.id})")
+        from app.engine.embedding_batcher import EmbeddingBatcher
+        from app.models.embedding import load_embedding_model
+
+        def load() -> Any:
+            path = resolve_model_path(spec, self.settings)
+            return load_embedding_model(path)
+
+        loaded = await asyncio.to_thread(load)
+        batcher = EmbeddingBatcher.for_model(
+            loaded,
+            max_batch_size=self.settings.embedding_batch_size,
+            max_wait_ms=self.settings.embedding_batch_wait_ms,
+            name=spec.id,
+        )
+        batcher.start()
+        await asyncio.to_thread(batcher.ready.wait)
+        log.info("loaded embedding model %s (%d dimensions)", spec.id, loaded.dimensions)
+        return batcher, loaded

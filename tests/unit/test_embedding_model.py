@@ -231,8 +231,29 @@ def test_padding_invariance(tiny_dir: Path, streams: int) -> None:
     batch = model.embed_arrays(ids)
     for i, seq in enumerate(ids):
         np.testing.assert_allclose(model.embed_arrays([seq])[0], batch[i], atol=1e-5)
-    uncompiled = load_embedding_model(tiny_dir, compile=False, parallel_streams=1)
-    np.testing.assert_allclose(uncompiled.embed_arrays(ids), batch, atol=1e-5)
+
+
+# On the CPU, mx.compile JIT-builds ~24 kernels with g++ on a fresh machine (15-30 s).
+_COMPILE_OK = mx.default_device() != mx.cpu or os.environ.get("MLX_SERVER_TEST_COMPILE") == "1"
+
+
+@pytest.mark.skipif(not _COMPILE_OK, reason="CPU: set MLX_SERVER_TEST_COMPILE=1")
+def test_compiled_and_exact_kernels_agree(tiny_dir: Path) -> None:
+    """mx.compile and the stock GELU/SDPA kernels give the same vectors."""
+    ids = load_embedding_model(tiny_dir).tokenize(SENTENCES)
+    want = load_embedding_model(tiny_dir, compile=False, cpu_kernels=False).embed_arrays(ids)
+    for cpu_kernels in (False, True):
+        model = load_embedding_model(tiny_dir, compile=True, cpu_kernels=cpu_kernels)
+        np.testing.assert_allclose(model.embed_arrays(ids), want, atol=1e-5)
+        model.warmup()
+        np.testing.assert_allclose(model.embed_arrays(ids[:1])[0], want[0], atol=1e-5)
+
+
+def test_cpu_kernels_match_stock_kernels(tiny_dir: Path) -> None:
+    ids = load_embedding_model(tiny_dir).tokenize(SENTENCES)
+    stock = load_embedding_model(tiny_dir, cpu_kernels=False, parallel_streams=1)
+    fast = load_embedding_model(tiny_dir, cpu_kernels=True, parallel_streams=1)
+    np.testing.assert_allclose(fast.embed_arrays(ids), stock.embed_arrays(ids), atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -249,8 +270,7 @@ def test_pooling_modes_honoured(
     tmp_path: Path, pooling: dict[str, Any], expected: tuple[str, ...]
 ) -> None:
     model_dir = make_tiny_bert(tmp_path, pooling=pooling, normalize=False)
-    # Uncompiled: each pooling graph would otherwise JIT-build its own CPU kernels (g++).
-    model = load_embedding_model(model_dir, compile=False)
+    model = load_embedding_model(model_dir)
     assert model.pooling == expected and model.normalize is False
     assert model.dimensions == TINY["hidden"] * len(expected)
     ids = model.tokenize(SENTENCES)
@@ -269,7 +289,7 @@ def test_pooling_modes_honoured(
 
 def test_defaults_without_optional_files(tmp_path: Path) -> None:
     model_dir = make_tiny_bert(tmp_path, max_seq_length=None, normalize=False)
-    model = load_embedding_model(model_dir, compile=False)
+    model = load_embedding_model(model_dir)
     assert model.max_length == TINY["positions"]
     norms = np.linalg.norm(model.embed_arrays(model.tokenize(SENTENCES)), axis=1)
     assert not np.allclose(norms, 1.0)

@@ -1,0 +1,125 @@
+"""Embeddings: OpenAI semantics over the model's micro-batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import numpy as np
+
+from app.config import Settings
+from app.core import errors
+from app.core.context import RequestContext
+from app.models.manager import ModelManager
+from app.schemas.embeddings import EmbeddingRequest
+
+
+def _inputs(body: EmbeddingRequest) -> tuple[list[str] | None, list[list[int]] | None]:
+    """Split ``input`` into texts or token-id lists (OpenAI accepts four shapes)."""
+    value = body.input
+    if isinstance(value, str):
+        return [value], None
+    if not value:
+        raise errors.invalid_request("input must not be empty.", param="input")
+    if all(isinstance(item, str) for item in value):
+        return list(value), None  # type: ignore[arg-type]
+    if all(isinstance(item, int) for item in value):
+        return None, [list(value)]  # type: ignore[arg-type]
+    return None, [list(item) for item in value]  # type: ignore[union-attr]
+
+
+def _encode(vector: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return vector
+
+
+def _shorten(vectors: list[list[float]], dimensions: int) -> list[list[float]]:
+    """Matryoshka truncation: keep the first ``dimensions`` values, renormalised."""
+    out = np.asarray(vectors, dtype=np.float32)[:, :dimensions]
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return (out / np.maximum(norms, 1e-12)).tolist()
+
+
+class EmbeddingsHandler:
+    def __init__(self, manager: ModelManager, settings: Settings) -> None:
+        self.manager = manager
+        self.settings = settings
+
+    async def create(self, body: EmbeddingRequest, ctx: RequestContext) -> dict[str, Any]:
+        ctx.apply_body_metadata(body.metadata)
+        ctx.model = body.model
+        texts, token_ids = _inputs(body)
+        count = len(texts or token_ids or [])
+        limit = self.settings.max_embedding_inputs
+        if count > limit:
+            raise errors.invalid_request(
+                f"input has {count} items; at most {limit} are allowed per request.",
+                param="input",
+            )
+        if texts is not None and any(not t for t in texts):
+            raise errors.invalid_request("input must not contain empty strings.", param="input")
+        if token_ids is not None and any(not ids for ids in token_ids):
+            raise errors.invalid_request("input must not contain empty token lists.", param="input")
+        managed = await self.manager.acquire(body.model, "embeddings")
+        spec, loaded = managed.spec, managed.loaded
+        ctx.model = spec.id
+        dims = spec.dimensions or loaded.dimensions
+        if body.dimensions is not None and body.dimensions != dims:
+            if not spec.matryoshka:
+                raise errors.invalid_request(
+                    f"The model {spec.id!r} does not support the dimensions parameter "
+                    f"(it always returns {dims} dimensions).",
+                    param="dimensions",
+                )
+            if body.dimensions > dims:
+                raise errors.invalid_request(
+                    f"dimensions must be at most {dims} for this model.", param="dimensions"
+                )
+        if texts is not None:
+            loop = asyncio.get_running_loop()
+            token_ids = await loop.run_in_executor(None, loaded.tokenize, texts)
+        assert token_ids is not None
+        token_ids = self._fit_context(token_ids, body, spec.context_length, loaded.vocab_size)
+        try:
+            vectors = await managed.engine.embed(token_ids)
+        except ValueError as exc:  # the batcher's validation of token ids
+            raise errors.invalid_request(str(exc), param="input") from exc
+        if body.dimensions is not None and body.dimensions < dims:
+            vectors = _shorten(vectors, body.dimensions)
+        tokens = sum(len(ids) for ids in token_ids)
+        return {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
+                for i, v in enumerate(vectors)
+            ],
+            "model": spec.id,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            "htdi": ctx.htdi(),
+        }
+
+    @staticmethod
+    def _fit_context(
+        token_ids: list[list[int]], body: EmbeddingRequest, context: int, vocab: int
+    ) -> list[list[int]]:
+        for ids in token_ids:
+            if any(t < 0 or t >= vocab for t in ids):
+                raise errors.invalid_request(
+                    f"input token ids must be within [0, {vocab}).", param="input"
+                )
+        keep = body.truncate_prompt_tokens
+        if keep is not None:
+            keep = context if keep == -1 else min(keep, context)
+            return [ids[-keep:] if keep else ids for ids in token_ids]
+        for i, ids in enumerate(token_ids):
+            if len(ids) > context:
+                raise errors.APIError(
+                    400,
+                    f"This model's maximum context length is {context} tokens, but input {i} "
+                    f"has {len(ids)} tokens. Shorten it, or set truncate_prompt_tokens.",
+                    param="input",
+                    code="context_length_exceeded",
+                )
+        return token_ids

@@ -1,0 +1,151 @@
+"""HTTP behaviour of /v1/chat/completions on a tiny random llama (in-process)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.main import create_app
+from app.models.registry import ModelRegistry, ModelSpec
+
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def client(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    registry = ModelRegistry(
+        [
+            ModelSpec(
+                id="tiny", source=str(tiny_llama_dir), family="llama", context_length=256,
+                aliases=["default"], limits={"max_tokens": 64}, preload=True,
+            )
+        ]
+    )
+    settings = Settings(max_body_bytes=64 * 1024, cache_dir=tmp_path_factory.mktemp("cache"))
+    with TestClient(create_app(settings, registry)) as test_client:
+        deadline = time.monotonic() + 60
+        while test_client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, test_client.get("/ready").text
+            time.sleep(0.05)
+        yield test_client
+
+
+def chat(client: TestClient, **body):
+    return client.post("/v1/chat/completions", json={"model": "default", "messages": MESSAGES,
+                                                      "temperature": 0, **body})
+
+
+def sse_events(response) -> list:
+    lines = [ln for ln in response.text.splitlines() if ln.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(ln[6:]) for ln in lines[:-1]]
+
+
+def test_completion_shape_usage_and_htdi(client: TestClient):
+    resp = chat(client, max_tokens=7, metadata={"source": "unit", "houseId": "h-9"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["object"] == "chat.completion" and body["model"] == "tiny"
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "length" and choice["message"]["role"] == "assistant"
+    assert body["usage"]["completion_tokens"] == 7
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 7
+    htdi = body["htdi"]
+    assert htdi["source"] == "unit" and htdi["houseId"] == "h-9" and htdi["model"] == "tiny"
+    assert resp.headers["x-request-id"] == htdi["requestId"]
+    assert resp.headers["x-house-id"] == "h-9"
+
+
+def test_header_ids_win_over_body_metadata(client: TestClient):
+    resp = client.post(
+        "/v1/chat/completions",
+        json={"model": "default", "messages": MESSAGES, "max_tokens": 2,
+              "metadata": {"requestId": "body-id", "houseId": "body-house"}},
+        headers={"X-Request-ID": "hdr-id", "X-House-ID": "hdr-house"},
+    )
+    assert resp.headers["x-request-id"] == "hdr-id"
+    assert resp.json()["htdi"]["houseId"] == "hdr-house"
+    bad = client.get("/health", headers={"X-Request-ID": "bad id with spaces"})
+    assert bad.headers["x-request-id"].startswith("req-")
+
+
+def test_stream_matches_non_stream(client: TestClient):
+    full = chat(client, max_tokens=10).json()["choices"][0]["message"]["content"]
+    resp = chat(client, max_tokens=10, stream=True, stream_options={"include_usage": True})
+    events = sse_events(resp)
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert text == full
+    assert events[-2]["choices"][0]["finish_reason"] == "length"
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 10
+    assert "htdi" in events[-1]
+
+
+def test_n_choices_and_seed(client: TestClient):
+    body = dict(max_tokens=6, temperature=1.0, seed=7, n=3)
+    a, b = chat(client, **body).json(), chat(client, **body).json()
+    assert [c["index"] for c in a["choices"]] == [0, 1, 2]
+    assert [c["message"] for c in a["choices"]] == [c["message"] for c in b["choices"]]
+    assert a["usage"]["completion_tokens"] == 18
+
+
+@pytest.mark.parametrize(
+    "body, status, code, needle",
+    [
+        ({"model": "nope"}, 404, "model_not_found", "nope"),
+        ({"model": "../../etc/passwd"}, 404, "model_not_found", None),
+        ({"max_tokens": 65}, 400, "max_tokens_exceeded", "64"),
+        ({"messages": [{"role": "user", "content": "word " * 400}]}, 400,
+         "context_length_exceeded", "256"),
+        ({"response_format": {"type": "json_object"}}, 400, None, "response_format"),
+        ({"logit_bias": {"999999": 1}}, 400, None, "vocabulary"),
+        ({"stop": [""]}, 400, None, "stop"),
+        ({"top_p": 0}, 400, None, "top_p"),
+    ],
+)
+def test_errors_are_envelopes(client: TestClient, body, status, code, needle):
+    resp = chat(client, **body)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    if code:
+        assert error["code"] == code
+    if needle:
+        assert needle in error["message"] or needle == error["param"]
+    assert resp.headers["x-request-id"] == resp.json()["htdi"]["requestId"]
+
+
+def test_body_limit_and_bad_json(client: TestClient):
+    big = json.dumps({"model": "default", "messages": [{"role": "user", "content": "a" * 70000}]})
+    resp = client.post("/v1/chat/completions", content=big,
+                       headers={"content-type": "application/json"})
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large"
+    resp = client.post("/v1/chat/completions", content=b"{nope",
+                       headers={"content-type": "application/json"})
+    assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unexpected_failure_is_500_without_details(client: TestClient, monkeypatch):
+    async def boom(*args, **kwargs):
+        raise RuntimeError("/very/secret/path exploded")
+
+    monkeypatch.setattr(client.app.state.manager, "acquire", boom)
+    resp = chat(client, max_tokens=2)
+    assert resp.status_code == 500
+    error = resp.json()["error"]
+    assert error["code"] == "internal_error" and "secret" not in error["message"]
+    assert resp.headers["x-request-id"]
+
+
+def test_models_endpoint(client: TestClient):
+    data = client.get("/v1/models").json()
+    assert data["object"] == "list"
+    card = data["data"][0]
+    assert card["id"] == "tiny" and card["metadata"]["state"] == "loaded"
+    assert client.get("/v1/models/default").json()["id"] == "tiny"
+    assert client.get("/v1/models/nope").status_code == 404
