@@ -166,7 +166,9 @@ class MlxBench:
 
         self.args = args
         self.model = load_embedding_model(
-            args.model_dir, parallel_streams=args.parallel_streams, compile=not args.no_compile
+            args.model_dir,
+            parallel_streams=args.parallel_streams,
+            compile={"auto": None, "on": True, "off": False}[args.compile],
         )
 
     def encode(self, batch: Sequence[str]) -> Any:
@@ -230,7 +232,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reference-python", help="python with sentence-transformers + torch")
     p.add_argument("--skip-mlx", action="store_true")
     p.add_argument("--parallel-streams", type=int, default=None, help="MLX CPU streams")
-    p.add_argument("--no-compile", action="store_true", help="disable mx.compile")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="mx.compile")
     p.add_argument("--blas-library", help="explicit OpenBLAS .so for MLX (app.core.blas)")
     p.add_argument("--batcher-clients", type=int, default=32, help="0 disables batcher row")
     p.add_argument("--json", dest="json_out", help="write results as JSON here")

@@ -15,7 +15,6 @@ from mlx_lm.sample_utils import (
     apply_top_k,
     apply_top_p,
     greedy_sampler,
-    make_logits_processors,
 )
 
 from app.engine.types import SamplingParams
@@ -47,17 +46,3 @@ def make_request_sampler(params: SamplingParams) -> Sampler:
         return mx.random.categorical(logprobs * inv_temp, key=sub)
 
     return sample
-
-
-def make_request_processors(params: SamplingParams) -> list:
-    """Penalties over the generated tokens (OpenAI semantics) and logit bias."""
-    context = max(params.max_tokens, 1)
-    return make_logits_processors(
-        logit_bias=dict(params.logit_bias) or None,
-        repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
-        repetition_context_size=context,
-        presence_penalty=params.presence_penalty or None,
-        presence_context_size=context,
-        frequency_penalty=params.frequency_penalty or None,
-        frequency_context_size=context,
-    )

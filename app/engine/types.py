@@ -22,14 +22,28 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logit_bias: tuple[tuple[int, float], ...] = ()
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+    logprobs: int | None = None  # None: off; k >= 0: chosen token plus the top k
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token's log-probability and the most likely alternatives."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
 
 
 @dataclass
 class TextDelta:
-    """New text for one sequence (may be empty while a stop string is held back)."""
+    """New text for one sequence, with the logprobs of the tokens it came from if asked."""
 
     text: str
     token_id: int
+    logprobs: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -40,6 +54,7 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None  # of tokens whose text was never emitted
 
 
 @dataclass
@@ -72,6 +87,7 @@ class GenerationRequest:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     request_id: str = ""
     enqueued_at: float = field(default_factory=time.monotonic)
+    admitted_at: float | None = None  # when it joined the running batch
     cancelled: bool = False
 
     def push(self, event: EngineEvent) -> None:

@@ -14,21 +14,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences
 
-from app.engine.sampling import make_request_processors, make_request_sampler
-from app.engine.stops import StopStringMatcher
-from app.engine.types import (
-    Failed,
-    Finished,
-    GenerationRequest,
-    PrefillProgress,
-    TextDelta,
-)
+from app.engine.prefix_cache import PrefixCache
+from app.engine.processors import make_processors
+from app.engine.sampling import make_request_sampler
+from app.engine.sequence import SequenceState
+from app.engine.types import Failed, GenerationRequest, PrefillProgress
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +35,6 @@ class QueueFullError(RuntimeError):
 
 class EngineStoppedError(RuntimeError):
     """The engine no longer accepts work (model unloading or server draining)."""
-
-
-@dataclass
-class _Sequence:
-    request: GenerationRequest
-    detokenizer: object
-    stops: StopStringMatcher
-    completion_tokens: int = 0
-    started_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -71,6 +58,7 @@ class ModelEngine:
         queue_depth: int = 256,
         queue_timeout_s: float = 600.0,
         prefill_step_size: int = 512,
+        prefix_cache_bytes: int = 0,
         name: str = "model",
     ) -> None:
         self._load = load
@@ -85,11 +73,15 @@ class ModelEngine:
         self.name = name
         self.stats = EngineStats()
         self._waiting: deque[GenerationRequest] = deque()
-        self._active: dict[int, _Sequence] = {}
+        self._active: dict[int, SequenceState] = {}
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._generator: BatchGenerator | None = None
+        # Test-only fault injection: called for every generated token with the request and
+        # its token count; an exception it raises fails that request alone.
+        self.fault_hook: Callable[[GenerationRequest, int], None] | None = None
 
     # ---- event-loop side -------------------------------------------------
     def start(self) -> Future:
@@ -206,20 +198,39 @@ class ModelEngine:
         if not requests:
             return
         assert self._generator is not None
+        prompts, caches, known, stop_sets = [], [], [], []
+        for request in requests:
+            cache, cached = None, 0
+            if self.prefix_cache is not None:
+                cache, cached = self.prefix_cache.fetch(request.prompt_tokens)
+            prompts.append(request.prompt_tokens[cached:])
+            caches.append(cache)
+            known.append(request.prompt_tokens[:cached])
+            params = request.params
+            stop_ids = set(params.stop_token_ids)
+            if not params.ignore_eos:
+                stop_ids |= self.eos_token_ids
+            stop_sets.append(stop_ids)
         uids = self._generator.insert(
-            [r.prompt_tokens for r in requests],
+            prompts,
             max_tokens=[r.params.max_tokens for r in requests],
+            caches=caches,
+            all_tokens=known,
             samplers=[make_request_sampler(r.params) for r in requests],
-            logits_processors=[make_request_processors(r.params) for r in requests],
-            stop_sequences=[
-                StopSequences([[t] for t in sorted(self.eos_token_ids)]) for _ in requests
+            logits_processors=[
+                make_processors(r.params, len(r.prompt_tokens), stops)
+                for r, stops in zip(requests, stop_sets, strict=True)
             ],
+            stop_sequences=[StopSequences([[t] for t in sorted(s)]) for s in stop_sets],
         )
-        for uid, request in zip(uids, requests, strict=True):
-            self._active[uid] = _Sequence(
+        now = time.monotonic()
+        for uid, request, stops, prefix in zip(uids, requests, stop_sets, known, strict=True):
+            request.admitted_at = now
+            self._active[uid] = SequenceState(
                 request=request,
                 detokenizer=self.tokenizer.detokenizer,
-                stops=StopStringMatcher(request.params.stop),
+                stop_ids=stops,
+                cached_tokens=len(prefix),
             )
             self.stats.prompt_tokens += len(request.prompt_tokens)
         self.stats.running = len(self._active)
@@ -228,11 +239,19 @@ class ModelEngine:
     def _drop_cancelled(self) -> None:
         gone = [uid for uid, seq in self._active.items() if seq.request.cancelled]
         if gone:
-            assert self._generator is not None
-            self._generator.remove(gone)
+            self._remove(gone)
             for uid in gone:
                 del self._active[uid]
             self.stats.running = len(self._active)
+
+    def _remove(self, uids: list[int]) -> None:
+        """Take sequences out of the batch, keeping their KV caches for later prefixes."""
+        assert self._generator is not None
+        keep = self.prefix_cache is not None
+        caches = self._generator.remove(uids, return_prompt_caches=keep)
+        if keep:
+            for cache, tokens in caches.values():
+                self.prefix_cache.store(tokens, cache)
 
     def _step(self) -> None:
         assert self._generator is not None
@@ -243,60 +262,36 @@ class ModelEngine:
             if seq is not None and not response.end_of_prompt:
                 done, total = response.progress
                 seq.request.push(PrefillProgress(done, total))
-        finished: list[int] = []
+        ended: list[int] = []
         for response in generation_responses:
             seq = self._active.get(response.uid)
             if seq is None:
                 continue
+            self.stats.generated_tokens += 1
             try:
-                reason = self._on_token(seq, response.token, response.finish_reason)
+                if seq.request.cancelled:
+                    reason: str | None = "cancelled"
+                else:
+                    if self.fault_hook is not None:
+                        self.fault_hook(seq.request, seq.completion_tokens + 1)
+                    row = response.logprobs if seq.request.params.logprobs is not None else None
+                    reason = seq.on_token(response.token, row, response.finish_reason)
             except Exception as exc:  # noqa: BLE001 - isolate a per-request failure
                 log.exception("engine %s: request %s failed", self.name, seq.request.request_id)
-                seq.request.push(Failed(f"generation failed: {type(exc).__name__}"))
+                seq.request.push(Failed(f"generation failed: {type(exc).__name__}: {exc}"))
                 reason = "error"
-            if reason is not None:
-                finished.append(response.uid)
-                if response.finish_reason is None:  # we ended it (stop string, error)
-                    self._generator.remove([response.uid])
-        for uid in finished:
-            self._active.pop(uid, None)
+            if reason is None:
+                continue
+            if response.finish_reason is None:  # we ended it (stop string, error, cancel)
+                ended.append(response.uid)
+            elif self.prefix_cache is not None and response.prompt_cache is not None:
+                self.prefix_cache.store(response.all_tokens, response.prompt_cache)
+            self._active.pop(response.uid, None)
+        if ended:
+            self._remove(ended)
         self.stats.running = len(self._active)
         if not self._active:
             mx.clear_cache()
-
-    def _on_token(self, seq: _Sequence, token: int, finish_reason: str | None) -> str | None:
-        """Turn one generated token into events; return the finish reason if it ended."""
-        seq.completion_tokens += 1
-        self.stats.generated_tokens += 1
-        if seq.request.cancelled:
-            return "cancelled"
-        detokenizer = seq.detokenizer
-        if not (finish_reason == "stop" and token in self.eos_token_ids):
-            detokenizer.add_token(token)  # an end-of-sequence token has no text
-        segment = detokenizer.last_segment
-        if finish_reason is not None:
-            detokenizer.finalize()
-            segment += detokenizer.last_segment
-        text, hit = seq.stops.feed(segment)
-        if finish_reason is not None and not hit:
-            text += seq.stops.flush()
-        if text:
-            seq.request.push(TextDelta(text, token))
-        if hit:
-            return self._finish(seq, "stop")
-        if finish_reason is not None:
-            return self._finish(seq, finish_reason)
-        return None
-
-    def _finish(self, seq: _Sequence, reason: str) -> str:
-        seq.request.push(
-            Finished(
-                finish_reason=reason,
-                prompt_tokens=len(seq.request.prompt_tokens),
-                completion_tokens=seq.completion_tokens,
-            )
-        )
-        return reason
 
     def _fail_all(self, message: str, status: int = 500, code: str = "internal_error") -> None:
         for seq in self._active.values():

@@ -112,7 +112,7 @@ class LoadedEmbeddingModel:
     parallel_streams: int = 1
     compile: bool = True
     _forward: Any = field(init=False, repr=False)
-    _streams: dict[int, list[mx.Stream]] = field(init=False, repr=False, default_factory=dict)
+    _local: threading.local = field(init=False, repr=False, default_factory=threading.local)
 
     def __post_init__(self) -> None:
         fn = self._forward_impl
@@ -169,11 +169,11 @@ class LoadedEmbeddingModel:
         return mx.array(ids), mx.arange(length, dtype=mx.int32), mx.array(mask)
 
     def _thread_streams(self) -> list[mx.Stream]:
-        key = threading.get_ident()  # streams are created by the thread that uses them
-        streams = self._streams.get(key)
-        if streams is None:
+        # MLX streams belong to the thread that created them (and thread ids get reused).
+        streams: list[mx.Stream] | None = getattr(self._local, "streams", None)
+        if streams is None or len(streams) != self.parallel_streams:
             streams = [mx.new_stream(mx.cpu) for _ in range(self.parallel_streams)]
-            self._streams[key] = streams
+            self._local.streams = streams
         return streams
 
     def embed_arrays(self, batch: Sequence[Sequence[int]]) -> np.ndarray:

@@ -188,6 +188,7 @@ class ModelManager:
             queue_depth=s.queue_depth,
             queue_timeout_s=s.queue_timeout_s,
             prefill_step_size=s.prefill_step_size,
+            prefix_cache_bytes=s.prefix_cache_bytes,
             name=spec.id,
         )
         loaded = await asyncio.wrap_future(engine.start())

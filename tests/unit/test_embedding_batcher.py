@@ -201,3 +201,12 @@ def test_batcher_with_tiny_mlx_model(tmp_path: Path) -> None:
             asyncio.run(b.embed([[2] + [10] * 60 + [3]]))
     finally:
         b.stop()
+    for _ in range(2):  # new worker threads (thread ids get reused) need their own streams
+        b.start()
+        try:
+            assert b.ready.wait(30)
+            got = asyncio.run(b.embed(ids))
+            np.testing.assert_allclose(np.array(got), direct, atol=1e-5)
+            assert b.stats_snapshot()["requests_failed"] == 0
+        finally:
+            b.stop()

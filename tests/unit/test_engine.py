@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -140,3 +141,67 @@ def test_queue_full_is_refused_at_once(tiny_llama_dir: Path):
         asyncio.run(main())
     finally:
         engine.stop()
+
+
+def test_prefix_cache_hit_on_second_turn_gives_same_text(tiny_llama_dir: Path):
+    engine = _engine(tiny_llama_dir, max_batch_size=4, prefix_cache_bytes=64 << 20)
+    try:
+        params = SamplingParams(max_tokens=8, temperature=0)
+        tok = engine.tokenizer
+        turn1 = tok.encode("The quick brown fox jumps over the lazy dog.", add_special_tokens=False)
+
+        async def main():
+            reply, _ = await _run(engine, turn1, params)
+            turn2 = turn1 + tok.encode(reply + " What is the capital", add_special_tokens=False)
+            hits_before = engine.prefix_cache.stats.hits
+            second = await _run(engine, turn2, params)
+            hits_after = engine.prefix_cache.stats.hits
+            cold = _engine(tiny_llama_dir, max_batch_size=4)  # no prefix cache at all
+            try:
+                reference = await _run(cold, turn2, params)
+            finally:
+                cold.stop()
+            return hits_before, hits_after, second, reference
+
+        hits_before, hits_after, second, reference = asyncio.run(main())
+        assert hits_after == hits_before + 1
+        assert engine.prefix_cache.stats.cached_tokens >= len(turn1)
+        assert second == reference
+    finally:
+        engine.stop()
+
+
+def test_exception_in_one_request_fails_only_that_request(engine: ModelEngine):
+    prompts = _prompts(engine)
+    params = SamplingParams(max_tokens=10, temperature=0)
+
+    def explode(request: GenerationRequest, produced: int) -> None:
+        if request.request_id == "doomed" and produced == 3:
+            raise RuntimeError("injected fault")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        doomed = GenerationRequest(prompts[0], params, loop, request_id="doomed")
+        engine.submit(doomed)
+        healthy = [_run(engine, p, params) for p in prompts[1:]]
+        events = []
+        results = await asyncio.gather(*healthy)
+        while True:
+            event = await asyncio.wait_for(doomed.events.get(), 30)
+            events.append(event)
+            if isinstance(event, Failed | Finished):
+                break
+        return results, events
+
+    engine.fault_hook = explode
+    try:
+        results, events = asyncio.run(main())
+    finally:
+        engine.fault_hook = None
+    assert isinstance(events[-1], Failed) and "injected fault" in events[-1].message
+    assert all(reason == "length" for _, reason in results)
+    for _ in range(100):  # the worker updates its counters right after the last event
+        if engine.stats.running == 0:
+            break
+        time.sleep(0.01)
+    assert engine.stats.running == 0

@@ -85,7 +85,7 @@ def _layer_tensors(rng: np.random.Generator, i: int) -> list[tuple[str, str, np.
         "ffn_down": ("mlp.down_proj", (HIDDEN, FFN), Q.Q8_0),
     }
     out = [
-        (f"blk.{i}.{g}.weight", f"model.layers.{i}.{m}.weight", rng.normal(0, 0.08, s), t)
+        (f"blk.{i}.{g}.weight", f"model.layers.{i}.{m}.weight", rng.normal(0, 0.2, s), t)
         for g, (m, s, t) in shapes.items()
     ]
     for g, m in (("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")):
