@@ -20,6 +20,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences
 
+from app.engine.detokenizer import make_detokenizer
 from app.engine.prefix_cache import PrefixCache
 from app.engine.processors import make_processors
 from app.engine.sampling import make_request_sampler
@@ -228,7 +229,7 @@ class ModelEngine:
             request.admitted_at = now
             self._active[uid] = SequenceState(
                 request=request,
-                detokenizer=self.tokenizer.detokenizer,
+                detokenizer=make_detokenizer(self.tokenizer),
                 stop_ids=stops,
                 cached_tokens=len(prefix),
             )

@@ -20,7 +20,9 @@ from app.handler.generation import (
     resolve_max_tokens,
     sampling_params,
     submit,
+    usage,
 )
+from app.handler.logprobs import TokenTexts
 from app.models.manager import ManagedModel, ModelManager
 from app.schemas.openai import ChatCompletionRequest
 
@@ -34,10 +36,10 @@ def _reject_unsupported(body: ChatCompletionRequest) -> None:
             f"response_format type {body.response_format.type!r} is not supported yet.",
             param="response_format",
         )
-    if body.logprobs:
-        raise errors.invalid_request("logprobs are not supported yet.", param="logprobs")
-    if body.top_logprobs:
-        raise errors.invalid_request("top_logprobs are not supported yet.", param="top_logprobs")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise errors.invalid_request(
+            "top_logprobs requires logprobs to be true.", param="top_logprobs"
+        )
     if body.tools:
         raise errors.invalid_request("tools are not supported yet.", param="tools")
     if body.tool_choice not in (None, "none"):
@@ -87,27 +89,33 @@ class ChatHandler:
         requested = body.max_completion_tokens or body.max_tokens
         max_tokens = resolve_max_tokens(requested, len(prompt), managed, self.settings)
         vocab = len(managed.loaded.tokenizer.vocab)
-        params = sampling_params(body, max_tokens, vocab)
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        params = sampling_params(body, max_tokens, vocab, logprobs)
         return submit(managed, prompt, params, body.n, ctx.request_id)
 
     async def complete(self, submission: Submission, ctx: RequestContext) -> dict[str, Any]:
         n = len(submission.requests)
         texts = [""] * n
         reasons: list[str | None] = [None] * n
-        prompt_tokens = completion_tokens = 0
+        token_logprobs: list[list] = [[] for _ in range(n)]
+        prompt_tokens = completion_tokens = cached = 0
         try:
             async for item in merged_events(submission):
                 event = item.event
                 if isinstance(event, TextDelta):
                     texts[item.index] += event.text
+                    token_logprobs[item.index] += event.logprobs or []
                 elif isinstance(event, Finished):
                     reasons[item.index] = event.finish_reason
-                    prompt_tokens = event.prompt_tokens
+                    prompt_tokens, cached = event.prompt_tokens, event.cached_tokens
                     completion_tokens += event.completion_tokens
+                    token_logprobs[item.index] += event.logprobs or []
                 elif isinstance(event, Failed):
                     raise failure_error(event)
         finally:
             submission.cancel()
+        want_logprobs = submission.requests[0].params.logprobs is not None
+        texts_of = TokenTexts(submission.managed.loaded.tokenizer) if want_logprobs else None
         return {
             "id": _completion_id(),
             "object": "chat.completion",
@@ -117,12 +125,16 @@ class ChatHandler:
                 {
                     "index": i,
                     "message": {"role": "assistant", "content": texts[i]},
-                    "logprobs": None,
+                    "logprobs": (
+                        {"content": texts_of.chat_content(token_logprobs[i]), "refusal": None}
+                        if texts_of
+                        else None
+                    ),
                     "finish_reason": reasons[i],
                 }
                 for i in range(n)
             ],
-            "usage": _usage(prompt_tokens, completion_tokens),
+            "usage": usage(prompt_tokens, completion_tokens, cached),
             "htdi": ctx.htdi(),
         }
 
@@ -138,22 +150,33 @@ class ChatHandler:
             "model": ctx.model,
         }
 
-        def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> dict:
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        texts_of = (
+            TokenTexts(submission.managed.loaded.tokenizer)
+            if submission.requests[0].params.logprobs is not None
+            else None
+        )
+
+        def chunk(
+            index: int, delta: dict[str, Any], finish: str | None = None, logprobs=None
+        ) -> dict:
+            lp = None
+            if texts_of is not None and logprobs:
+                lp = {"content": texts_of.chat_content(logprobs), "refusal": None}
+            choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
             out = {**base, "choices": [choice]}
             if include_usage:
                 out["usage"] = None
             return out
 
         ended = 0
-        prompt_tokens = completion_tokens = 0
+        prompt_tokens = completion_tokens = cached = 0
         try:
             for i in range(n):
                 yield chunk(i, {"role": "assistant", "content": ""})
             async for item in merged_events(submission):
                 event = item.event
                 if isinstance(event, TextDelta):
-                    yield chunk(item.index, {"content": event.text})
+                    yield chunk(item.index, {"content": event.text}, logprobs=event.logprobs)
                 elif isinstance(event, PrefillProgress):
                     yield KEEP_ALIVE
                 elif isinstance(event, Failed):
@@ -161,9 +184,9 @@ class ChatHandler:
                     return
                 elif isinstance(event, Finished):
                     ended += 1
-                    prompt_tokens = event.prompt_tokens
+                    prompt_tokens, cached = event.prompt_tokens, event.cached_tokens
                     completion_tokens += event.completion_tokens
-                    final = chunk(item.index, {}, event.finish_reason)
+                    final = chunk(item.index, {}, event.finish_reason, event.logprobs)
                     if ended == n and not include_usage:
                         final["htdi"] = ctx.htdi()
                     yield final
@@ -171,7 +194,7 @@ class ChatHandler:
                 yield {
                     **base,
                     "choices": [],
-                    "usage": _usage(prompt_tokens, completion_tokens),
+                    "usage": usage(prompt_tokens, completion_tokens, cached),
                     "htdi": ctx.htdi(),
                 }
         finally:
@@ -180,11 +203,3 @@ class ChatHandler:
 
 def _completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }

@@ -58,11 +58,24 @@ def check_common_limits(body: SamplingFields, settings: Settings) -> None:
         )
 
 
-def sampling_params(body: SamplingFields, max_tokens: int, vocab_size: int) -> SamplingParams:
+def sampling_params(
+    body: SamplingFields, max_tokens: int, vocab_size: int, logprobs: int | None = None
+) -> SamplingParams:
+    for token in body.stop_token_ids or ():
+        if not 0 <= token < vocab_size:
+            raise errors.invalid_request(
+                f"stop_token_ids contains {token}, outside the vocabulary (size {vocab_size}).",
+                param="stop_token_ids",
+            )
+    if body.min_tokens > max_tokens:
+        raise errors.invalid_request(
+            f"min_tokens ({body.min_tokens}) must not exceed max_tokens ({max_tokens}).",
+            param="min_tokens",
+        )
     bias: list[tuple[int, float]] = []
     for key, value in (body.logit_bias or {}).items():
         token = int(key)
-        if token >= vocab_size:
+        if not 0 <= token < vocab_size:
             raise errors.invalid_request(
                 f"logit_bias token id {token} is outside the vocabulary (size {vocab_size}).",
                 param="logit_bias",
@@ -81,6 +94,10 @@ def sampling_params(body: SamplingFields, max_tokens: int, vocab_size: int) -> S
         frequency_penalty=body.frequency_penalty or 0.0,
         repetition_penalty=body.repetition_penalty or 1.0,
         logit_bias=tuple(bias),
+        ignore_eos=body.ignore_eos,
+        min_tokens=body.min_tokens,
+        stop_token_ids=tuple(body.stop_token_ids or ()),
+        logprobs=logprobs,
     )
 
 
@@ -168,6 +185,15 @@ async def merged_events(submission: Submission) -> AsyncIterator[ChoiceEvent]:
     finally:
         for task in pending:
             task.cancel()
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
 
 
 def failure_error(event: Failed) -> errors.APIError:

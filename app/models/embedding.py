@@ -267,14 +267,16 @@ def load_embedding_model(
     path: Path | str,
     *,
     dtype: mx.Dtype = mx.float32,
-    pad_to_multiple: int = 8,
+    pad_to_multiple: int | None = None,
     parallel_streams: int | None = None,
     compile: bool | None = None,
     cpu_kernels: bool | None = None,
 ) -> LoadedEmbeddingModel:
     """Load a sentence-transformers BERT directory.
 
-    ``parallel_streams``: on CPU, split each batch over this many MLX streams (default:
+    ``pad_to_multiple``: pad lengths to a multiple of this (default 8 when compiled, to
+    limit retracing, else 1).  ``parallel_streams``: on CPU, split each batch over this
+    many MLX streams (default:
     ``min(os.cpu_count(), 4)``; ignored on GPU).  ``cpu_kernels``: arithmetic-only GELU
     and softmax (default: when MLX's default device is the CPU).  ``compile``: wrap the
     forward pass in ``mx.compile`` (default: GPU only; on the CPU it measured no faster
@@ -304,6 +306,8 @@ def load_embedding_model(
         cpu_kernels = on_cpu
     if compile is None:
         compile = not on_cpu
+    if pad_to_multiple is None:  # compiled graphs are per shape: bucket the lengths
+        pad_to_multiple = 8 if compile else 1
     if parallel_streams is None:
         parallel_streams = min(os.cpu_count() or 1, 4)
     return LoadedEmbeddingModel(

@@ -149,3 +149,56 @@ def test_models_endpoint(client: TestClient):
     assert card["id"] == "tiny" and card["metadata"]["state"] == "loaded"
     assert client.get("/v1/models/default").json()["id"] == "tiny"
     assert client.get("/v1/models/nope").status_code == 404
+
+
+def test_logprobs_shape_and_ordering(client: TestClient):
+    body = chat(client, max_tokens=5, logprobs=True, top_logprobs=3).json()
+    content = body["choices"][0]["logprobs"]["content"]
+    assert len(content) == 5
+    text = "".join(entry["token"] for entry in content)
+    assert text == body["choices"][0]["message"]["content"]
+    for entry in content:
+        assert entry["logprob"] <= 0 and bytes(entry["bytes"]).decode(errors="replace")
+        tops = entry["top_logprobs"]
+        assert len(tops) == 3
+        values = [t["logprob"] for t in tops]
+        assert values == sorted(values, reverse=True)
+        assert tops[0]["token"] == entry["token"]  # greedy picks the most likely token
+        assert abs(tops[0]["logprob"] - entry["logprob"]) < 1e-5
+    streamed = sse_events(chat(client, max_tokens=5, logprobs=True, top_logprobs=2, stream=True))
+    got = [e["choices"][0]["logprobs"] for e in streamed if e["choices"][0]["delta"].get("content")]
+    assert sum(len(lp["content"]) for lp in got) == 5
+    assert chat(client, top_logprobs=2).status_code == 400
+    assert chat(client, logprobs=True, top_logprobs=21).status_code == 400
+
+
+def _token_id(client: TestClient, raw: list[int]) -> int:
+    """The id of a byte-level BPE token given its bytes (as logprobs report them)."""
+    from mlx_lm.tokenizer_utils import _byte_decoder
+
+    encoder = {b: c for c, b in _byte_decoder().items()}
+    tokenizer = client.app.state.manager.models["tiny"].loaded.tokenizer
+    return tokenizer.convert_tokens_to_ids("".join(encoder[b] for b in raw))
+
+
+def test_logit_bias_bans_a_token(client: TestClient):
+    first = chat(client, max_tokens=4, logprobs=True).json()["choices"][0]["logprobs"]["content"]
+    banned = _token_id(client, first[0]["bytes"])
+    body = chat(client, max_tokens=4, logprobs=True, logit_bias={str(banned): -100}).json()
+    content = body["choices"][0]["logprobs"]["content"]
+    assert all(_token_id(client, e["bytes"]) != banned for e in content)
+    assert content[0]["token"] != first[0]["token"]
+
+
+def test_penalties_change_output(client: TestClient):
+    plain = chat(client, max_tokens=24).json()["choices"][0]["message"]["content"]
+    penalised = chat(client, max_tokens=24, frequency_penalty=2.0, presence_penalty=2.0).json()
+    assert penalised["choices"][0]["message"]["content"] != plain
+
+
+def test_stop_token_ids_end_generation(client: TestClient):
+    content = chat(client, max_tokens=6, logprobs=True).json()["choices"][0]["logprobs"]["content"]
+    third = _token_id(client, content[2]["bytes"])
+    body = chat(client, max_tokens=6, stop_token_ids=[third]).json()
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] <= 3
