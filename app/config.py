@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -80,6 +80,41 @@ class Settings(BaseSettings):
     # Embeddings micro-batching
     embedding_batch_size: int = Field(32, ge=1)
     embedding_batch_wait_ms: float = Field(5.0, ge=0)
+
+    # Security (docs/PHASE4_TIER3A_CONTRACT.md, "Auth")
+    api_key: SecretStr | None = Field(
+        None, description="API key(s) clients must send as a Bearer token (comma-separated)"
+    )
+    api_key_file: Path | None = Field(None, description="file with one API key per line")
+    metrics_public: bool = Field(False, description="serve /metrics without the API key")
+    cors_origins: str | None = Field(
+        None, description="comma-separated origins allowed by CORS ('*' for any); off when unset"
+    )
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line + headers")
+    max_json_depth: int = Field(64, ge=2, description="nesting depth of JSON bodies")
+
+    # Observability and shutdown
+    metrics_enabled: bool = Field(True, description="serve Prometheus metrics at /metrics")
+    log_format: Literal["text", "json"] = Field("text", description="format of non-request logs")
+    access_log: bool = Field(True, description="one JSON line per request on stderr")
+    log_prompts: bool = Field(False, description="debug: put prompt text in request logs")
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
+    )
+
+    def api_keys(self) -> list[str]:
+        """Every accepted key: ``api_key`` (comma-separated) plus ``api_key_file`` lines."""
+        keys: list[str] = []
+        if self.api_key is not None:
+            keys += self.api_key.get_secret_value().split(",")
+        if self.api_key_file is not None:
+            for line in self.api_key_file.read_text().splitlines():
+                if not line.lstrip().startswith("#"):
+                    keys.append(line)
+        return [k.strip() for k in keys if k.strip()]
+
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
 
     @classmethod
     def settings_customise_sources(

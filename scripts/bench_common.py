@@ -331,7 +331,7 @@ class ManagedServer:
             return ""
 
     def wait_ready(self, timeout: float, api_key: str | None = None) -> float:
-        """Poll GET {base}/models until 200; returns seconds waited."""
+        """Poll until the server answers: GET {root}/ready if it has one, else {base}/models."""
         assert self.proc is not None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         t0 = time.monotonic()
@@ -342,6 +342,11 @@ class ManagedServer:
                     f"{self.log_path}:\n{self.log_tail()}"
                 )
             try:
+                root = self.base_url.rsplit("/v1", 1)[0]
+                ready = httpx.get(root + "/ready", timeout=2.0, headers=headers, trust_env=False)
+                if ready.status_code == 503:  # a readiness endpoint that says "not yet"
+                    time.sleep(0.5)
+                    continue
                 r = httpx.get(
                     self.base_url + "/models", timeout=2.0, headers=headers, trust_env=False
                 )

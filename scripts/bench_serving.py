@@ -37,7 +37,12 @@ from bench_common import (
 )
 
 OURS_CMD = "{python} -m app serve --host 127.0.0.1 --port {port}"
-THEIRS_CMD = "{python} -m mlx_lm.server --model {mlx_dir} --host 127.0.0.1 --port {port}"
+# mlx_lm.server runs with the same OpenBLAS as ours (scripts/run_with_blas.py), so the
+# comparison is between servers, not BLAS libraries.
+THEIRS_CMD = (
+    "{python} scripts/run_with_blas.py mlx_lm.server --model {mlx_dir} "
+    "--host 127.0.0.1 --port {port}"
+)
 # (label, key, higher_is_better)
 METRICS: list[tuple[str, str, bool]] = [
     ("agg tok/s", "agg_tok_s", True),

@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.core.request_timer import RequestTimer
+
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -33,6 +35,10 @@ class RequestContext:
     model: str | None = None
     request_id_from_header: bool = False
     started: float = field(default_factory=time.perf_counter)
+    timer: RequestTimer = field(default_factory=RequestTimer)  # fed by the handlers
+
+    def __post_init__(self) -> None:
+        self.timer.started = self.started
 
     def apply_body_metadata(self, metadata: dict[str, Any] | None) -> None:
         """Body ``metadata`` fills what the headers did not set (headers win)."""

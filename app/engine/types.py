@@ -26,6 +26,7 @@ class SamplingParams:
     min_tokens: int = 0
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # None: off; k >= 0: chosen token plus the top k
+    grammar: str | None = None  # llguidance grammar the output must follow
 
 
 @dataclass

@@ -21,6 +21,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences
 
 from app.engine.detokenizer import make_detokenizer
+from app.engine.grammar import GrammarFactory
 from app.engine.prefix_cache import PrefixCache
 from app.engine.processors import make_processors
 from app.engine.sampling import make_request_sampler
@@ -28,6 +29,14 @@ from app.engine.sequence import SequenceState
 from app.engine.types import Failed, GenerationRequest, PrefillProgress
 
 log = logging.getLogger(__name__)
+
+
+def _vocab_size(loaded: Any) -> int:
+    """Rows of the output layer (may exceed the tokenizer's vocabulary)."""
+    config = getattr(loaded, "model_config", None) or {}
+    if config.get("vocab_size"):
+        return int(config["vocab_size"])
+    return len(loaded.tokenizer.vocab)
 
 
 class QueueFullError(RuntimeError):
@@ -65,6 +74,7 @@ class ModelEngine:
         self._load = load
         self.loaded: Any = None  # LoadedLanguageModel once the thread has loaded it
         self.model: Any = None
+        self.grammars: GrammarFactory | None = None
         self.tokenizer: Any = None
         self.eos_token_ids: set[int] = set()
         self.max_batch_size = max_batch_size
@@ -141,6 +151,9 @@ class ModelEngine:
             self.loaded = loaded
             self.model, self.tokenizer = loaded.model, loaded.tokenizer
             self.eos_token_ids = set(loaded.eos_token_ids)
+            self.grammars = GrammarFactory(
+                self.tokenizer, _vocab_size(loaded), self.eos_token_ids
+            )
             self._generator = self._new_generator()
         except BaseException as exc:  # noqa: BLE001 - reported to whoever awaits the load
             with self._cond:
@@ -219,8 +232,7 @@ class ModelEngine:
             all_tokens=known,
             samplers=[make_request_sampler(r.params) for r in requests],
             logits_processors=[
-                make_processors(r.params, len(r.prompt_tokens), stops)
-                for r, stops in zip(requests, stop_sets, strict=True)
+                self._processors(r, stops) for r, stops in zip(requests, stop_sets, strict=True)
             ],
             stop_sequences=[StopSequences([[t] for t in sorted(s)]) for s in stop_sets],
         )
@@ -236,6 +248,12 @@ class ModelEngine:
             self.stats.prompt_tokens += len(request.prompt_tokens)
         self.stats.running = len(self._active)
         self.stats.max_running = max(self.stats.max_running, self.stats.running)
+
+    def _processors(self, request: GenerationRequest, stop_ids: set[int]) -> list:
+        processors = make_processors(request.params, len(request.prompt_tokens), stop_ids)
+        if request.params.grammar is not None:  # last, so its mask is final
+            processors.append(self.grammars.constraint(request.params.grammar, stop_ids))
+        return processors
 
     def _drop_cancelled(self) -> None:
         gone = [uid for uid, seq in self._active.items() if seq.request.cancelled]

@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from app.config import Settings
@@ -23,6 +24,7 @@ from app.handler.generation import (
     usage,
 )
 from app.handler.logprobs import TokenTexts
+from app.handler.structured import compile_schema, schema_for
 from app.models.manager import ManagedModel, ModelManager
 from app.schemas.openai import ChatCompletionRequest
 
@@ -31,11 +33,6 @@ KEEP_ALIVE = object()  # marker: the API layer writes an SSE comment
 
 def _reject_unsupported(body: ChatCompletionRequest) -> None:
     """Parameters we parse but cannot honour yet are refused, never silently ignored."""
-    if body.response_format is not None and body.response_format.type != "text":
-        raise errors.invalid_request(
-            f"response_format type {body.response_format.type!r} is not supported yet.",
-            param="response_format",
-        )
     if body.top_logprobs is not None and not body.logprobs:
         raise errors.invalid_request(
             "top_logprobs requires logprobs to be true.", param="top_logprobs"
@@ -91,6 +88,12 @@ class ChatHandler:
         vocab = len(managed.loaded.tokenizer.vocab)
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         params = sampling_params(body, max_tokens, vocab, logprobs)
+        schema = schema_for(body.response_format) if body.response_format else None
+        if schema is not None:
+            grammar = await asyncio.get_running_loop().run_in_executor(
+                None, compile_schema, managed, schema, "response_format"
+            )
+            params = replace(params, grammar=grammar)
         return submit(managed, prompt, params, body.n, ctx.request_id)
 
     async def complete(self, submission: Submission, ctx: RequestContext) -> dict[str, Any]:

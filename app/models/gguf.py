@@ -178,7 +178,7 @@ def _source_quantization(meta: dict[str, Any], types: dict[str, str]) -> str:
         return (kinds.most_common(1)[0][0] if kinds else "F32").lower()
 
 
-def _model_config(meta: dict[str, Any], weights: dict[str, mx.array], path: Path) -> dict:
+def _model_config(meta: dict[str, Any], weights: dict[str, mx.array], path: Path) -> dict[str, Any]:
     """The mlx-lm ``llama`` config.json equivalent of the GGUF hyperparameters."""
     arch = meta["general.architecture"]
 
@@ -262,7 +262,7 @@ def _quantized_bits(weights: dict[str, mx.array]) -> dict[str, int]:
     return bits
 
 
-def _build_model(config: dict, weights: dict[str, mx.array], path: Path) -> nn.Module:
+def _build_model(config: dict[str, Any], weights: dict[str, mx.array], path: Path) -> nn.Module:
     """Construct the mlx-lm model, quantizing exactly the layers the file holds quantized."""
     model = llama.Model(llama.ModelArgs.from_dict(config))
     bits = _quantized_bits(weights)

@@ -142,6 +142,7 @@ def build_hf_tokenizer(
             if kind_ in (TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNKNOWN)
         ]
     )
+    limits = {"model_max_length": context_length} if context_length else {}
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=_token(tokens, metadata, "bos"),
@@ -149,7 +150,7 @@ def build_hf_tokenizer(
         unk_token=_token(tokens, metadata, "unknown"),
         pad_token=_token(tokens, metadata, "padding"),
         clean_up_tokenization_spaces=False,
-        model_max_length=context_length,
+        **limits,
     )
     hf.chat_template = metadata.get("tokenizer.chat_template")
     return hf

@@ -6,8 +6,12 @@ Loaders (:mod:`app.models.gguf`, :mod:`app.models.mlx_dir`) build an mlx-lm mode
 
 - ``"quantized"``: keep quantized layers quantized (what a GPU backend wants);
 - ``"float32"`` / ``"float16"`` / ``"bfloat16"``: dequantize everything to that dtype;
-- ``"auto"``: ``"float32"`` on the CPU backend, where dense float32 matmuls decode about
-  twice as fast as MLX's CPU quantized kernels, else ``"quantized"``.
+- ``"auto"``: ``"float32"`` on the CPU backend, else ``"quantized"``. With a BLAS
+  preloaded (see :mod:`app.core.blas`) dense float32 is expected to decode about twice
+  as fast as MLX's CPU quantized kernels; measured without one, the two are about even.
+
+MLX's CPU float16/bfloat16 kernels are very slow (~30x), so on CPU ``"quantized"``
+computes in float32 and the ``"float16"``/``"bfloat16"`` modes are only for GPUs.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from typing import Any
 
 from app.config import Settings
 from app.core import errors
+from app.core.faults import fault_hook_from_env
 from app.models.registry import ModelRegistry, ModelSpec
 from app.models.sources import resolve_source
 
@@ -191,6 +192,7 @@ class ModelManager:
             prefix_cache_bytes=s.prefix_cache_bytes,
             name=spec.id,
         )
+        engine.fault_hook = fault_hook_from_env()  # TEST-ONLY; None unless its env var is set
         loaded = await asyncio.wrap_future(engine.start())
         return engine, loaded
 

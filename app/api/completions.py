@@ -1,0 +1,31 @@
+"""POST /v1/completions (legacy)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.api.cancellation import ClientDisconnected, unless_disconnected
+from app.api.errors import request_context
+from app.api.sse import sse_response
+from app.handler.completions import CompletionsHandler
+from app.schemas.openai import Completion, CompletionRequest
+
+router = APIRouter()
+
+
+@router.post("/v1/completions", response_model=Completion)
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    handler: CompletionsHandler = request.app.state.completions
+    ctx = request_context(request)
+    submissions, echoes = await handler.prepare(body, ctx)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse_response(handler.stream(submissions, echoes, ctx, include_usage), ctx)
+    try:
+        result = await unless_disconnected(request, handler.complete(submissions, echoes, ctx))
+    except ClientDisconnected:
+        for submission in submissions:
+            submission.cancel()
+        return Response(status_code=499)
+    return JSONResponse(result)

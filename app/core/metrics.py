@@ -1,0 +1,167 @@
+"""Prometheus metrics, named like vLLM's where vLLM has one (docs/PHASE4_TIER3A_CONTRACT.md).
+
+Each app owns a :class:`ServerMetrics` with its own ``CollectorRegistry`` (several apps can
+live in one test process). Request-level series are fed by the middleware and by each
+request's :class:`~app.core.request_timer.RequestTimer`; engine state (running, waiting,
+token totals, prefix cache, embedding batcher, loaded models) is read at scrape time by
+:class:`_EngineCollector`, so a scrape always sees the engines' current numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Buckets follow vLLM's, with finer low ends for small models on CPUs.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+                2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4,
+               0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+E2E_BUCKETS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0,
+               30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                120.0, 300.0)
+MODEL = ("model_name",)
+
+
+class ServerMetrics:
+    """All series of one server; also the :class:`~app.core.request_timer.MetricsSink`."""
+
+    def __init__(self, manager: Any = None, lifecycle: Any = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_success = Counter(
+            "vllm:request_success", "Finished engine sequences by finish reason "
+            "(stop, length, abort: client gone, error: failed).",
+            [*MODEL, "finished_reason"], registry=r)
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds", "Request arrival to first generated text.",
+            MODEL, buckets=TTFT_BUCKETS, registry=r)
+        self.itl = Histogram(
+            "vllm:inter_token_latency_seconds", "Gap between text events of one sequence.",
+            MODEL, buckets=ITL_BUCKETS, registry=r)
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds", "Request arrival to last byte of a "
+            "generation response.", MODEL, buckets=E2E_BUCKETS, registry=r)
+        self.queue = Histogram(
+            "vllm:request_queue_time_seconds", "Time a sequence waited for a batch slot.",
+            MODEL, buckets=TTFT_BUCKETS, registry=r)
+        self.http_requests = Counter(
+            "http_requests", "HTTP requests by method, route template and status.",
+            ["method", "route", "status"], registry=r)
+        self.http_latency = Histogram(
+            "http_request_duration_seconds", "HTTP request duration by route template.",
+            ["method", "route"], buckets=HTTP_BUCKETS, registry=r)
+        self.embedding_requests = Counter(
+            "mlx_server_embedding_requests", "Embedding requests by model and HTTP status.",
+            [*MODEL, "status"], registry=r)
+        self.embedding_latency = Histogram(
+            "mlx_server_embedding_request_latency_seconds", "Embedding request duration.",
+            MODEL, buckets=HTTP_BUCKETS, registry=r)
+        self.in_flight = Gauge(
+            "mlx_server_http_requests_in_flight", "HTTP requests being served "
+            "(health, readiness and metrics excluded).", registry=r)
+        if manager is not None:
+            r.register(_EngineCollector(manager, lifecycle))
+
+    # ---- MetricsSink ----------------------------------------------------------
+    def observe_ttft(self, model: str, seconds: float) -> None:
+        self.ttft.labels(model).observe(seconds)
+
+    def observe_itl(self, model: str, seconds: float) -> None:
+        self.itl.labels(model).observe(seconds)
+
+    def observe_queue(self, model: str, seconds: float) -> None:
+        self.queue.labels(model).observe(seconds)
+
+    def observe_e2e(self, model: str, seconds: float) -> None:
+        self.e2e.labels(model).observe(seconds)
+
+    def count_finished(self, model: str, reason: str) -> None:
+        self.request_success.labels(model, reason).inc()
+
+    # ---- HTTP -----------------------------------------------------------------
+    def observe_http(
+        self, method: str, route: str, status: int, seconds: float, model: str | None
+    ) -> None:
+        self.http_requests.labels(method, route, str(status)).inc()
+        self.http_latency.labels(method, route).observe(seconds)
+        if route == "/v1/embeddings" and model:
+            self.embedding_requests.labels(model, str(status)).inc()
+            if status == 200:
+                self.embedding_latency.labels(model).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _EngineCollector(Collector):
+    """Reads engine, batcher and model-manager state when Prometheus scrapes."""
+
+    def __init__(self, manager: Any, lifecycle: Any) -> None:
+        self.manager = manager
+        self.lifecycle = lifecycle
+
+    def describe(self) -> list[Metric]:
+        return []  # collected live; nothing to pre-register
+
+    def collect(self) -> Iterator[Metric]:
+        running = GaugeMetricFamily(
+            "vllm:num_requests_running", "Sequences in the running batch.", labels=MODEL)
+        waiting = GaugeMetricFamily(
+            "vllm:num_requests_waiting", "Sequences waiting for a batch slot.", labels=MODEL)
+        prompt = CounterMetricFamily(
+            "vllm:prompt_tokens", "Prompt tokens admitted to the engine.", labels=MODEL)
+        generated = CounterMetricFamily(
+            "vllm:generation_tokens", "Tokens generated by the engine.", labels=MODEL)
+        queries = CounterMetricFamily(
+            "vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+            labels=MODEL)
+        hits = CounterMetricFamily(
+            "vllm:prefix_cache_hits", "Prompt tokens served from the prefix cache.",
+            labels=MODEL)
+        cache_bytes = GaugeMetricFamily(
+            "mlx_server_prefix_cache_bytes", "Bytes held by the prefix cache.", labels=MODEL)
+        passes = CounterMetricFamily(
+            "mlx_server_embedding_forward_passes", "Embedding forward passes.", labels=MODEL)
+        served = CounterMetricFamily(
+            "mlx_server_embedding_sequences", "Sequences embedded.", labels=MODEL)
+        loaded = GaugeMetricFamily(
+            "mlx_server_model_loaded", "1 when the model is loaded.", labels=[*MODEL, "type"])
+        load_s = GaugeMetricFamily(
+            "mlx_server_model_load_seconds", "How long the model took to load.", labels=MODEL)
+        for model_id, managed in list(self.manager.models.items()):
+            engine = managed.engine
+            loaded.add_metric([model_id, managed.spec.type], 1.0 if managed.state == "loaded"
+                              else 0.0)
+            if managed.load_seconds is not None:
+                load_s.add_metric([model_id], managed.load_seconds)
+            if engine is None:
+                continue
+            stats = getattr(engine, "stats", None)
+            if managed.spec.type == "lm" and stats is not None:
+                running.add_metric([model_id], stats.running)
+                waiting.add_metric([model_id], stats.waiting)
+                prompt.add_metric([model_id], stats.prompt_tokens)
+                generated.add_metric([model_id], stats.generated_tokens)
+                cache = getattr(engine, "prefix_cache", None)
+                if cache is not None:
+                    queries.add_metric([model_id], cache.stats.prompt_tokens)
+                    hits.add_metric([model_id], cache.stats.cached_tokens)
+                    cache_bytes.add_metric([model_id], cache.stats.bytes)
+            elif hasattr(engine, "stats_snapshot"):
+                snap = engine.stats_snapshot()
+                passes.add_metric([model_id], snap.get("forward_passes", 0))
+                served.add_metric([model_id], snap.get("sequences_embedded", 0))
+        yield from (running, waiting, prompt, generated, queries, hits, cache_bytes, passes,
+                    served, loaded, load_s)
+        if self.lifecycle is not None:
+            yield GaugeMetricFamily(
+                "mlx_server_draining", "1 while the server drains before exiting.",
+                value=1.0 if self.lifecycle.draining else 0.0)

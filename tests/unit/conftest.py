@@ -1,0 +1,34 @@
+"""Unit fixtures: an in-process app serving the tiny random llama."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.main import create_app
+from app.models.registry import ModelRegistry, ModelSpec
+
+
+@pytest.fixture(scope="module")
+def client(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    registry = ModelRegistry(
+        [
+            ModelSpec(
+                id="tiny", source=str(tiny_llama_dir), family="llama", context_length=256,
+                aliases=["default"], limits={"max_tokens": 64}, preload=True,
+            )
+        ]
+    )
+    settings = Settings(max_body_bytes=64 * 1024, cache_dir=tmp_path_factory.mktemp("cache"))
+    with TestClient(create_app(settings, registry)) as test_client:
+        deadline = time.monotonic() + 60
+        while test_client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, test_client.get("/ready").text
+            time.sleep(0.05)
+        yield test_client
+
+

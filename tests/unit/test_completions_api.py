@@ -1,0 +1,82 @@
+"""Legacy /v1/completions on the tiny random llama (in-process)."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi.testclient import TestClient
+
+
+def complete(client: TestClient, **body):
+    return client.post("/v1/completions", json={"model": "default", "temperature": 0, **body})
+
+
+def test_string_prompt_default_length_and_shape(client: TestClient):
+    resp = complete(client, prompt="The quick brown fox")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
+    choice = body["choices"][0]
+    assert choice["index"] == 0 and choice["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 16  # OpenAI's default max_tokens
+    assert body["htdi"]["model"] == "tiny"
+
+
+def test_batch_of_prompts_times_n_and_echo(client: TestClient):
+    prompts = ["The quick brown fox", "Hello world!"]
+    single = [complete(client, prompt=p, max_tokens=4).json()["choices"][0]["text"]
+              for p in prompts]
+    body = complete(client, prompt=prompts, max_tokens=4, n=2, echo=True).json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
+    for i, choice in enumerate(body["choices"]):
+        prompt = prompts[i // 2]
+        assert choice["text"].startswith(prompt)
+        assert choice["text"][len(prompt):] == single[i // 2]
+
+
+def test_token_id_prompts(client: TestClient):
+    tokenizer = client.app.state.manager.models["tiny"].loaded.tokenizer
+    ids = tokenizer.encode("Hello world!")
+    by_text = complete(client, prompt="Hello world!", max_tokens=5).json()
+    by_ids = complete(client, prompt=ids, max_tokens=5).json()
+    by_lists = complete(client, prompt=[ids, ids], max_tokens=5).json()
+    assert by_ids["choices"][0]["text"] == by_text["choices"][0]["text"]
+    assert [c["text"] for c in by_lists["choices"]] == [by_text["choices"][0]["text"]] * 2
+    bad = complete(client, prompt=[10**9])
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompt"
+
+
+def test_legacy_logprobs_shape(client: TestClient):
+    body = complete(client, prompt="Hello world!", max_tokens=4, logprobs=2).json()
+    choice = body["choices"][0]
+    lp = choice["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 4
+    assert "".join(lp["tokens"]) == choice["text"]
+    assert lp["text_offset"][0] == 0
+    assert lp["text_offset"][1] == len(lp["tokens"][0])
+    for top in lp["top_logprobs"]:
+        assert len(top) <= 2 and all(v <= 0 for v in top.values())
+
+
+def test_stream_matches_and_ends_properly(client: TestClient):
+    full = complete(client, prompt="Numbers: 0 1 2", max_tokens=8).json()["choices"][0]["text"]
+    resp = complete(client, prompt="Numbers: 0 1 2", max_tokens=8, stream=True,
+                    stream_options={"include_usage": True})
+    lines = [ln for ln in resp.text.splitlines() if ln.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(ln[6:]) for ln in lines[:-1]]
+    assert all(e["object"] == "text_completion" for e in events)
+    text = "".join(e["choices"][0]["text"] for e in events if e["choices"])
+    assert text == full
+    assert events[-2]["choices"][0]["finish_reason"] == "length"
+    assert events[-1]["usage"]["completion_tokens"] == 8 and "htdi" in events[-1]
+
+
+def test_unsupported_parameters_are_refused(client: TestClient):
+    for extra, param in [({"suffix": "x"}, "suffix"), ({"best_of": 3}, "best_of"),
+                         ({"echo": True, "logprobs": 1}, "echo"), ({"logprobs": 21}, "logprobs")]:
+        resp = complete(client, prompt="Hi", **extra)
+        assert resp.status_code == 400, (extra, resp.text)
+        assert resp.json()["error"]["param"] == param
+    assert complete(client, prompt=[]).status_code == 400
+    assert complete(client, prompt="").status_code == 400
