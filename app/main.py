@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
-from app.api import chat, completions, embeddings, health, models
+from app.api import chat, completions, embeddings, health, metrics, models
+from app.api.auth import ApiKeyGuard
 from app.api.errors import install_error_handlers
 from app.api.middleware import HTDIMiddleware
+from app.api.openapi import install_openapi
 from app.config import Settings
+from app.core.lifecycle import Lifecycle
+from app.core.metrics import ServerMetrics
 from app.handler.chat import ChatHandler
 from app.handler.completions import CompletionsHandler
 from app.handler.embeddings import EmbeddingsHandler
@@ -21,20 +27,45 @@ from app.models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
+STREAMING_PATHS = ("/v1/chat/completions", "/v1/completions")
+
+
+async def _log_models_ready(manager: ModelManager, started: float) -> None:
+    """One start-up line once the preloads are done: each model, its state and load time."""
+    await manager.wait_ready()
+    report = [
+        {"model": m.spec.id, "type": m.spec.type, "state": m.state,
+         "load_seconds": m.load_seconds, "error": m.error}
+        for m in manager.models.values()
+        if m.state != "unloaded"
+    ]
+    log.info(
+        "models ready after %.2fs: %s", time.perf_counter() - started,
+        ", ".join(f"{r['model']} {r['state']} in {r['load_seconds']}s" for r in report) or "none",
+        extra={"event": "models_loaded", "models": report,
+               "startup_seconds": round(time.perf_counter() - started, 3)},
+    )
+
 
 def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
     settings = settings or Settings()
     registry = registry or ModelRegistry.load(settings.models_file)
     manager = ModelManager(registry, settings)
+    lifecycle = Lifecycle(manager, settings.drain_timeout_s)
+    server_metrics = ServerMetrics(manager, lifecycle)
+    keys = settings.api_keys()
+    guard = ApiKeyGuard(keys, metrics_public=settings.metrics_public) if keys else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
         manager.start_preloads()
         app.state.load_started = started
+        report = asyncio.ensure_future(_log_models_ready(manager, started))
         try:
             yield
         finally:
+            report.cancel()
             manager.draining = True
             await manager.stop()
 
@@ -46,6 +77,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     )
     app.state.settings = settings
     app.state.manager = manager
+    app.state.lifecycle = lifecycle
+    app.state.metrics = server_metrics
     app.state.chat = ChatHandler(manager, settings)
     app.state.completions = CompletionsHandler(manager, settings)
     app.state.embeddings = EmbeddingsHandler(manager, settings)
@@ -56,5 +89,25 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(embeddings.router)
-    app.add_middleware(HTDIMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.metrics_enabled:
+        app.include_router(metrics.router)
+    install_openapi(app, STREAMING_PATHS)
+    app.add_middleware(
+        HTDIMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_json_depth=settings.max_json_depth,
+        guard=guard,
+        lifecycle=lifecycle,
+        metrics=server_metrics,
+        log_prompts=settings.log_prompts,
+    )
+    origins = settings.cors_origin_list()
+    if origins:  # outermost, so preflights never need a key and errors carry CORS headers
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-House-ID"],
+            expose_headers=["X-Request-ID", "X-House-ID"],
+        )
     return app

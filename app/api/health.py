@@ -2,28 +2,44 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from app.api.errors import error_response
+from app.api.openapi import error_responses
 from app.core import errors
 from app.models.manager import ModelManager
 
 router = APIRouter()
 
 
-@router.get("/health")
-async def health() -> dict:
-    return {"status": "ok"}
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
 
 
-@router.get("/ready")
-@router.get("/health/ready")
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    models: dict[str, str]
+
+
+@router.get("/health", response_model=Health)
+async def health() -> Health:
+    """Liveness: 200 while the process serves, draining included."""
+    return Health()
+
+
+@router.get("/ready", response_model=Readiness, responses=error_responses(503))
+@router.get("/health/ready", response_model=Readiness, responses=error_responses(503))
 async def ready(request: Request) -> JSONResponse:
+    """Readiness: 503 ``model_loading`` until the preload models are loaded, 503
+    ``shutting_down`` while draining."""
     manager: ModelManager = request.app.state.manager
     states = {m.spec.id: m.state for m in manager.models.values()}
     if manager.ready():
-        return JSONResponse({"status": "ready", "models": states})
+        return JSONResponse(Readiness(models=states).model_dump())
     if manager.draining:
         error = errors.APIError(
             503, "The server is shutting down.", type="server_error", code="shutting_down"
@@ -37,5 +53,4 @@ async def ready(request: Request) -> JSONResponse:
             code="model_loading",
             headers={"Retry-After": "2"},
         )
-    response = error_response(request, error)
-    return response
+    return error_response(request, error)

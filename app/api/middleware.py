@@ -1,4 +1,10 @@
-"""Pure ASGI middleware: HTDI headers on every response, body-size limit, last-resort 500.
+"""Pure ASGI middleware: the edge of every request.
+
+In order: HTDI ids; refusal while draining (503 ``shutting_down``); the API-key check;
+the body, buffered under its size limit (413 while reading, chunked too) and checked for
+encoding, lone surrogates and nesting depth; then the app, with a last-resort 500. When
+the response is over it closes the request's timer, counts the HTTP metrics and writes
+the request's JSON log line.
 
 It is pure ASGI (not ``BaseHTTPMiddleware``) so streaming responses pass through untouched
 and the client's ``http.disconnect`` still reaches the handlers.
@@ -8,11 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.auth import ApiKeyGuard
 from app.core.context import (
     HOUSE_ID_HEADER,
     REQUEST_ID_HEADER,
@@ -21,16 +29,35 @@ from app.core.context import (
     sane_id,
 )
 from app.core.errors import APIError, envelope, internal_error
+from app.core.limits import check_json_body, is_json_content
+from app.core.request_log import access_record, log_access, prompt_text
 
 log = logging.getLogger(__name__)
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+# Probes and scrapes: served while draining and not counted as in-flight work.
+OPERATIONAL_PATHS = frozenset({"/health", "/ready", "/health/ready", "/metrics"})
 
 
 class HTDIMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_json_depth: int = 64,
+        guard: ApiKeyGuard | None = None,
+        lifecycle: Any = None,
+        metrics: Any = None,
+        log_prompts: bool = False,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
+        self.guard = guard
+        self.lifecycle = lifecycle
+        self.metrics = metrics
+        self.log_prompts = log_prompts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,30 +70,86 @@ class HTDIMiddleware:
             house_id=sane_id(headers.get(HOUSE_ID_HEADER)),
             request_id_from_header=header_id is not None,
         )
+        ctx.timer.sink = self.metrics
         scope.setdefault("state", {})["ctx"] = ctx
+        status = 500
         started = False
 
         async def send_with_ids(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = message["status"]
                 out = MutableHeaders(scope=message)
                 for key, value in ctx.response_headers().items():
                     out[key] = value
             await send(message)
 
-        if scope["method"] in _BODY_METHODS:
-            body_or_error = await self._read_body(headers, receive)
-            if isinstance(body_or_error, APIError):
-                await _send_error(send_with_ids, body_or_error, ctx)
-                return
-            receive = _replay(body_or_error, receive)
+        counted = self.lifecycle is not None and scope["path"] not in OPERATIONAL_PATHS
+        if counted:
+            self.lifecycle.inflight += 1
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
+        body = b""
+        t0 = time.perf_counter()
         try:
-            await self.app(scope, receive, send_with_ids)
-        except Exception:  # noqa: BLE001 - last resort: never leak a traceback to the client
-            log.exception("unhandled error for request %s", ctx.request_id)
-            if not started:
-                await _send_error(send_with_ids, internal_error(), ctx)
+            error = self._refusal(scope)
+            if error is None and scope["method"] in _BODY_METHODS:
+                body_or_error = await self._read_body(headers, receive)
+                if isinstance(body_or_error, APIError):
+                    error = body_or_error
+                else:
+                    body = body_or_error
+                    receive = _replay(body, receive)
+                    if is_json_content(headers.get("content-type")):
+                        error = check_json_body(body, self.max_json_depth)
+            if error is not None:
+                await _send_error(send_with_ids, error, ctx)
+                return
+            try:
+                await self.app(scope, receive, send_with_ids)
+            except Exception:  # noqa: BLE001 - last resort: never leak a traceback
+                log.exception("unhandled error for request %s", ctx.request_id)
+                if not started:
+                    await _send_error(send_with_ids, internal_error(), ctx)
+        finally:
+            if counted:
+                self.lifecycle.inflight -= 1
+            if self.metrics is not None:
+                self.metrics.in_flight.dec()
+            self._finish(scope, ctx, status, time.perf_counter() - t0, body)
+
+    def _refusal(self, scope: Scope) -> APIError | None:
+        """503 while draining (probes excepted), then 401 without a valid key."""
+        if (
+            self.lifecycle is not None
+            and self.lifecycle.draining
+            and scope["path"] not in OPERATIONAL_PATHS
+        ):
+            return APIError(
+                503,
+                "The server is shutting down.",
+                type="server_error",
+                code="shutting_down",
+                headers={"Connection": "close", "Retry-After": "1"},
+            )
+        if self.guard is not None:
+            return self.guard.check(scope)
+        return None
+
+    def _finish(
+        self, scope: Scope, ctx: RequestContext, status: int, seconds: float, body: bytes
+    ) -> None:
+        try:
+            ctx.timer.close()
+            route = _route_template(scope)
+            if self.metrics is not None:
+                self.metrics.observe_http(scope["method"], route, status, seconds, ctx.model)
+            prompt = prompt_text(body) if self.log_prompts and body else None
+            log_access(access_record(ctx, method=scope["method"], route=route,
+                                     path=scope["path"], status=status, prompt=prompt))
+        except Exception:  # noqa: BLE001 - bookkeeping must never fail a request
+            log.exception("request bookkeeping failed for %s", ctx.request_id)
 
     async def _read_body(self, headers: Headers, receive: Receive) -> bytes | APIError:
         """Buffer the body, refusing it as soon as it passes the limit (chunked too)."""
@@ -90,6 +173,19 @@ class HTDIMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's template (bounded label values); ``other`` when none matched."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    app = scope.get("app")
+    for candidate in getattr(app, "routes", ()):
+        if getattr(candidate, "path", None) == scope["path"]:
+            return scope["path"]
+    return "other"
 
 
 def _too_large(size: int, limit: int, at_least: bool = False) -> APIError:

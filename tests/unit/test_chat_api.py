@@ -77,7 +77,7 @@ def test_n_choices_and_seed(client: TestClient):
         ({"max_tokens": 65}, 400, "max_tokens_exceeded", "64"),
         ({"messages": [{"role": "user", "content": "word " * 400}]}, 400,
          "context_length_exceeded", "256"),
-        ({"response_format": {"type": "json_object"}}, 400, None, "response_format"),
+        ({"response_format": {"type": "json_schema"}}, 400, None, "json_schema"),
         ({"logit_bias": {"999999": 1}}, 400, None, "vocabulary"),
         ({"stop": [""]}, 400, None, "stop"),
         ({"top_p": 0}, 400, None, "top_p"),
