@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
+from app.core.request_log import setup_logging
 
 log = logging.getLogger("app")
 
@@ -41,12 +42,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**given)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _configure_backend(settings: Settings) -> None:
@@ -56,10 +51,19 @@ def _configure_backend(settings: Settings) -> None:
     report = configure_blas(settings.blas, settings.blas_threads)
     import mlx.core as mx
 
+    if mx.metal.is_available():
+        backend = "metal"
+    elif hasattr(mx, "cuda") and mx.cuda.is_available():
+        backend = "cuda"
+    else:
+        backend = "cpu"
     log.info(
-        "MLX %s on %s; BLAS: %s (%s, threads %s) %s",
-        mx.__version__, mx.default_device(), report.backend, report.library or "-",
+        "MLX %s on %s (%s backend); BLAS: %s (%s, threads %s) %s",
+        mx.__version__, mx.default_device(), backend, report.backend, report.library or "-",
         report.threads or "-", report.detail,
+        extra={"event": "backend", "backend": backend, "mlx": mx.__version__,
+               "device": str(mx.default_device()), "blas": report.backend,
+               "blas_library": report.library, "blas_threads": report.threads},
     )
 
 
@@ -67,17 +71,26 @@ def cmd_serve(settings: Settings) -> int:
     _configure_backend(settings)
     import uvicorn
 
+    from app.api.http_protocol import EnvelopeH11Protocol
+    from app.core.lifecycle import make_server
     from app.main import create_app
 
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        log_config=None,  # keep the logging set up by setup_logging
+        access_log=False,  # the middleware writes one JSON line per request instead
+        http=EnvelopeH11Protocol,  # h11, with envelopes for unparseable requests
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        # The drain happens before uvicorn's shutdown; this only bounds the last writes.
+        timeout_graceful_shutdown=10,
     )
-    return 0
+    server = make_server(config, app.state.lifecycle)
+    server.run()
+    return 0 if server.started else 3
 
 
 def cmd_pull(settings: Settings, ids: list[str]) -> int:
@@ -140,9 +153,16 @@ def main(argv: list[str] | None = None) -> int:
         _add_settings_flags(p)
     args = parser.parse_args(argv)
     settings = _settings(args)
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, settings.access_log)
     if args.command == "serve":
-        return cmd_serve(settings)
+        status = cmd_serve(settings)
+        # A clean exit must report 0; MLX/OpenBLAS threads can abort the interpreter's
+        # own finalization ("terminate called without an active exception"), so skip it:
+        # everything is stopped and the logs are flushed here.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
     if args.command == "pull":
         return cmd_pull(settings, args.ids)
     if args.command == "models":

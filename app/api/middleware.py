@@ -85,11 +85,8 @@ class HTDIMiddleware:
                     out[key] = value
             await send(message)
 
-        counted = self.lifecycle is not None and scope["path"] not in OPERATIONAL_PATHS
-        if counted:
-            self.lifecycle.inflight += 1
-        if self.metrics is not None:
-            self.metrics.in_flight.inc()
+        counted = scope["path"] not in OPERATIONAL_PATHS
+        self._count(counted, +1)
         body = b""
         t0 = time.perf_counter()
         try:
@@ -113,11 +110,17 @@ class HTDIMiddleware:
                 if not started:
                     await _send_error(send_with_ids, internal_error(), ctx)
         finally:
-            if counted:
-                self.lifecycle.inflight -= 1
-            if self.metrics is not None:
-                self.metrics.in_flight.dec()
+            self._count(counted, -1)
             self._finish(scope, ctx, status, time.perf_counter() - t0, body)
+
+    def _count(self, counted: bool, delta: int) -> None:
+        """In-flight work, for the drain and the gauge (probes and scrapes excluded)."""
+        if not counted:
+            return
+        if self.lifecycle is not None:
+            self.lifecycle.inflight += delta
+        if self.metrics is not None:
+            self.metrics.in_flight.inc(delta)
 
     def _refusal(self, scope: Scope) -> APIError | None:
         """503 while draining (probes excepted), then 401 without a valid key."""

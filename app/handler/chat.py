@@ -25,6 +25,15 @@ from app.handler.generation import (
 )
 from app.handler.logprobs import TokenTexts
 from app.handler.structured import compile_schema, schema_for
+from app.handler.tools import (
+    ToolPlan,
+    call_schema,
+    fallback_system_prompt,
+    history_message,
+    parse_calls,
+    plan_tools,
+    template_supports_tools,
+)
 from app.models.manager import ManagedModel, ModelManager
 from app.schemas.openai import ChatCompletionRequest
 
@@ -37,23 +46,34 @@ def _reject_unsupported(body: ChatCompletionRequest) -> None:
         raise errors.invalid_request(
             "top_logprobs requires logprobs to be true.", param="top_logprobs"
         )
-    if body.tools:
-        raise errors.invalid_request("tools are not supported yet.", param="tools")
-    if body.tool_choice not in (None, "none"):
-        raise errors.invalid_request("tool_choice is not supported yet.", param="tool_choice")
+    if body.tools and body.response_format and body.response_format.type != "text":
+        if body.tool_choice not in (None, "none", "auto"):
+            raise errors.invalid_request(
+                "A forced tool_choice cannot be combined with a JSON response_format.",
+                param="tool_choice",
+            )
 
 
-def _render_prompt(managed: ManagedModel, body: ChatCompletionRequest) -> list[int]:
+def _render_prompt(
+    managed: ManagedModel, body: ChatCompletionRequest, plan: ToolPlan | None
+) -> list[int]:
     tokenizer = managed.loaded.tokenizer
-    messages: list[dict[str, Any]] = []
-    for message in body.messages:
-        role = "system" if message.role == "developer" else message.role
-        entry: dict[str, Any] = {"role": role, "content": message.text()}
-        if message.name:
-            entry["name"] = message.name
-        messages.append(entry)
+    messages = [history_message(message) for message in body.messages]
+    kwargs: dict[str, Any] = {}
+    if plan is not None:
+        template = managed.loaded.chat_template or getattr(tokenizer, "chat_template", None)
+        if template_supports_tools(template):
+            kwargs["tools"] = [t.model_dump(exclude_none=True) for t in plan.tools]
+        else:
+            note = fallback_system_prompt(plan.tools)
+            if messages[0]["role"] == "system":
+                messages[0] = {**messages[0], "content": messages[0]["content"] + "\n\n" + note}
+            else:
+                messages.insert(0, {"role": "system", "content": note})
     try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **kwargs
+        )
     except Exception as exc:  # noqa: BLE001 - a template refusing the messages is a 400
         raise errors.invalid_request(
             f"The chat template could not render these messages: {exc}", param="messages"
@@ -78,11 +98,11 @@ class ChatHandler:
             )
         check_common_limits(body, self.settings)
         _reject_unsupported(body)
+        plan = plan_tools(body)
         managed = await self.manager.acquire(body.model, "chat")
         ctx.model = managed.spec.id
-        prompt = await asyncio.get_running_loop().run_in_executor(
-            None, _render_prompt, managed, body
-        )
+        loop = asyncio.get_running_loop()
+        prompt = await loop.run_in_executor(None, _render_prompt, managed, body, plan)
         requested = body.max_completion_tokens or body.max_tokens
         max_tokens = resolve_max_tokens(requested, len(prompt), managed, self.settings)
         vocab = len(managed.loaded.tokenizer.vocab)
@@ -90,11 +110,19 @@ class ChatHandler:
         params = sampling_params(body, max_tokens, vocab, logprobs)
         schema = schema_for(body.response_format) if body.response_format else None
         if schema is not None:
-            grammar = await asyncio.get_running_loop().run_in_executor(
+            grammar = await loop.run_in_executor(
                 None, compile_schema, managed, schema, "response_format"
             )
             params = replace(params, grammar=grammar)
-        return submit(managed, prompt, params, body.n, ctx.request_id)
+        if plan is not None:  # also validates every tool's parameter schema
+            grammar = await loop.run_in_executor(
+                None, compile_schema, managed, call_schema(plan), "tools"
+            )
+            if plan.mode in ("required", "named"):
+                params = replace(params, grammar=grammar)
+        submission = submit(managed, prompt, params, body.n, ctx.request_id)
+        submission.tool_plan = plan
+        return submission
 
     async def complete(self, submission: Submission, ctx: RequestContext) -> dict[str, Any]:
         n = len(submission.requests)
@@ -104,6 +132,7 @@ class ChatHandler:
         prompt_tokens = completion_tokens = cached = 0
         try:
             async for item in merged_events(submission):
+                ctx.timer.observe(item, submission)  # metrics + request log
                 event = item.event
                 if isinstance(event, TextDelta):
                     texts[item.index] += event.text
@@ -119,6 +148,10 @@ class ChatHandler:
             submission.cancel()
         want_logprobs = submission.requests[0].params.logprobs is not None
         texts_of = TokenTexts(submission.managed.loaded.tokenizer) if want_logprobs else None
+        messages: list[dict[str, Any]] = []
+        for i in range(n):
+            message, reasons[i] = self._message(submission, texts[i], reasons[i])
+            messages.append(message)
         return {
             "id": _completion_id(),
             "object": "chat.completion",
@@ -127,7 +160,7 @@ class ChatHandler:
             "choices": [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": texts[i]},
+                    "message": messages[i],
                     "logprobs": (
                         {"content": texts_of.chat_content(token_logprobs[i]), "refusal": None}
                         if texts_of
@@ -140,6 +173,18 @@ class ChatHandler:
             "usage": usage(prompt_tokens, completion_tokens, cached),
             "htdi": ctx.htdi(),
         }
+
+    @staticmethod
+    def _message(
+        submission: Submission, text: str, reason: str | None
+    ) -> tuple[dict[str, Any], str | None]:
+        """The assistant message for one choice: tool calls when the output holds them."""
+        plan = submission.tool_plan
+        if plan is not None and reason == "stop":
+            calls = parse_calls(text, plan, submission.managed.loaded.tokenizer)
+            if calls:
+                return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+        return {"role": "assistant", "content": text}, reason
 
     async def stream(
         self, submission: Submission, ctx: RequestContext, include_usage: bool
@@ -173,12 +218,17 @@ class ChatHandler:
 
         ended = 0
         prompt_tokens = completion_tokens = cached = 0
+        held = [""] * n  # with tools in play, text is held until it is known not to be a call
+        hold = submission.tool_plan is not None
         try:
             for i in range(n):
                 yield chunk(i, {"role": "assistant", "content": ""})
             async for item in merged_events(submission):
+                ctx.timer.observe(item, submission)  # metrics + request log
                 event = item.event
-                if isinstance(event, TextDelta):
+                if isinstance(event, TextDelta) and hold:
+                    held[item.index] += event.text
+                elif isinstance(event, TextDelta):
                     yield chunk(item.index, {"content": event.text}, logprobs=event.logprobs)
                 elif isinstance(event, PrefillProgress):
                     yield KEEP_ALIVE
@@ -189,7 +239,11 @@ class ChatHandler:
                     ended += 1
                     prompt_tokens, cached = event.prompt_tokens, event.cached_tokens
                     completion_tokens += event.completion_tokens
-                    final = chunk(item.index, {}, event.finish_reason, event.logprobs)
+                    reason = event.finish_reason
+                    if hold:
+                        message, reason = self._message(submission, held[item.index], reason)
+                        yield chunk(item.index, _tool_delta(message))
+                    final = chunk(item.index, {}, reason, event.logprobs)
                     if ended == n and not include_usage:
                         final["htdi"] = ctx.htdi()
                     yield final
@@ -202,6 +256,13 @@ class ChatHandler:
                 }
         finally:
             submission.cancel()
+
+
+def _tool_delta(message: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's streamed form of a finished message: content, or indexed tool calls."""
+    if not message.get("tool_calls"):
+        return {"content": message["content"]}
+    return {"tool_calls": [{"index": k, **call} for k, call in enumerate(message["tool_calls"])]}
 
 
 def _completion_id() -> str:

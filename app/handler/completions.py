@@ -141,6 +141,7 @@ class CompletionsHandler:
                 reasons: list[str | None] = [None] * n
                 lps: list[list[TokenLogprob]] = [[] for _ in range(n)]
                 async for item in merged_events(sub):
+                    ctx.timer.observe(item, sub)  # metrics + request log
                     event = item.event
                     if isinstance(event, TextDelta):
                         out[item.index] += event.text
@@ -211,6 +212,7 @@ class CompletionsHandler:
 
             async def pump(p: int, sub: Submission) -> None:
                 async for item in merged_events(sub):
+                    ctx.timer.observe(item, sub)  # metrics + request log
                     await queue.put((p * n + item.index, item.event))
 
             pumps = [asyncio.ensure_future(pump(p, s)) for p, s in enumerate(submissions)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from app.config import Settings
 from app.core import errors
@@ -116,6 +117,7 @@ class Submission:
 
     managed: ManagedModel
     requests: list[GenerationRequest]
+    tool_plan: Any = None  # app.handler.tools.ToolPlan when tools are in play
 
     def cancel(self) -> None:
         for request in self.requests:

@@ -1,0 +1,173 @@
+"""Tool calling: prompt rendering, constrained calls, and parsing calls out of model text.
+
+- ``tool_choice`` ``none``: tools are not shown to the model.
+- ``auto``: tools go to the chat template when it knows them (``tools`` appears in the
+  template); otherwise a fallback system message describes them and asks for
+  ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (the Hermes / Qwen format
+  mlx-lm's ``json_tools`` parser reads). Calls are parsed from the finished text with the
+  tokenizer's own mlx-lm tool parser when it has one, else with that format.
+- ``required`` / a named function: decoding is constrained by a JSON schema to exactly one
+  call ``{"name": <allowed>, "arguments": <that function's parameters>}``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from app.core import errors
+from app.schemas.openai import ChatCompletionRequest, NamedToolChoice, ToolSpec
+
+TOOL_CALL_START = "<tool_call>"
+TOOL_CALL_END = "</tool_call>"
+
+
+@dataclass
+class ToolPlan:
+    mode: str  # "auto" | "required" | "named"
+    tools: list[ToolSpec]
+    names: set[str]
+
+
+def plan_tools(body: ChatCompletionRequest) -> ToolPlan | None:
+    """What the request asks of tools; 400 for contradictions. None: no tools in play."""
+    choice = body.tool_choice
+    if not body.tools:
+        if choice not in (None, "none"):
+            raise errors.invalid_request(
+                "tool_choice needs a non-empty tools list.", param="tool_choice"
+            )
+        return None
+    names = [tool.function.name for tool in body.tools]
+    if len(set(names)) != len(names):
+        raise errors.invalid_request("tools contains duplicate function names.", param="tools")
+    if choice == "none":
+        return None
+    if isinstance(choice, NamedToolChoice):
+        if choice.function.name not in names:
+            raise errors.invalid_request(
+                f"tool_choice names {choice.function.name!r}, which is not in tools.",
+                param="tool_choice",
+            )
+        allowed = [t for t in body.tools if t.function.name == choice.function.name]
+        return ToolPlan("named", allowed, {choice.function.name})
+    return ToolPlan(choice or "auto", list(body.tools), set(names))
+
+
+def _closed(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Arguments get no keys beyond the declared ones unless the schema says otherwise
+    (as OpenAI's strict mode); without this small models keep inventing keys."""
+    schema = dict(parameters or {"type": "object"})
+    if schema.get("type") == "object" and "properties" in schema:
+        schema.setdefault("additionalProperties", False)
+    return schema
+
+
+def call_schema(plan: ToolPlan) -> dict[str, Any]:
+    """JSON schema of one call to one of the plan's functions."""
+    options = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": tool.function.name},
+                "arguments": _closed(tool.function.parameters),
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for tool in plan.tools
+    ]
+    return options[0] if len(options) == 1 else {"anyOf": options}
+
+
+def template_supports_tools(chat_template: str | None) -> bool:
+    return bool(chat_template) and "tools" in chat_template
+
+
+def fallback_system_prompt(tools: list[ToolSpec]) -> str:
+    described = json.dumps([t.model_dump(exclude_none=True) for t in tools], indent=1)
+    return (
+        "You can call these functions:\n"
+        f"{described}\n"
+        "To call one, reply with exactly "
+        f'{TOOL_CALL_START}{{"name": <function name>, "arguments": <JSON object>}}'
+        f"{TOOL_CALL_END} and nothing else. Otherwise answer normally."
+    )
+
+
+def history_message(message: Any) -> dict[str, Any]:
+    """A request message as the chat template sees it (tool calls and results included)."""
+    role = "system" if message.role == "developer" else message.role
+    entry: dict[str, Any] = {"role": role, "content": message.text()}
+    if message.name:
+        entry["name"] = message.name
+    if message.tool_calls:
+        entry["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {
+                    "name": call.function.name,
+                    "arguments": _loads(call.function.arguments),
+                },
+            }
+            for call in message.tool_calls
+        ]
+        if not entry["content"]:  # templates without tool support still show the call
+            entry["content"] = "".join(
+                TOOL_CALL_START
+                + json.dumps({"name": c.function.name, "arguments": _loads(c.function.arguments)})
+                + TOOL_CALL_END
+                for c in message.tool_calls
+            )
+    if message.tool_call_id:
+        entry["tool_call_id"] = message.tool_call_id
+    return entry
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def openai_call(name: str, arguments: Any) -> dict[str, Any]:
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+
+
+def parse_calls(text: str, plan: ToolPlan, tokenizer: Any) -> list[dict[str, Any]] | None:
+    """Tool calls in a finished output, or None when it is an ordinary answer."""
+    if plan.mode in ("required", "named"):
+        parsed = _loads(text)
+        if isinstance(parsed, dict) and parsed.get("name") in plan.names:
+            return [openai_call(parsed["name"], parsed.get("arguments", {}))]
+        return None
+    start = getattr(tokenizer, "tool_call_start", None) or TOOL_CALL_START
+    end = getattr(tokenizer, "tool_call_end", None) or TOOL_CALL_END
+    parser = getattr(tokenizer, "tool_parser", None)
+    raw_tools = [t.model_dump() for t in plan.tools]
+    calls = []
+    pattern = re.compile(re.escape(start) + r"(.*?)(?:" + re.escape(end) + r"|$)", re.S)
+    for body in pattern.findall(text):
+        try:
+            parsed = parser(body, raw_tools) if parser else json.loads(body.strip())
+        except Exception:  # noqa: BLE001 - text that is not a call stays text
+            continue
+        for item in parsed if isinstance(parsed, list) else [parsed]:
+            if isinstance(item, dict) and item.get("name") in plan.names:
+                calls.append(openai_call(item["name"], item.get("arguments", {})))
+    if not calls:  # a bare JSON call without the markers
+        parsed = _loads(text.strip())
+        if isinstance(parsed, dict) and parsed.get("name") in plan.names:
+            calls.append(openai_call(parsed["name"], parsed.get("arguments", {})))
+    return calls or None
