@@ -88,7 +88,7 @@ def template_supports_tools(chat_template: str | None) -> bool:
 
 
 def fallback_system_prompt(tools: list[ToolSpec]) -> str:
-    described = json.dumps([t.model_dump(exclude_none=True) for t in tools], indent=1)
+    described = json.dumps([t.function.model_dump(exclude_none=True) for t in tools])
     return (
         "You can call these functions:\n"
         f"{described}\n"

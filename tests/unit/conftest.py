@@ -18,7 +18,7 @@ def client(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     registry = ModelRegistry(
         [
             ModelSpec(
-                id="tiny", source=str(tiny_llama_dir), family="llama", context_length=256,
+                id="tiny", source=str(tiny_llama_dir), family="llama", context_length=1024,
                 aliases=["default"], limits={"max_tokens": 64}, preload=True,
             )
         ]
