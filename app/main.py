@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from app.api import chat, completions, embeddings, health, metrics, models
+from app.api import chat, completions, embeddings, health, metrics, models, tokenize
 from app.api.auth import ApiKeyGuard
 from app.api.errors import install_error_handlers
 from app.api.middleware import HTDIMiddleware
@@ -22,6 +22,7 @@ from app.core.metrics import ServerMetrics
 from app.handler.chat import ChatHandler
 from app.handler.completions import CompletionsHandler
 from app.handler.embeddings import EmbeddingsHandler
+from app.handler.tokenize import TokenizeHandler
 from app.models.manager import ModelManager
 from app.models.registry import ModelRegistry
 
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.chat = ChatHandler(manager, settings)
     app.state.completions = CompletionsHandler(manager, settings)
     app.state.embeddings = EmbeddingsHandler(manager, settings)
+    app.state.tokenize = TokenizeHandler(manager)
     app.state.started_at = int(time.time())
     install_error_handlers(app)
     app.include_router(health.router)
@@ -89,6 +91,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(embeddings.router)
+    app.include_router(tokenize.router)
     if settings.metrics_enabled:
         app.include_router(metrics.router)
     install_openapi(app, STREAMING_PATHS)

@@ -80,3 +80,21 @@ def test_unsupported_parameters_are_refused(client: TestClient):
         assert resp.json()["error"]["param"] == param
     assert complete(client, prompt=[]).status_code == 400
     assert complete(client, prompt="").status_code == 400
+
+
+def test_tokenize_detokenize_round_trip(client: TestClient):
+    resp = client.post("/tokenize", json={"model": "default", "prompt": "Hello world!",
+                                          "return_token_strs": True})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["count"] == len(body["tokens"]) and body["max_model_len"] == 1024
+    assert "".join(body["token_strs"]) == "Hello world!"
+    back = client.post("/detokenize", json={"model": "default", "tokens": body["tokens"]})
+    assert back.json()["prompt"] == "Hello world!"
+    chat = client.post("/tokenize", json={
+        "model": "default", "messages": [{"role": "user", "content": "Hi"}]}).json()
+    tokenizer = client.app.state.manager.models["tiny"].loaded.tokenizer
+    assert tokenizer.decode(chat["tokens"]).endswith("<|im_start|>assistant\n")
+    assert client.post("/detokenize", json={"model": "default", "tokens": [-1]}).status_code == 400
+    assert client.post("/tokenize", json={"model": "default"}).status_code == 400
+    assert client.post("/tokenize", json={"model": "nope", "prompt": "x"}).status_code == 404

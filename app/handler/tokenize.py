@@ -1,0 +1,79 @@
+"""Tokenize / detokenize with a model's own tokenizer (RAG chunkers count tokens this way)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from app.core import errors
+from app.core.context import RequestContext
+from app.handler.logprobs import TokenTexts
+from app.models.manager import ModelManager
+from app.schemas.tokenize import DetokenizeRequest, TokenizeRequest
+
+
+class TokenizeHandler:
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+
+    async def _tokenizer(self, name: str, ctx: RequestContext) -> tuple[Any, Any]:
+        spec = self.manager.registry.get(name)
+        if spec is None:
+            raise errors.model_not_found(name)
+        capability = spec.capabilities[0]
+        managed = await self.manager.acquire(name, capability)
+        ctx.model = managed.spec.id
+        return managed, managed.loaded.tokenizer
+
+    async def tokenize(self, body: TokenizeRequest, ctx: RequestContext) -> dict[str, Any]:
+        ctx.model = body.model
+        managed, tokenizer = await self._tokenizer(body.model, ctx)
+        if managed.spec.type != "lm":
+            if body.messages is not None:
+                raise errors.invalid_request(
+                    "messages need a chat model; give 'prompt' instead.", param="messages"
+                )
+            ids = (await asyncio.to_thread(managed.loaded.tokenize, [body.prompt]))[0]
+            strs = None
+        else:
+            ids = await asyncio.to_thread(self._lm_tokens, tokenizer, body)
+            strs = None
+            if body.return_token_strs:
+                texts = TokenTexts(tokenizer)
+                strs = [texts.entry(t, 0.0)["token"] for t in ids]
+        return {
+            "count": len(ids),
+            "max_model_len": managed.spec.context_length,
+            "tokens": ids,
+            "token_strs": strs,
+            "htdi": ctx.htdi(),
+        }
+
+    @staticmethod
+    def _lm_tokens(tokenizer: Any, body: TokenizeRequest) -> list[int]:
+        if body.prompt is not None:
+            return tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages or []]
+        try:
+            text = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=body.add_generation_prompt, tokenize=False
+            )
+        except Exception as exc:  # noqa: BLE001 - a template refusing the messages is a 400
+            raise errors.invalid_request(
+                f"The chat template could not render these messages: {exc}", param="messages"
+            ) from exc
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    async def detokenize(self, body: DetokenizeRequest, ctx: RequestContext) -> dict[str, Any]:
+        ctx.model = body.model
+        managed, tokenizer = await self._tokenizer(body.model, ctx)
+        vocab = len(tokenizer.vocab) if managed.spec.type == "lm" else managed.loaded.vocab_size
+        if any(not 0 <= t < vocab for t in body.tokens):
+            raise errors.invalid_request(
+                f"tokens must be within [0, {vocab}).", param="tokens"
+            )
+        if managed.spec.type != "lm":
+            text = managed.loaded.tokenizer.decode(body.tokens)
+        else:
+            text = await asyncio.to_thread(tokenizer.decode, body.tokens)
+        return {"prompt": text, "htdi": ctx.htdi()}
