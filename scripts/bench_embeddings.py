@@ -7,9 +7,11 @@
 The MLX side runs in this interpreter (BLAS set up by ``app.core.blas`` before mlx is
 imported; ``--blas-library`` picks an explicit OpenBLAS).  The sentence-transformers side
 runs in ``--reference-python`` (a venv with torch + sentence-transformers) as a
-subprocess of this same file, so the project venv never needs torch.  Both measure
-text -> vectors (tokenisation included) on the same deterministic 20-word sentences;
-with ``--rounds N`` they alternate N times and the best of each cell is reported.
+persistent subprocess of this same file, so the project venv never needs torch.  Both
+measure text -> vectors (tokenisation included) on the same deterministic 20-word
+sentences.  Cells alternate MLX / ST for ``--rounds`` rounds; the table shows the best
+and median wall-clock rates and sentences per CPU-second (process CPU time, all
+threads), which is steadier than wall time on a shared machine.
 
 Regenerate the test fixture (inside the sentence-transformers venv)::
 
@@ -25,6 +27,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -63,20 +66,26 @@ def make_sentences(count: int, words: int, seed: int = 0) -> list[str]:
 
 
 def time_encode(
-    encode: Callable[[list[str]], Any], sentences: list[str], batch: int, seconds: float
-) -> float:
-    """Sentences/s of ``encode`` over consecutive batches (after one warm-up sweep)."""
+    encode: Callable[[list[str]], Any],
+    sentences: list[str],
+    batch: int,
+    seconds: float,
+    warm: bool = True,
+) -> dict[str, float]:
+    """Wall-clock and per-CPU-second sentence rates of ``encode`` over consecutive batches."""
     batches = [sentences[i : i + batch] for i in range(0, len(sentences) - batch + 1, batch)]
-    for b in batches:  # warm-up: compiles every padded shape once
-        encode(b)
-    done, start = 0, time.perf_counter()
+    if warm:
+        for b in batches:  # warm-up sweep (traces every padded shape when compiled)
+            encode(b)
+    done, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while True:
         for b in batches:
             encode(b)
             done += len(b)
             elapsed = time.perf_counter() - start
             if elapsed >= seconds:
-                return done / elapsed
+                cpu = max(time.process_time() - cpu_start, 1e-9)
+                return {"sps": done / elapsed, "cpu_sps": done / cpu}
 
 
 # -- sentence-transformers side (runs inside --reference-python) ---------------------------
@@ -100,16 +109,21 @@ def _st_versions() -> dict[str, str]:
 
 
 def st_worker(args: argparse.Namespace) -> None:
+    """Line protocol: prints a ready line, then answers ``{"batch", "seconds"}`` requests."""
     model = _load_st(args.model_dir)
     sentences = make_sentences(args.sentences, args.words)
-    results = {}
-    for bs in args.batch_sizes:
+    warmed: set[int] = set()
+    print(json.dumps({"ready": True, "versions": _st_versions()}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        bs = int(req["batch"])
 
         def encode(batch: list[str], bs: int = bs) -> Any:
             return model.encode(batch, batch_size=bs, show_progress_bar=False)
 
-        results[str(bs)] = time_encode(encode, sentences, bs, args.seconds)
-    print(json.dumps({"results": results, "versions": _st_versions()}))
+        result = time_encode(encode, sentences, bs, float(req["seconds"]), bs not in warmed)
+        warmed.add(bs)
+        print(json.dumps(result), flush=True)
 
 
 def write_fixture(args: argparse.Namespace) -> None:
@@ -137,15 +151,35 @@ def write_fixture(args: argparse.Namespace) -> None:
     print(f"wrote {len(FIXTURE_SENTENCES)} vectors to {args.write_fixture}")
 
 
-def run_reference(args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [args.reference_python, str(Path(__file__).resolve()), "--st-worker"]
-    cmd += ["--model-dir", args.model_dir, "--words", str(args.words)]
-    cmd += ["--sentences", str(args.sentences), "--seconds", str(args.seconds)]
-    cmd += ["--batch-sizes", ",".join(map(str, args.batch_sizes))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"reference worker failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+class ReferenceWorker:
+    """sentence-transformers in ``--reference-python``, kept alive between cells."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        cmd = [args.reference_python, str(Path(__file__).resolve()), "--st-worker"]
+        cmd += ["--model-dir", args.model_dir, "--words", str(args.words)]
+        cmd += ["--sentences", str(args.sentences)]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        self.versions = self._read()["versions"]
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"reference worker died (rc={self.proc.wait()})")
+        return json.loads(line)
+
+    def measure(self, batch: int, seconds: float) -> dict[str, float]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"batch": batch, "seconds": seconds}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(30)
 
 
 # -- MLX side ------------------------------------------------------------------------------
@@ -174,13 +208,10 @@ class MlxBench:
     def encode(self, batch: Sequence[str]) -> Any:
         return self.model.embed_arrays(self.model.tokenize(batch))
 
-    def run(self, sentences: list[str]) -> dict[str, float]:
-        return {
-            str(bs): time_encode(self.encode, sentences, bs, self.args.seconds)
-            for bs in self.args.batch_sizes
-        }
+    def measure(self, sentences: list[str], batch: int, warm: bool) -> dict[str, float]:
+        return time_encode(self.encode, sentences, batch, self.args.seconds, warm)
 
-    def run_batcher(self, sentences: list[str], clients: int) -> float:
+    def run_batcher(self, sentences: list[str], clients: int) -> dict[str, float]:
         """Sentences/s with ``clients`` coroutines each sending one sentence at a time."""
         from app.engine.embedding_batcher import EmbeddingBatcher
 
@@ -196,29 +227,46 @@ class MlxBench:
                 n += 1
             return n
 
-        async def main(duration: float) -> float:
-            start = time.perf_counter()
+        async def main(duration: float) -> dict[str, float]:
+            start, cpu = time.perf_counter(), time.process_time()
             counts = await asyncio.gather(*(client(i, start + duration) for i in range(clients)))
-            return sum(counts) / (time.perf_counter() - start)
+            done = sum(counts)
+            cpu_s = max(time.process_time() - cpu, 1e-9)
+            return {"sps": done / (time.perf_counter() - start), "cpu_sps": done / cpu_s}
 
         try:
-            asyncio.run(main(min(1.0, seconds)))  # warm-up
+            asyncio.run(main(min(0.5, seconds)))  # warm-up
             return asyncio.run(main(seconds))
         finally:
             batcher.stop()
 
 
-def print_table(best: dict[str, dict[str, float]], batch_sizes: list[int]) -> None:
-    mlx, ref = best.get("mlx", {}), best.get("reference", {})
-    print(f"{'batch':>5} | {'MLX sent/s':>10} | {'ST (torch) sent/s':>17} | {'MLX/ST':>6}")
-    print("-" * 49)
+def summarize(cells: list[dict[str, float]]) -> dict[str, float]:
+    walls = [c["sps"] for c in cells]
+    return {
+        "best": round(max(walls), 1),
+        "median": round(statistics.median(walls), 1),
+        "cpu_median": round(statistics.median(c["cpu_sps"] for c in cells), 1),
+    }
+
+
+def print_table(summary: dict[str, dict[str, dict[str, float]]], batch_sizes: list[int]) -> None:
+    mlx, ref = summary.get("mlx", {}), summary.get("reference", {})
+    head = ("batch", "MLX best", "ST best", "MLX/ST", "MLX med", "ST med", "MLX/CPU-s", "ST/CPU-s")
+    print(" | ".join(f"{h:>9}" for h in head))
+    print("-" * 96)
     for bs in map(str, batch_sizes):
-        m, r = mlx.get(bs), ref.get(bs)
-        ratio = f"{m / r:.2f}x" if m and r else "-"
-        print(f"{bs:>5} | {m or 0:>10.1f} | {r or 0:>17.1f} | {ratio:>6}")
-    if "batcher" in best:
-        for clients, sps in best["batcher"].items():
-            print(f"MLX via EmbeddingBatcher, {clients} concurrent 1-sentence clients: {sps:.1f}/s")
+        m, r = mlx.get(bs, {}), ref.get(bs, {})
+        ratio = f"{m['best'] / r['best']:.2f}x" if m and r else "-"
+        row = [bs, m.get("best"), r.get("best"), ratio, m.get("median"), r.get("median")]
+        row += [m.get("cpu_median"), r.get("cpu_median")]
+        print(" | ".join(f"{'-' if v is None else v:>9}" for v in row))
+    for clients, cell in summary.get("batcher", {}).items():
+        print(
+            f"MLX via EmbeddingBatcher, {clients} concurrent 1-sentence clients: "
+            f"best {cell['best']}/s, median {cell['median']}/s"
+        )
+    print("(sentences/s; MLX/ST compares the best of the rounds; CPU-s = process CPU time)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -227,8 +275,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--words", type=int, default=20, help="words per sentence")
     p.add_argument("--sentences", type=int, default=128, help="distinct sentences cycled")
-    p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per cell")
-    p.add_argument("--rounds", type=int, default=1, help="alternate MLX/ST rounds; best wins")
+    p.add_argument("--seconds", type=float, default=2.0, help="timed seconds per cell")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of alternating MLX/ST cells")
     p.add_argument("--reference-python", help="python with sentence-transformers + torch")
     p.add_argument("--skip-mlx", action="store_true")
     p.add_argument("--parallel-streams", type=int, default=None, help="MLX CPU streams")
@@ -253,38 +301,43 @@ def main(argv: list[str] | None = None) -> int:
     blas = "n/a" if args.skip_mlx else setup_blas(args.blas_library)
     sentences = make_sentences(args.sentences, args.words)
     bench = None if args.skip_mlx else MlxBench(args)
-    rounds: list[dict[str, Any]] = []
-    for i in range(max(1, args.rounds)):
-        entry: dict[str, Any] = {}
-        if bench is not None:
-            entry["mlx"] = bench.run(sentences)
-            if args.batcher_clients:
-                clients = str(args.batcher_clients)
-                entry["batcher"] = {clients: bench.run_batcher(sentences, args.batcher_clients)}
-        if args.reference_python:
-            ref = run_reference(args)
-            entry["reference"], entry["reference_versions"] = ref["results"], ref["versions"]
-        shown = {k: v for k, v in entry.items() if k != "reference_versions"}
-        print(f"round {i + 1}: {json.dumps(shown)}")
-        rounds.append(entry)
-    best: dict[str, Any] = {}
-    for key in ("mlx", "reference", "batcher"):
-        cells = [r[key] for r in rounds if key in r]
-        if cells:
-            best[key] = {k: round(max(c[k] for c in cells), 1) for k in cells[0]}
+    ref = ReferenceWorker(args) if args.reference_python else None
+    cells: dict[str, dict[str, list[dict[str, float]]]] = {}
+
+    def record(side: str, key: str, cell: dict[str, float]) -> None:
+        cells.setdefault(side, {}).setdefault(key, []).append(cell)
+        print(f"  {side:9s} {key:>3}: {cell['sps']:7.1f}/s  {cell['cpu_sps']:7.1f}/CPU-s")
+
+    try:
+        for i in range(max(1, args.rounds)):
+            print(f"round {i + 1}")
+            for bs in args.batch_sizes:
+                if bench is not None:
+                    time.sleep(0.3)  # let the reference's OpenMP threads stop spinning
+                    record("mlx", str(bs), bench.measure(sentences, bs, warm=i == 0))
+                if ref is not None:
+                    record("reference", str(bs), ref.measure(bs, args.seconds))
+            if bench is not None and args.batcher_clients:
+                clients = args.batcher_clients
+                record("batcher", str(clients), bench.run_batcher(sentences, clients))
+    finally:
+        if ref is not None:
+            ref.close()
+    summary = {side: {k: summarize(v) for k, v in by.items()} for side, by in cells.items()}
     print(f"\nBLAS: {blas}")
     if bench is not None:
         m = bench.model
         print(f"MLX: streams={m.parallel_streams} compile={m.compile} pad={m.pad_to_multiple}")
-    print(
-        f"{args.words}-word sentences, {args.seconds:.0f}s per cell, best of {len(rounds)} rounds\n"
-    )
-    print_table(best, args.batch_sizes)
+    if ref is not None:
+        print(f"reference: {ref.versions}")
+    print(f"{args.words}-word sentences, {args.seconds:g}s per cell, {args.rounds} rounds\n")
+    print_table(summary, args.batch_sizes)
     if args.json_out:
         out = {
-            "best": best,
-            "rounds": rounds,
+            "summary": summary,
+            "cells": cells,
             "blas": blas,
+            "reference_versions": ref.versions if ref is not None else None,
             "args": {k: v for k, v in vars(args).items() if k not in ("st_worker", "json_out")},
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         }

@@ -46,6 +46,7 @@ class HTDIMiddleware:
         *,
         max_body_bytes: int,
         max_json_depth: int = 64,
+        max_header_bytes: int | None = None,
         guard: ApiKeyGuard | None = None,
         lifecycle: Any = None,
         metrics: Any = None,
@@ -54,6 +55,7 @@ class HTDIMiddleware:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
+        self.max_header_bytes = max_header_bytes
         self.guard = guard
         self.lifecycle = lifecycle
         self.metrics = metrics
@@ -123,7 +125,17 @@ class HTDIMiddleware:
             self.metrics.in_flight.inc(delta)
 
     def _refusal(self, scope: Scope) -> APIError | None:
-        """503 while draining (probes excepted), then 401 without a valid key."""
+        """431 over the header limit, 503 while draining (probes excepted), 401 without a key."""
+        if self.max_header_bytes is not None:
+            size = _header_bytes(scope)
+            if size > self.max_header_bytes:
+                return APIError(
+                    431,
+                    f"The request line and headers are {size} bytes; the limit is "
+                    f"{self.max_header_bytes} bytes.",
+                    code="request_header_fields_too_large",
+                    headers={"Connection": "close"},
+                )
         if (
             self.lifecycle is not None
             and self.lifecycle.draining
@@ -176,6 +188,12 @@ class HTDIMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _header_bytes(scope: Scope) -> int:
+    """Size of the request line and headers as sent (h11 only bounds incomplete ones)."""
+    line = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 16
+    return line + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
 
 
 def _route_template(scope: Scope) -> str:

@@ -41,12 +41,13 @@ _DESCRIPTIONS = {
     405: "Method not allowed",
     413: "Request body over the size limit",
     429: "Model queue full",
+    431: "Request line and headers over the size limit",
     499: "Client closed the request (no body)",
     500: "Unexpected server error",
     503: "Model loading, queue timeout or server shutting down",
 }
 # What any route can answer: the edge middleware runs before routing.
-EDGE_STATUSES = (400, 401, 404, 405, 413, 500, 503)
+EDGE_STATUSES = (400, 401, 404, 405, 413, 431, 500, 503)
 GENERATION_STATUSES = (429,)
 
 

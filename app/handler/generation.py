@@ -87,9 +87,9 @@ def sampling_params(
         max_tokens=max_tokens,
         temperature=temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=body.top_k or 0,
+        top_k=body.top_k if body.top_k and body.top_k < vocab_size else 0,  # >= vocab: all
         min_p=body.min_p or 0.0,
-        seed=body.seed,
+        seed=None if body.seed is None else body.seed % 2**64,  # mx.random.key: uint64
         stop=tuple(body.stop or ()),
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
@@ -108,7 +108,7 @@ def choice_params(params: SamplingParams, index: int) -> SamplingParams:
         return params
     from dataclasses import replace
 
-    return replace(params, seed=params.seed + index)
+    return replace(params, seed=(params.seed + index) % 2**64)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from urllib.parse import urlparse
 
 import httpx
@@ -129,13 +130,16 @@ def test_bad_input_is_refused_and_server_survives(
 @pytest.mark.parametrize(
     "body",
     [
-        chat_body(messages=[{"role": "user", "content": "emoji \ud83d\ude00 and NUL \u0000"}]),
+        # json.dumps escapes the emoji as the valid pair "\ud83d\ude00"
+        chat_body(messages=[{"role": "user", "content": "emoji \U0001F600 and NUL \u0000"}]),
         chat_body(seed=2**64 - 1, temperature=1.0),
         chat_body(seed=-(2**63), temperature=1.0),
         chat_body(top_k=10**9, temperature=1.0),
+        chat_body(seed=2**64 - 1, n=2, temperature=1.0),
         chat_body(messages=[{"role": "assistant", "content": None}]),
     ],
-    ids=["surrogate_pair_and_nul", "max_seed", "min_seed", "huge_top_k", "null_content"],
+    ids=["surrogate_pair_and_nul", "max_seed", "min_seed", "huge_top_k", "max_seed_n2",
+         "null_content"],
 )
 def test_odd_but_valid_input_is_served(server: Server, client: httpx.Client, body):
     resp = client.post(CHAT, json=body)
@@ -169,10 +173,24 @@ def test_chunked_body_over_limit_is_cut_off_while_reading(server: Server, client
     assert_still_serving(server.base_url)
 
 
-def test_header_over_limit_gets_431_envelope(server: Server):
+def test_header_over_limit_gets_431_envelope(server: Server, client: httpx.Client):
     filler = "x" * (LIMITS["max_header_bytes"] + 100)
-    raw = raw_request(server, f"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {filler}\r\n\r\n"
-                      .encode())
+    resp = client.get("/health", headers={"X-Big": filler})
+    assert_envelope(resp, 431, "request_header_fields_too_large")
+    assert_still_serving(server.base_url)
+
+
+def test_trickled_headers_over_limit_get_431_from_the_parser(server: Server):
+    """Headers that never end are cut off by h11 once they pass the limit."""
+    url = urlparse(server.base_url)
+    half = b"x" * (LIMITS["max_header_bytes"] // 2 + 100)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + half)
+        time.sleep(0.2)
+        sock.sendall(half)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
     status, headers, body = split_response(raw)
     assert status == 431
     assert json.loads(body)["error"]["code"] == "request_header_fields_too_large"
