@@ -51,6 +51,9 @@ class ManagedModel:
             meta["weight_dtype"] = self.loaded.weight_dtype
         if self.error:
             meta["error"] = self.error
+        stats = getattr(self.engine, "stats_snapshot", None)
+        if callable(stats):  # embedding micro-batcher: shows that batching happens
+            meta["batching"] = stats()
         return meta
 
 
@@ -202,7 +205,12 @@ class ModelManager:
 
         def load() -> Any:
             path = resolve_model_path(spec, self.settings)
-            return load_embedding_model(path)
+            loaded = load_embedding_model(path)
+            # The registry's context length rules (sentence-transformers' max_seq_length only
+            # says where *it* truncates); the position table is the hard limit.
+            positions = loaded.model.config.max_position_embeddings
+            loaded.max_length = min(spec.context_length, positions)
+            return loaded
 
         loaded = await asyncio.to_thread(load)
         batcher = EmbeddingBatcher.for_model(
