@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     blas: Literal["auto", "openblas", "off"] = "auto"
     blas_threads: int | None = Field(None, ge=1)
     weights_dtype: Literal["auto", "float32", "float16", "bfloat16", "quantized"] = "auto"
+    keep_alive_s: float = Field(
+        1800.0, ge=-1, description="idle seconds before a non-preload model unloads (-1: never)"
+    )
+    memory_budget_bytes: int | None = Field(
+        None, ge=0, description="memory for loaded models (default: 75%% of RAM)"
+    )
 
     # Limits (DESIGN.md section 7)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)

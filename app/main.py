@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from app.api import chat, completions, embeddings, health, metrics, models, tokenize
+from app.api import admin, chat, completions, embeddings, health, metrics, models, tokenize
+from app.api.admin import install_sighup_reload
 from app.api.auth import ApiKeyGuard
 from app.api.errors import install_error_handlers
 from app.api.middleware import HTDIMiddleware
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
         manager.start_preloads()
+        install_sighup_reload(app)
         app.state.load_started = started
         report = asyncio.ensure_future(_log_models_ready(manager, started))
         try:
@@ -92,6 +94,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(completions.router)
     app.include_router(embeddings.router)
     app.include_router(tokenize.router)
+    app.include_router(admin.router)
     if settings.metrics_enabled:
         app.include_router(metrics.router)
     install_openapi(app, STREAMING_PATHS)

@@ -110,6 +110,10 @@ def _st_versions() -> dict[str, str]:
 
 def st_worker(args: argparse.Namespace) -> None:
     """Line protocol: prints a ready line, then answers ``{"batch", "seconds"}`` requests."""
+    if args.reference_threads:
+        import torch
+
+        torch.set_num_threads(args.reference_threads)
     model = _load_st(args.model_dir)
     sentences = make_sentences(args.sentences, args.words)
     warmed: set[int] = set()
@@ -158,6 +162,8 @@ class ReferenceWorker:
         cmd = [args.reference_python, str(Path(__file__).resolve()), "--st-worker"]
         cmd += ["--model-dir", args.model_dir, "--words", str(args.words)]
         cmd += ["--sentences", str(args.sentences)]
+        if args.reference_threads:
+            cmd += ["--reference-threads", str(args.reference_threads)]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
@@ -278,6 +284,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=2.0, help="timed seconds per cell")
     p.add_argument("--rounds", type=int, default=3, help="rounds of alternating MLX/ST cells")
     p.add_argument("--reference-python", help="python with sentence-transformers + torch")
+    p.add_argument("--reference-threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--skip-mlx", action="store_true")
     p.add_argument("--parallel-streams", type=int, default=None, help="MLX CPU streams")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="mx.compile")

@@ -25,6 +25,6 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     try:
         result = await unless_disconnected(request, handler.complete(submission, ctx))
     except ClientDisconnected:
-        submission.cancel()
+        submission.close()
         return Response(status_code=499)
     return JSONResponse(result)

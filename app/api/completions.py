@@ -26,6 +26,6 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         result = await unless_disconnected(request, handler.complete(submissions, echoes, ctx))
     except ClientDisconnected:
         for submission in submissions:
-            submission.cancel()
+            submission.close()
         return Response(status_code=499)
     return JSONResponse(result)

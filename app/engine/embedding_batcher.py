@@ -111,7 +111,13 @@ class EmbeddingBatcher:
 
     def start(self) -> None:
         with self._lifecycle:
-            if self._thread is not None and self._thread.is_alive():
+            old = self._thread
+            if old is not None and old.is_alive() and not self._stopping:
+                return
+        if old is not None:
+            old.join()  # a stop() that timed out: let that worker finish first
+        with self._lifecycle:
+            if self._thread is not old:  # another start() won the race
                 return
             self._stopping = False
             self.ready.clear()
@@ -129,8 +135,11 @@ class EmbeddingBatcher:
             self._stopping = True
             self._queue.put(_STOP)
         thread.join(timeout)
+        if thread.is_alive():  # still in a forward pass; it exits at the stop marker
+            logger.warning("%s batcher did not stop within %ss", self.name, timeout)
+            return
         with self._lifecycle:
-            if not thread.is_alive():
+            if self._thread is thread:
                 self._thread = None
         self._fail_queued(RuntimeError(f"{self.name} batcher stopped"))
 

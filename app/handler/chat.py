@@ -100,6 +100,21 @@ class ChatHandler:
         _reject_unsupported(body)
         plan = plan_tools(body)
         managed = await self.manager.acquire(body.model, "chat")
+        try:
+            submission = await self._submit(body, ctx, managed, plan)
+        except BaseException:
+            self.manager.release(managed)
+            raise
+        submission.release = lambda: self.manager.release(managed)
+        return submission
+
+    async def _submit(
+        self,
+        body: ChatCompletionRequest,
+        ctx: RequestContext,
+        managed: ManagedModel,
+        plan: ToolPlan | None,
+    ) -> Submission:
         ctx.model = managed.spec.id
         loop = asyncio.get_running_loop()
         prompt = await loop.run_in_executor(None, _render_prompt, managed, body, plan)
@@ -145,7 +160,7 @@ class ChatHandler:
                 elif isinstance(event, Failed):
                     raise failure_error(event)
         finally:
-            submission.cancel()
+            submission.close()
         want_logprobs = submission.requests[0].params.logprobs is not None
         texts_of = TokenTexts(submission.managed.loaded.tokenizer) if want_logprobs else None
         messages: list[dict[str, Any]] = []
@@ -255,7 +270,7 @@ class ChatHandler:
                     "htdi": ctx.htdi(),
                 }
         finally:
-            submission.cancel()
+            submission.close()
 
 
 def _tool_delta(message: dict[str, Any]) -> dict[str, Any]:

@@ -100,6 +100,17 @@ class CompletionsHandler:
                 param="echo",
             )
         managed = await self.manager.acquire(body.model, "completions")
+        try:
+            submissions, echoes = await self._submit(body, ctx, managed)
+        except BaseException:
+            self.manager.release(managed)
+            raise
+        submissions[0].release = lambda: self.manager.release(managed)
+        return submissions, echoes
+
+    async def _submit(
+        self, body: CompletionRequest, ctx: RequestContext, managed: ManagedModel
+    ) -> tuple[list[Submission], list[str]]:
         ctx.model = managed.spec.id
         tokenizer = managed.loaded.tokenizer
         vocab = len(tokenizer.vocab)
@@ -162,7 +173,7 @@ class CompletionsHandler:
                                     "finish_reason": reasons[i]})
         finally:
             for sub in submissions:
-                sub.cancel()
+                sub.close()
         return {
             "id": f"cmpl-{uuid.uuid4().hex}",
             "object": "text_completion",
@@ -245,4 +256,4 @@ class CompletionsHandler:
                        "htdi": ctx.htdi()}
         finally:
             for sub in submissions:
-                sub.cancel()
+                sub.close()

@@ -63,6 +63,19 @@ class EmbeddingsHandler:
         if token_ids is not None and any(not ids for ids in token_ids):
             raise errors.invalid_request("input must not contain empty token lists.", param="input")
         managed = await self.manager.acquire(body.model, "embeddings")
+        try:
+            return await self._embed(body, ctx, managed, texts, token_ids)
+        finally:
+            self.manager.release(managed)
+
+    async def _embed(
+        self,
+        body: EmbeddingRequest,
+        ctx: RequestContext,
+        managed: Any,
+        texts: list[str] | None,
+        token_ids: list[list[int]] | None,
+    ) -> dict[str, Any]:
         spec, loaded = managed.spec, managed.loaded
         ctx.model = spec.id
         dims = spec.dimensions or loaded.dimensions

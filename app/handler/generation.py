@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,11 +119,20 @@ class Submission:
     managed: ManagedModel
     requests: list[GenerationRequest]
     tool_plan: Any = None  # app.handler.tools.ToolPlan when tools are in play
+    release: Callable[[], None] | None = None  # returns the model lease, once
 
     def cancel(self) -> None:
+        engine = self.managed.engine
         for request in self.requests:
-            if not request.cancelled:
-                self.managed.engine.cancel(request)
+            if not request.cancelled and engine is not None:
+                engine.cancel(request)
+
+    def close(self) -> None:
+        """The response is complete (or abandoned): stop generating, give the model back."""
+        self.cancel()
+        release, self.release = self.release, None
+        if release is not None:
+            release()
 
 
 def submit(

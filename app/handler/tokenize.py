@@ -16,18 +16,25 @@ class TokenizeHandler:
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
 
-    async def _tokenizer(self, name: str, ctx: RequestContext) -> tuple[Any, Any]:
+    async def _acquire(self, name: str, ctx: RequestContext) -> Any:
         spec = self.manager.registry.get(name)
         if spec is None:
             raise errors.model_not_found(name)
-        capability = spec.capabilities[0]
-        managed = await self.manager.acquire(name, capability)
+        managed = await self.manager.acquire(name, spec.capabilities[0])
         ctx.model = managed.spec.id
-        return managed, managed.loaded.tokenizer
+        return managed
 
     async def tokenize(self, body: TokenizeRequest, ctx: RequestContext) -> dict[str, Any]:
         ctx.model = body.model
-        managed, tokenizer = await self._tokenizer(body.model, ctx)
+        managed = await self._acquire(body.model, ctx)
+        try:
+            return await self._tokenize(body, ctx, managed, managed.loaded.tokenizer)
+        finally:
+            self.manager.release(managed)
+
+    async def _tokenize(
+        self, body: TokenizeRequest, ctx: RequestContext, managed: Any, tokenizer: Any
+    ) -> dict[str, Any]:
         if managed.spec.type != "lm":
             if body.messages is not None:
                 raise errors.invalid_request(
@@ -66,7 +73,15 @@ class TokenizeHandler:
 
     async def detokenize(self, body: DetokenizeRequest, ctx: RequestContext) -> dict[str, Any]:
         ctx.model = body.model
-        managed, tokenizer = await self._tokenizer(body.model, ctx)
+        managed = await self._acquire(body.model, ctx)
+        try:
+            return await self._detokenize(body, ctx, managed, managed.loaded.tokenizer)
+        finally:
+            self.manager.release(managed)
+
+    async def _detokenize(
+        self, body: DetokenizeRequest, ctx: RequestContext, managed: Any, tokenizer: Any
+    ) -> dict[str, Any]:
         vocab = len(tokenizer.vocab) if managed.spec.type == "lm" else managed.loaded.vocab_size
         if any(not 0 <= t < vocab for t in body.tokens):
             raise errors.invalid_request(

@@ -1,8 +1,12 @@
 """A small inference-only BERT encoder on MLX (sentence-embedding models such as MiniLM).
 
 Loads Hugging Face ``BertModel`` safetensors directly.  Query/key/value projections are
-fused into one matmul per layer and the graph avoids shape-dependent slicing so the whole
-forward pass can be traced once with ``mx.compile(..., shapeless=True)``.
+fused into one matmul per layer; LayerNorm is ``mx.fast.layer_norm``.  On the GPU the
+attention is ``mx.fast.scaled_dot_product_attention``; on the CPU (``cpu_kernels``) GELU
+and softmax use arithmetic-only approximations (errors ~1e-6), because MLX's CPU
+transcendentals are scalar and were as costly as all the matmuls.  (A shapeless
+``mx.compile`` of the whole graph is not possible in MLX 0.32: batched ``addmm``, the
+SDPA fallback and ``view`` cannot infer output shapes.)
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 # float32 erf as a rational function (Eigen's generic_fast_erf_float): |err| < 5e-7.
-# MLX's CPU backend evaluates erf/exp/tanh with scalar code (~20-50 ns per element), which
-# made GELU as expensive as all the matmuls; this uses only mul/add/div.
+# MLX's CPU backend evaluates erf/exp/tanh with scalar code (~20-50 ns per element);
+# this uses only mul/add/div.
 _ERF_ALPHA = (
     -2.72614225801306e-10,
     2.77068142495902e-08,

@@ -91,6 +91,21 @@ def pool(
     return outputs[0] if len(outputs) == 1 else mx.concatenate(outputs, axis=-1)
 
 
+def split_by_tokens(sorted_lengths: Sequence[int], parts: int) -> list[tuple[int, int]]:
+    """Cut ascending lengths into <= ``parts`` non-empty contiguous runs of ~equal tokens."""
+    n = len(sorted_lengths)
+    parts = max(1, min(parts, n))
+    cumulative = np.cumsum(sorted_lengths)  # cumulative[j - 1] = tokens before cut j
+    bounds = [0]
+    for k in range(1, parts):
+        lo, hi = bounds[-1] + 1, n - (parts - k)  # keep every part non-empty
+        target = cumulative[-1] * k / parts
+        cut = min(range(lo, hi + 1), key=lambda j: abs(cumulative[j - 1] - target))
+        bounds.append(cut)
+    bounds.append(n)
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
 def l2_normalize(x: mx.array) -> mx.array:
     norm = mx.sqrt((x * x).sum(axis=-1, keepdims=True))
     return x / mx.maximum(norm, 1e-12)
@@ -108,9 +123,9 @@ class LoadedEmbeddingModel:
     normalize: bool
     path: Path
     do_lower_case: bool = False
-    pad_to_multiple: int = 8
+    pad_to_multiple: int = 1
     parallel_streams: int = 1
-    compile: bool = True
+    compile: bool = False
     _forward: Any = field(init=False, repr=False)
     _local: threading.local = field(init=False, repr=False, default_factory=threading.local)
 
@@ -184,16 +199,18 @@ class LoadedEmbeddingModel:
         if not batch:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         self.validate_token_ids(batch)
-        parts = self._split(batch)
-        if len(parts) == 1:
+        n_parts = min(self.parallel_streams, len(batch))
+        if n_parts <= 1 or mx.default_device() != mx.cpu:
             out = self._forward(*self._prepare(batch))
             mx.eval(out)
             return np.array(out.astype(mx.float32))
-        # CPU: run the halves of the batch concurrently on separate streams (each BLAS
-        # call is single-threaded, so this uses the other cores).
+        # CPU: run parts of the batch concurrently on separate streams (each BLAS call is
+        # single-threaded, so this is how the other cores get used).  Parts are contiguous
+        # runs of the length-sorted batch (little padding) with about equal token counts.
         order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
+        bounds = split_by_tokens([len(batch[i]) for i in order], n_parts)
         outs = []
-        for stream, (start, stop) in zip(self._thread_streams(), parts, strict=False):
+        for stream, (start, stop) in zip(self._thread_streams(), bounds, strict=False):
             chunk = [batch[i] for i in order[start:stop]]
             with mx.stream(stream):
                 outs.append(self._forward(*self._prepare(chunk)))
@@ -202,13 +219,6 @@ class LoadedEmbeddingModel:
         result = np.empty_like(stacked)
         result[order] = stacked
         return result
-
-    def _split(self, batch: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
-        n = min(self.parallel_streams, len(batch))
-        if n <= 1 or mx.default_device() != mx.cpu:
-            return [(0, len(batch))]
-        bounds = [round(i * len(batch) / n) for i in range(n + 1)]
-        return list(zip(bounds[:-1], bounds[1:], strict=True))
 
     def warmup(self) -> None:
         """Trace the forward pass and build its kernels before the first request.

@@ -1,4 +1,9 @@
-"""Load a llama-architecture GGUF file into an mlx-lm ``llama`` model and tokenizer.
+"""Load a GGUF file into an mlx-lm model and tokenizer.
+
+Two paths. Llama GGUFs whose tensor types ``mx.load`` reads faithfully load directly (this
+module). Everything else (K-quants such as Q4_K/Q5_K, Q5_0, other families such as Gemma 3)
+is dequantized with ``gguf-py`` and converted once into a cached mlx-lm directory
+(:mod:`app.models.gguf_convert`).
 
 ``mx.load`` reads GGUF natively: F32/F16 tensors come back dense, and Q4_0/Q4_1/Q8_0
 tensors as MLX affine triples (``X.weight``/``X.scales``/``X.biases``, group size 32), so
@@ -7,7 +12,7 @@ interleaved RoPE, which is why the model runs with ``rope_traditional=True``.
 
 Caveat: for other quantization types ``mx.load`` silently converts to float16, and for
 some (Q4_K at least) the values are wrong, so the tensor types are checked from the file
-header first and anything not known to load correctly is refused.
+header first and anything not known to load correctly takes the dequantizing path.
 """
 
 from __future__ import annotations
@@ -131,23 +136,29 @@ def read_header(path: Path) -> tuple[str | None, dict[str, str]]:
         raise ValueError(f"{path}: {exc}") from exc
 
 
-def _check_header(path: Path, arch: str | None, types: dict[str, str]) -> None:
-    if arch not in SUPPORTED_ARCHITECTURES:
+def _needs_conversion(path: Path, arch: str | None, types: dict[str, str]) -> bool:
+    """False for the ``mx.load`` path, True for the dequantizing one; raises if neither fits."""
+    from app.models.gguf_arch import FAMILIES
+    from app.models.gguf_file import DEQUANT_TYPES
+
+    if arch not in SUPPORTED_ARCHITECTURES and arch not in FAMILIES:
+        supported = sorted(SUPPORTED_ARCHITECTURES | set(FAMILIES))
         raise ValueError(
             f"{path}: GGUF architecture {arch!r} is not supported "
-            f"(supported: {', '.join(sorted(SUPPORTED_ARCHITECTURES))})"
+            f"(supported: {', '.join(supported)})"
         )
+    readable = {t.name for t in DEQUANT_TYPES}
     bad: dict[str, list[str]] = {}
     for name, kind in types.items():
-        if kind not in SUPPORTED_TYPES:
+        if kind not in readable:
             bad.setdefault(kind, []).append(name)
     if bad:
         detail = "; ".join(f"{k} ({len(v)} tensors, e.g. {v[0]})" for k, v in sorted(bad.items()))
         raise ValueError(
-            f"{path}: unsupported GGUF tensor types: {detail}. MLX cannot load these "
-            f"correctly; supported types are {', '.join(sorted(SUPPORTED_TYPES))} "
-            "(use a Q4_0, Q4_1, Q8_0 or F16 GGUF)"
+            f"{path}: unsupported GGUF tensor types: {detail}; supported types are "
+            f"{', '.join(sorted(readable))}"
         )
+    return arch not in SUPPORTED_ARCHITECTURES or not set(types.values()) <= SUPPORTED_TYPES
 
 
 # --- metadata and config -----------------------------------------------------------
@@ -296,12 +307,21 @@ def _build_model(config: dict[str, Any], weights: dict[str, mx.array], path: Pat
     return model
 
 
-def load_gguf_model(path: Path, *, weights: str = "auto") -> LoadedLanguageModel:
-    """Load a llama GGUF file; ``weights`` is one of :data:`app.models.loaded.WEIGHT_CHOICES`."""
+def load_gguf_model(
+    path: Path, *, weights: str = "auto", cache_dir: Path | None = None
+) -> LoadedLanguageModel:
+    """Load a GGUF file; ``weights`` is one of :data:`app.models.loaded.WEIGHT_CHOICES`.
+
+    ``cache_dir``: where converted GGUFs are kept (``<cache_dir>/converted/<sha256>/``);
+    without one a GGUF that needs converting is converted again on every load.
+    """
     path = Path(path)
     mode = resolve_weights(weights)
     arch, types = read_header(path)
-    _check_header(path, arch, types)
+    if _needs_conversion(path, arch, types):
+        from app.models.gguf_convert import load_converted_gguf
+
+        return load_converted_gguf(path, weights=weights, cache_dir=cache_dir)
     try:
         raw, raw_meta = mx.load(str(path), return_metadata=True)
     except (RuntimeError, ValueError) as exc:

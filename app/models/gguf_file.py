@@ -143,7 +143,7 @@ class GGUFFile:
             block, size = GGML_QUANT_SIZES[kind]
             count = int(np.prod(shape)) if shape else 1
             if shape and shape[-1] % block:
-                raise ValueError(f"tensor {name}: row of {shape[-1]} is not whole {kind.name} blocks")
+                raise ValueError(f"tensor {name}: row {shape[-1]} is not whole {kind.name} blocks")
             start = data_start + offset
             info = TensorInfo(name, shape, kind, start, count // block * size)
             if start + info.nbytes > len(self._buf):

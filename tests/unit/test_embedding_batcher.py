@@ -131,6 +131,26 @@ def test_cancelled_request_does_not_break_worker(
     assert batcher.running
 
 
+def test_stop_timeout_then_restart(fake: FakeForward) -> None:
+    fake.gate = threading.Event()
+    b = EmbeddingBatcher(fake, max_wait_ms=0)
+    b.start()
+
+    async def main() -> list[list[float]]:
+        task = asyncio.create_task(b.embed([[1, 1]]))
+        await asyncio.to_thread(fake.entered.wait, 5)
+        b.stop(timeout=0.01)  # worker is stuck in a forward pass
+        assert not b.running
+        fake.gate.set()
+        return await task  # queued before the stop: still served
+
+    assert asyncio.run(main()) == [[2.0, 2.0]]
+    b.start()  # waits for the old worker, then starts a fresh one
+    assert b.running
+    assert asyncio.run(b.embed([[9]])) == [[1.0, 9.0]]
+    b.stop()
+
+
 def test_validation_errors_raised_before_queueing(fake: FakeForward) -> None:
     def validate(batch: list[list[int]]) -> None:
         if any(len(s) > 3 for s in batch):

@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from app.models.embedding import LoadedEmbeddingModel, load_embedding_model, read_pooling_modes
+from app.models.embedding import (
+    LoadedEmbeddingModel,
+    load_embedding_model,
+    read_pooling_modes,
+    split_by_tokens,
+)
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "minilm_reference.json"
 _WORDS = (
@@ -293,6 +298,15 @@ def test_defaults_without_optional_files(tmp_path: Path) -> None:
     assert model.max_length == TINY["positions"]
     norms = np.linalg.norm(model.embed_arrays(model.tokenize(SENTENCES)), axis=1)
     assert not np.allclose(norms, 1.0)
+
+
+def test_split_by_tokens() -> None:
+    assert split_by_tokens([5], 2) == [(0, 1)]
+    assert split_by_tokens([10, 10, 10, 10], 2) == [(0, 2), (2, 4)]
+    assert split_by_tokens([2, 2, 2, 2, 2, 2, 20], 2) == [(0, 6), (6, 7)]
+    parts = split_by_tokens(list(range(1, 33)), 4)
+    assert len(parts) == 4 and parts[0][0] == 0 and parts[-1][1] == 32
+    assert all(a < b for a, b in parts)
 
 
 def test_read_pooling_modes_rejects_unknown() -> None:

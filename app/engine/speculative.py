@@ -1,0 +1,301 @@
+"""Prompt-lookup speculative decoding for the latency-bound case: one sequence running.
+
+:class:`SpeculativeBatchGenerator` is a drop-in :class:`mlx_lm.generate.BatchGenerator`. While
+exactly one sequence is decoding, nothing waits to be prefilled and the sequence is eligible
+(greedy sampler, no logits processors, plain KV caches), the sequence leaves the
+``GenerationBatch`` for a *solo* path:
+
+- **draft**: :class:`PromptLookup` finds the latest earlier occurrence of the last ``n`` tokens
+  of the context (prompt + output; ``n`` from ``ngram_max`` down to ``ngram_min``) and proposes
+  the up to ``k`` tokens that followed it. No draft model.
+- **verify**: one forward pass over ``[pending token] + draft`` (a ``(1, 1 + k)`` input; on the
+  CPU it costs ~1.2-1.5x a one-token step, since decode is bound by reading the weights);
+  the longest prefix of the draft that equals the model's greedy choice at each position is
+  accepted, plus the model's own next token, so every step emits at least one token.
+- **rewind**: the KV cache is trimmed by the rejected draft length.
+
+Greedy output is the non-speculative greedy output (up to floating-point ties: verifying
+``1 + k`` positions in one matmul may round differently from ``k`` one-row matmuls, as
+batching does). Sampled requests, logits processors (penalties, bias, grammars) and rotating
+or quantized caches stay on the batch path. When a second sequence arrives the solo sequence
+goes back into the ``GenerationBatch`` (same uid, same sampler, matcher and token counts), so
+continuous batching is unchanged. The caller sees the same ``next()`` / ``remove()`` /
+``extract_cache()`` API; a solo step simply returns several responses for one uid, in order.
+Tokens after the one that ends a sequence (stop token, ``max_tokens``) are never returned.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator, GenerationBatch, StopSequences, _merge_caches
+from mlx_lm.models.cache import BatchKVCache, KVCache
+from mlx_lm.sample_utils import greedy_sampler
+
+
+class PromptLookup:
+    """Incremental n-gram index over a token context; proposes continuations of its suffix."""
+
+    def __init__(self, tokens: list[int], ngram_max: int = 3, ngram_min: int = 2) -> None:
+        if not 1 <= ngram_min <= ngram_max:
+            raise ValueError("need 1 <= ngram_min <= ngram_max")
+        self.ngram_min, self.ngram_max = ngram_min, ngram_max
+        self.tokens: list[int] = []
+        # n -> {n-gram: end index of its latest occurrence that has a following token}
+        self._index: dict[int, dict[tuple[int, ...], int]] = {
+            n: {} for n in range(ngram_min, ngram_max + 1)
+        }
+        self.extend(tokens)
+
+    def extend(self, tokens: list[int]) -> None:
+        for token in tokens:
+            end = len(self.tokens)  # tokens[end - n:end] is followed by `token`
+            self.tokens.append(token)
+            for n, index in self._index.items():
+                if end >= n:
+                    index[tuple(self.tokens[end - n : end])] = end
+
+    def propose(self, k: int) -> list[int]:
+        """Up to ``k`` tokens that followed the longest matching suffix last time."""
+        size = len(self.tokens)
+        if k <= 0:
+            return []
+        for n in range(self.ngram_max, self.ngram_min - 1, -1):
+            if size < n:
+                continue
+            end = self._index[n].get(tuple(self.tokens[size - n :]))
+            if end is not None:
+                return self.tokens[end : end + k]
+        return []
+
+
+def accepted_prefix(draft: list[int], targets: list[int]) -> int:
+    """How many draft tokens match the verifier's choices (``targets[i]`` follows ``draft[:i]``)."""
+    n = 0
+    while n < len(draft) and draft[n] == targets[n]:
+        n += 1
+    return n
+
+
+@dataclass
+class SpeculativeStats:
+    solo_steps: int = 0  # verification forward passes
+    drafted: int = 0  # draft tokens proposed and verified
+    accepted: int = 0  # draft tokens accepted
+    emitted: int = 0  # tokens returned from solo steps (accepted drafts + the model's own)
+    solo_entries: int = 0  # sequences moved from the batch into the solo path
+    solo_exits: int = 0  # moved back into the batch because other work arrived
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        return self.emitted / self.solo_steps if self.solo_steps else 0.0
+
+
+@dataclass(eq=False)
+class _Solo:
+    uid: int
+    cache: list[KVCache]  # holds exactly `tokens`
+    tokens: list[int]
+    pending: int  # chosen next token, not yet returned nor in the cache
+    pending_logprobs: mx.array
+    sampler: Any
+    processors: Any
+    stop_sequences: StopSequences
+    matcher: Any
+    num_tokens: int
+    max_tokens: int
+    lookup: PromptLookup = field(init=False)
+    ngrams: tuple[int, int] = (3, 2)
+
+    def __post_init__(self) -> None:
+        self.lookup = PromptLookup(self.tokens + [self.pending], *self.ngrams)
+
+
+def _row_logprobs(logits: mx.array) -> mx.array:
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+class SpeculativeBatchGenerator(BatchGenerator):
+    """A ``BatchGenerator`` that decodes a lone greedy sequence with prompt-lookup drafts."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        num_draft: int = 8,
+        ngram_max: int = 3,
+        ngram_min: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        self.num_draft = num_draft
+        self.ngrams = (ngram_max, ngram_min)
+        self.spec_stats = SpeculativeStats()
+        self._solo: _Solo | None = None
+
+    # ---- public API overrides -------------------------------------------------------
+    def _next(self) -> tuple[list, list]:
+        solo_responses: list[GenerationBatch.Response] = []
+        if self._solo is not None:
+            tic = time.perf_counter()
+            solo_responses = self._solo_step()
+            self._counters.decode_time += time.perf_counter() - tic
+            self._counters.generation_tokens += len(solo_responses)
+            self._counters.generation_steps += 1
+        prompt_responses, generation_responses = super()._next()
+        if self._solo is not None and len(self._generation_batch) > 0:
+            solo_responses += self._leave_solo()  # others finished their prefill: batch again
+        elif self._solo is None and self._eligible():
+            self._enter_solo()
+        return prompt_responses, solo_responses + generation_responses
+
+    def remove(self, uids: Any, return_prompt_caches: bool = False) -> dict:
+        uids = list(uids)
+        caches: dict = {}
+        solo = self._solo
+        if solo is not None and solo.uid in uids:
+            if return_prompt_caches:
+                caches[solo.uid] = (solo.cache, solo.tokens)
+            self._solo = None
+            uids.remove(solo.uid)
+        caches.update(super().remove(uids, return_prompt_caches))
+        return caches
+
+    def extract_cache(self, uids: Any) -> dict:
+        uids = list(uids)
+        results: dict = {}
+        solo = self._solo
+        if solo is not None and solo.uid in uids:
+            results[solo.uid] = (solo.cache, solo.tokens)
+            uids.remove(solo.uid)
+        results.update(super().extract_cache(uids))
+        return results
+
+    @property
+    def prompt_cache_nbytes(self) -> int:
+        total = super().prompt_cache_nbytes
+        if self._solo is not None:
+            total += sum(c.nbytes for c in self._solo.cache)
+        return total
+
+    # ---- moving a sequence in and out of the batch --------------------------------------
+    def _eligible(self) -> bool:
+        batch = self._generation_batch
+        if self.num_draft <= 0 or len(batch) != 1 or self._unprocessed_sequences:
+            return False
+        if len(self._prompt_batch) > 0 or batch._next_tokens is None:
+            return False
+        if batch.logits_processors and batch.logits_processors[0]:
+            return False
+        sampler = batch.samplers[0] if batch.samplers else None
+        if (sampler or batch.fallback_sampler) is not greedy_sampler:
+            return False
+        if batch.max_tokens[0] - batch._num_tokens[0] < 2:
+            return False
+        return all(type(c) is BatchKVCache for c in batch.prompt_cache)
+
+    def _enter_solo(self) -> None:
+        batch = self._generation_batch
+        mx.eval(batch._next_tokens)
+        self._solo = _Solo(
+            uid=batch.uids[0],
+            cache=batch.extract_cache(0),
+            tokens=list(batch.tokens[0]),
+            pending=int(batch._next_tokens[0].item()),
+            pending_logprobs=batch._next_logprobs[0],
+            sampler=batch.samplers[0] if batch.samplers else None,
+            processors=batch.logits_processors[0] if batch.logits_processors else (),
+            stop_sequences=batch.stop_sequences[0],
+            matcher=batch._matchers[0],
+            num_tokens=batch._num_tokens[0],
+            max_tokens=batch.max_tokens[0],
+            ngrams=self.ngrams,
+        )
+        batch.filter([])
+        self.spec_stats.solo_entries += 1
+
+    def _leave_solo(self) -> list[GenerationBatch.Response]:
+        """Return the pending token, then hand the sequence back to the GenerationBatch."""
+        solo = self._solo
+        assert solo is not None
+        self._solo = None
+        self.spec_stats.solo_exits += 1
+        response = self._respond(solo, solo.pending, solo.pending_logprobs)
+        if response.finish_reason is not None:
+            return [response]
+        batch = GenerationBatch(
+            self.model,
+            [solo.uid],
+            mx.array([solo.pending]),
+            _merge_caches([solo.cache]),
+            [solo.tokens],
+            [solo.sampler],
+            self.sampler,
+            [solo.processors],
+            [solo.stop_sequences],
+            [solo.max_tokens],
+        )
+        batch._matchers[0] = solo.matcher
+        batch._num_tokens[0] = solo.num_tokens
+        self._generation_batch.extend(batch)
+        return [response]
+
+    # ---- the solo step -----------------------------------------------------------------
+    def _respond(self, solo: _Solo, token: int, logprobs: mx.array) -> GenerationBatch.Response:
+        """Count one returned token; on a finish, drop the solo state (cache holds `tokens`)."""
+        solo.num_tokens += 1
+        reason = None
+        if solo.num_tokens >= solo.max_tokens:
+            reason = "length"
+        if solo.matcher.advance(token):
+            reason = "stop"
+        if reason is None:
+            return GenerationBatch.Response(solo.uid, token, logprobs, None, None, None)
+        self._solo = None
+        return GenerationBatch.Response(
+            solo.uid, token, logprobs, reason, solo.cache, solo.tokens
+        )
+
+    def _solo_step(self) -> list[GenerationBatch.Response]:
+        solo = self._solo
+        assert solo is not None
+        room = solo.max_tokens - solo.num_tokens - 1  # tokens after `pending` still allowed
+        draft = solo.lookup.propose(min(self.num_draft, room))
+        inputs = [solo.pending] + draft
+        logits = self.model(mx.array([inputs]), cache=solo.cache)[0]
+        targets = mx.argmax(logits, axis=-1)
+        mx.eval(targets)
+        chosen = targets.tolist()
+        n = accepted_prefix(draft, chosen)
+        if n < len(draft):
+            for c in solo.cache:
+                c.trim(len(draft) - n)
+        emitted = inputs[: n + 1]
+        rows = [solo.pending_logprobs] + [_row_logprobs(logits[i]) for i in range(n)]
+        stats = self.spec_stats
+        stats.solo_steps += 1
+        stats.drafted += len(draft)
+        stats.accepted += n
+        solo.pending, solo.pending_logprobs = chosen[n], _row_logprobs(logits[n])
+        responses = []
+        for i, (token, row) in enumerate(zip(emitted, rows, strict=True)):
+            solo.tokens.append(token)
+            response = self._respond(solo, token, row)
+            responses.append(response)
+            if response.finish_reason is not None:
+                extra = len(emitted) - i - 1  # fed to the model after the finishing token
+                if extra:
+                    for c in solo.cache:
+                        c.trim(extra)
+                break
+        stats.emitted += len(responses)
+        if self._solo is not None:
+            solo.lookup.extend(draft[:n] + [solo.pending])
+        return responses

@@ -1,0 +1,185 @@
+"""GGUF architectures that load through dequantization: tensor names, fixes and config.
+
+Each :class:`Family` maps llama.cpp tensor names to an mlx-lm model's parameter names,
+undoes what llama.cpp's converter did to the values, and builds the mlx-lm ``config.json``
+from the GGUF hyperparameters.
+
+- ``llama``: q/k are permuted for interleaved RoPE, so the model runs with
+  ``rope_traditional=True`` (the same config as :mod:`app.models.gguf`'s ``mx.load`` path).
+- ``gemma3`` (mlx-lm ``gemma3_text``): llama.cpp stores every RMSNorm weight as ``1 + w``
+  (Gemma's norms multiply by ``1 + w``; mlx-lm adds the 1 itself), so 1 is subtracted; q/k
+  are not permuted. The local RoPE base, the sliding-window pattern and the query scale
+  are not in older GGUFs; they come from the keys when present, else from the Gemma 3
+  defaults (10000, every 6th layer global, ``head_dim``; ``hidden / heads`` for 27B,
+  as llama.cpp does).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.models.gguf import _IN_BLOCK as LLAMA_IN_BLOCK
+from app.models.gguf import _TOP_LEVEL as LLAMA_TOP_LEVEL
+from app.models.gguf import _f32, _model_config
+
+_BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)")
+_SUFFIXES = ("weight", "bias")
+
+GEMMA3_IN_BLOCK = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "attn_norm": "input_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+GEMMA3_LOCAL_ROPE_BASE = 10_000.0
+GEMMA3_SLIDING_WINDOW_PATTERN = 6
+GEMMA3_27B_LAYERS = 62
+
+
+Weights = Mapping[str, Any]  # mlx-lm name -> array (numpy or mx: only .shape is used)
+
+
+@dataclass(frozen=True)
+class Family:
+    arch: str
+    model_type: str
+    in_block: dict[str, str]
+    top_level: dict[str, str]
+    config: Callable[[dict[str, Any], Weights, Path], dict[str, Any]]
+    fix: Callable[[str, np.ndarray], np.ndarray]  # (gguf name, value) -> value for mlx-lm
+
+    def rename(self, name: str) -> str | None:
+        """The mlx-lm parameter name of a GGUF tensor, or None if this family has none."""
+        base, _, suffix = name.rpartition(".")
+        if suffix not in _SUFFIXES:
+            return None
+        block = _BLOCK_RE.fullmatch(base)
+        if block and block.group(2) in self.in_block:
+            return f"model.layers.{block.group(1)}.{self.in_block[block.group(2)]}.{suffix}"
+        if base in self.top_level:
+            return f"{self.top_level[base]}.{suffix}"
+        return None
+
+
+def _meta(meta: dict[str, Any], arch: str, path: Path) -> Callable[..., Any]:
+    missing = object()
+
+    def get(key: str, default: Any = missing) -> Any:
+        value = meta.get(f"{arch}.{key}", default)
+        if value is missing:
+            raise ValueError(f"{path}: missing GGUF metadata {arch}.{key}")
+        return value
+
+    return get
+
+
+def _window_pattern(value: Any, layers: int, path: Path) -> int:
+    """``attention.sliding_window_pattern``: an int, or llama.cpp's per-layer bool list."""
+    if isinstance(value, int):
+        return value
+    flags = [bool(v) for v in value]  # True = sliding-window layer
+    for period in range(1, layers + 1):
+        want = [(i + 1) % period != 0 for i in range(layers)] if period > 1 else [False] * layers
+        if flags == want:
+            return period
+    raise ValueError(f"{path}: sliding-window layer pattern {flags} is not periodic")
+
+
+def gemma3_config(meta: dict[str, Any], weights: Weights, path: Path) -> dict[str, Any]:
+    get = _meta(meta, "gemma3", path)
+    hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
+    layers = int(get("block_count"))
+    head_dim = int(get("attention.key_length", 256))
+    if int(get("attention.value_length", head_dim)) != head_dim:
+        raise ValueError(f"{path}: key and value head sizes differ")
+    scale = get("attention.scale", None)
+    if scale:
+        query_scalar: float = 1.0 / float(scale) ** 2
+        if abs(query_scalar - round(query_scalar)) < 1e-3:
+            query_scalar = round(query_scalar)  # transformers' Gemma3TextConfig wants an int
+    else:
+        query_scalar = hidden // heads if layers == GEMMA3_27B_LAYERS else head_dim
+    scaling = str(get("rope.scaling.type", "none"))
+    rope_scaling = None
+    if scaling == "linear":
+        rope_scaling = {"rope_type": "linear", "factor": _f32(get("rope.scaling.factor"))}
+    elif scaling != "none":
+        raise ValueError(f"{path}: rope scaling {scaling!r} is not supported for gemma3")
+    pattern = get("attention.sliding_window_pattern", GEMMA3_SLIDING_WINDOW_PATTERN)
+    return {
+        "model_type": "gemma3_text",
+        "architectures": ["Gemma3ForCausalLM"],
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "intermediate_size": int(get("feed_forward_length")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(get("attention.head_count_kv", heads)),
+        "head_dim": head_dim,
+        "rms_norm_eps": _f32(get("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": _f32(get("rope.freq_base", 1_000_000.0)),
+        "rope_local_base_freq": _f32(get("rope.freq_base_swa", GEMMA3_LOCAL_ROPE_BASE)),
+        "rope_scaling": rope_scaling,
+        "query_pre_attn_scalar": query_scalar,
+        "sliding_window": int(get("attention.sliding_window", 512)),
+        "sliding_window_pattern": _window_pattern(pattern, layers, path),
+        "max_position_embeddings": int(get("context_length", 32768)),
+        "vocab_size": int(weights["model.embed_tokens.weight"].shape[0]),
+        "tie_word_embeddings": "lm_head.weight" not in weights,
+    }
+
+
+def _gemma3_fix(name: str, value: np.ndarray) -> np.ndarray:
+    return value - 1.0 if name.endswith("norm.weight") else value
+
+
+def _llama_config(meta: dict[str, Any], weights: Weights, path: Path) -> dict[str, Any]:
+    return _model_config(meta, weights, path)  # type: ignore[arg-type]
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family("llama", "llama", LLAMA_IN_BLOCK, LLAMA_TOP_LEVEL, _llama_config,
+                    lambda _name, value: value),
+    "gemma3": Family(
+        "gemma3",
+        "gemma3_text",
+        GEMMA3_IN_BLOCK,
+        {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"},
+        gemma3_config,
+        _gemma3_fix,
+    ),
+}  # fmt: skip
+
+
+def family_for(arch: str | None, path: Path) -> Family:
+    if arch not in FAMILIES:
+        raise ValueError(
+            f"{path}: GGUF architecture {arch!r} is not supported "
+            f"(supported: {', '.join(sorted(FAMILIES))})"
+        )
+    return FAMILIES[arch]
+
+
+def model_class(model_type: str) -> tuple[type, type]:
+    """``(Model, ModelArgs)`` of the mlx-lm module for ``model_type``."""
+    if model_type == "llama":
+        from mlx_lm.models import llama as module
+    elif model_type == "gemma3_text":
+        from mlx_lm.models import gemma3_text as module
+    else:  # pragma: no cover - FAMILIES only names the two above
+        raise ValueError(f"no mlx-lm model for {model_type!r}")
+    return module.Model, module.ModelArgs
