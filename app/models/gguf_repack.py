@@ -60,21 +60,32 @@ class Packed:
 
 
 def pack_bits(q: np.ndarray, bits: int) -> np.ndarray:
-    """Integer codes ``(rows, n)`` into MLX's packing: an LSB-first bit stream of uint32s."""
-    rows = q.shape[0]
-    stream = ((q[..., None].astype(np.uint32) >> np.arange(bits, dtype=np.uint32)) & 1).astype(
-        np.uint8
-    )
-    packed = np.packbits(stream.reshape(rows, -1, 8), axis=-1, bitorder="little")
-    return np.ascontiguousarray(packed.reshape(rows, -1)).view(np.uint32)
+    """Integer codes ``(rows, n)`` into MLX's packing: an LSB-first bit stream of uint32s.
+
+    Every 32 codes fill exactly ``bits`` words, so the packing is 32 vectorized shifts.
+    """
+    rows, n = q.shape
+    codes = q.reshape(rows, n // 32, 32).astype(np.uint32)
+    words = np.zeros((rows, n // 32, bits), dtype=np.uint32)
+    for k in range(32):
+        offset = k * bits
+        index, shift = divmod(offset, 32)
+        words[..., index] |= codes[..., k] << np.uint32(shift)  # high bits fall off
+        if shift + bits > 32:
+            words[..., index + 1] |= codes[..., k] >> np.uint32(32 - shift)
+    return words.reshape(rows, -1)
 
 
-def affine_codes(raw: np.ndarray, kind: GGMLQuantizationType) -> Packed:
-    """Exact MLX parameters for rows of an affine GGML format (see :data:`AFFINE`)."""
+def _q8_0(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q8_0 decoded directly (``d`` then 32 int8 codes): the common, large case."""
+    scale = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    q = blocks[..., 2:34].view(np.int8).astype(np.int16) + 128
+    return q, scale, -128.0 * scale
+
+
+def _probe(blocks: np.ndarray, kind: GGMLQuantizationType) -> tuple[np.ndarray, ...]:
     spec = AFFINE[kind]
-    block_values, block_bytes = GGML_QUANT_SIZES[kind]
-    rows = raw.shape[0]
-    blocks = np.ascontiguousarray(raw).reshape(rows, -1, block_bytes)
+    rows = blocks.shape[0]
     zero = blocks.copy()
     zero[..., spec.codes] = 0
     one = zero.copy()
@@ -83,22 +94,34 @@ def affine_codes(raw: np.ndarray, kind: GGMLQuantizationType) -> Packed:
     w0 = dequantize(zero.reshape(rows, -1), kind).reshape(rows, -1, GROUP_SIZE)
     w1 = dequantize(one.reshape(rows, -1), kind).reshape(rows, -1, GROUP_SIZE)
     bias, scale = w0[..., 0], (w1 - w0)[..., 0]
-    if not (np.array_equal(w0, np.broadcast_to(bias[..., None], w0.shape))):
+    if not np.array_equal(w0, np.broadcast_to(bias[..., None], w0.shape)):
         raise ValueError(f"{kind.name} is not affine per {GROUP_SIZE} values")
     safe = np.where(scale == 0, 1.0, scale)[..., None]
     q = np.where(scale[..., None] == 0, 0, np.rint((w - bias[..., None]) / safe))
     if spec.signed:
         q += 1 << (spec.bits - 1)
         bias = bias - (1 << (spec.bits - 1)) * scale
-    if q.min() < 0 or q.max() >= 1 << spec.bits:
-        raise ValueError(f"{kind.name} codes out of range for {spec.bits} bits")
-    del block_values
-    return Packed(
-        weight=pack_bits(q.reshape(rows, -1).astype(np.uint32), spec.bits),
-        scales=scale.astype(np.float32),
-        biases=bias.astype(np.float32),
-        bits=spec.bits,
-    )
+    return q, scale, bias
+
+
+def affine_codes(raw: np.ndarray, kind: GGMLQuantizationType, chunk: int = 8192) -> Packed:
+    """Exact MLX parameters for rows of an affine GGML format (see :data:`AFFINE`)."""
+    spec = AFFINE[kind]
+    block_bytes = GGML_QUANT_SIZES[kind][1]
+    rows = raw.shape[0]
+    weight, scales, biases = [], [], []
+    for start in range(0, rows, chunk):  # bounded temporaries for a 262k-row embedding
+        blocks = np.ascontiguousarray(raw[start : start + chunk])
+        blocks = blocks.reshape(blocks.shape[0], -1, block_bytes)
+        q, scale, bias = _q8_0(blocks) if kind == Q.Q8_0 else _probe(blocks, kind)
+        q = q.reshape(blocks.shape[0], -1)
+        if q.min() < 0 or q.max() >= 1 << spec.bits:
+            raise ValueError(f"{kind.name} codes out of range for {spec.bits} bits")
+        weight.append(pack_bits(q, spec.bits))
+        scales.append(scale.astype(np.float32))
+        biases.append(bias.astype(np.float32))
+    return Packed(np.concatenate(weight), np.concatenate(scales), np.concatenate(biases),
+                  spec.bits)
 
 
 def mlx_bits(kind: GGMLQuantizationType) -> int | None:
