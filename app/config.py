@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(600.0, gt=0)
 
     # Engine
-    max_batch_size: int = Field(16, ge=1, description="sequences decoded together")
+    max_batch_size: int = Field(32, ge=1, description="sequences decoded together")
     prefill_step_size: int = Field(512, ge=16)
     prefix_cache_bytes: int = Field(512 * 1024 * 1024, ge=0)
 
