@@ -119,22 +119,37 @@ def cmd_models(settings: Settings) -> int:
     from app.models.registry import ModelRegistry
 
     for spec in ModelRegistry.load(settings.models_file):
-        print(f"{spec.id:28} {spec.type:10} {','.join(spec.capabilities):22} {spec.source}")
+        print(f"{spec.id:28} {spec.type:10} {','.join(spec.capabilities):22} {spec.source_name}")
     return 0
 
 
-def cmd_convert(settings: Settings, model_id: str, out: Path) -> int:
-    """Write a registry language model out in mlx-lm format (e.g. for mlx_lm.server)."""
-    _configure_backend(settings)
-    from app.models.manager import load_language_model
-    from app.models.mlx_dir import save_mlx_dir
-    from app.models.registry import ModelRegistry
-
-    spec = ModelRegistry.load(settings.models_file).get(model_id)
-    if spec is None or spec.type != "lm":
-        print(f"no language model named {model_id!r}", file=sys.stderr)
+def cmd_convert(settings: Settings, args: argparse.Namespace) -> int:
+    """Write a language model as an mlx-lm directory (for mlx_lm.load / mlx_lm.server)."""
+    source = args.source or args.model_alias or "default"
+    out = args.out_dir or args.out_alias
+    if args.source and args.model_alias and args.source != args.model_alias:
+        print("error: give the source once (positionally or with --model)", file=sys.stderr)
         return 2
-    save_mlx_dir(load_language_model(spec, settings), out)
+    if out is None or (args.out_dir and args.out_alias and args.out_dir != args.out_alias):
+        print("error: give the output directory once (positionally or with --out)",
+              file=sys.stderr)
+        return 2
+    _configure_backend(settings)
+    import shutil
+
+    from app.models.convert import ConvertError, convert
+    from app.models.sources import ModelSourceError
+
+    if args.force and out.is_dir() and (out / "config.json").is_file():
+        shutil.rmtree(out)  # only ever an earlier mlx-lm directory
+    try:
+        bits = args.quantize
+        convert(source, out, settings=settings, dtype=args.dtype,
+                quantize=int(bits) if bits and bits.isdigit() else bits,
+                group_size=args.group_size)
+    except (ConvertError, ModelSourceError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(out)
     return 0
 
@@ -146,9 +161,20 @@ def main(argv: list[str] | None = None) -> int:
     pull = sub.add_parser("pull", help="fetch registry models into the cache")
     pull.add_argument("ids", nargs="*", help="model ids (default: all)")
     models = sub.add_parser("models", help="list the registry")
-    convert = sub.add_parser("convert", help="write a language model in mlx-lm format")
-    convert.add_argument("--model", default="default")
-    convert.add_argument("--out", type=Path, required=True)
+    convert = sub.add_parser("convert", help="write a language model as an mlx-lm directory")
+    convert.add_argument("source", nargs="?", help="registry model id, .gguf file, mlx-lm "
+                         "directory, or pypi:/package:/hf: source (default: 'default')")
+    convert.add_argument("out_dir", nargs="?", type=Path, help="new or empty output directory")
+    convert.add_argument("--model", dest="model_alias", help="the source (older spelling)")
+    convert.add_argument("--out", dest="out_alias", type=Path, help="OUT_DIR (older spelling)")
+    convert.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
+                         default="float32", help="floating-point dtype of the written weights")
+    convert.add_argument("--quantize", choices=("2", "3", "4", "5", "6", "8", "gguf"),
+                         metavar="BITS", help="quantize linear/embedding layers with mlx-lm "
+                         "(affine, 2-8 bits), or 'gguf': keep a GGUF's own quantization")
+    convert.add_argument("--group-size", type=int, choices=(32, 64, 128), default=64)
+    convert.add_argument("--force", action="store_true",
+                         help="replace OUT_DIR if it already holds an mlx-lm model")
     for p in (serve, pull, models, convert):
         _add_settings_flags(p)
     args = parser.parse_args(argv)
@@ -167,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_pull(settings, args.ids)
     if args.command == "models":
         return cmd_models(settings)
-    return cmd_convert(settings, args.model, args.out)
+    return cmd_convert(settings, args)
 
 
 if __name__ == "__main__":

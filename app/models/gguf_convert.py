@@ -30,6 +30,7 @@ import mlx.nn as nn
 from gguf import GGMLQuantizationType
 from tqdm import tqdm
 
+from app.models.gguf import _source_quantization
 from app.models.gguf_arch import family_for, model_class
 from app.models.gguf_file import DEQUANT_TYPES, GGUFFile
 from app.models.gguf_repack import AFFINE, FALLBACK_BITS, GROUP_SIZE, affine_codes, mlx_bits
@@ -69,12 +70,6 @@ def _memo_digest(path: Path, cache_root: Path) -> str:
     tmp.write_text(value)
     os.replace(tmp, memo)
     return value
-
-
-def _source_quantization(meta: dict[str, Any], types: dict[str, str]) -> str:
-    from app.models.gguf import _source_quantization as label
-
-    return label(meta, types)
 
 
 # --- conversion --------------------------------------------------------------------

@@ -52,7 +52,7 @@ def estimate_bytes(managed: Any, path_size: int) -> int:
     (quantized GGUFs grow ~6x when dequantized to float32 on CPU)."""
     if managed.memory_bytes:
         return int(managed.memory_bytes)
-    factor = 6 if managed.spec.source.endswith(".gguf") and managed.spec.type == "lm" else 1.2
+    factor = 6 if managed.spec.source_name.endswith(".gguf") and managed.spec.type == "lm" else 1.2
     return int(path_size * factor)
 
 

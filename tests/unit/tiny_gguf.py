@@ -72,7 +72,9 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
-def _layer_tensors(rng: np.random.Generator, i: int) -> list[tuple[str, str, np.ndarray, Q]]:
+def _layer_tensors(
+    rng: np.random.Generator, i: int, override: dict[str, Q] | None = None
+) -> list[tuple[str, str, np.ndarray, Q]]:
     """(gguf name, mlx-lm name, HF-layout weight, type) for one block."""
     head_dim = HIDDEN // HEADS
     shapes = {
@@ -84,10 +86,12 @@ def _layer_tensors(rng: np.random.Generator, i: int) -> list[tuple[str, str, np.
         "ffn_up": ("mlp.up_proj", (FFN, HIDDEN), Q.Q4_0),
         "ffn_down": ("mlp.down_proj", (HIDDEN, FFN), Q.Q8_0),
     }
+    override = override or {}
     out = [
-        (f"blk.{i}.{g}.weight", f"model.layers.{i}.{m}.weight", rng.normal(0, 0.2, s), t)
+        (f"blk.{i}.{g}.weight", f"model.layers.{i}.{m}.weight", rng.normal(0, 0.2, s),
+         override.get(g, t))
         for g, (m, s, t) in shapes.items()
-    ]
+    ]  # fmt: skip
     for g, m in (("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")):
         norm = 1.0 + rng.normal(0, 0.1, HIDDEN)
         out.append((f"blk.{i}.{g}.weight", f"model.layers.{i}.{m}.weight", norm, Q.F32))
@@ -95,9 +99,15 @@ def _layer_tensors(rng: np.random.Generator, i: int) -> list[tuple[str, str, np.
 
 
 def write_tiny_gguf(
-    path: Path, *, arch: str = "llama", tied: bool = True, seed: int = 0
+    path: Path,
+    *,
+    arch: str = "llama",
+    tied: bool = True,
+    seed: int = 0,
+    override: dict[str, Q] | None = None,
 ) -> TinyGGUF:
-    """Write the tiny model to ``path``; ``tied=False`` adds a Q8_0 ``output.weight``."""
+    """Write the tiny model to ``path``; ``tied=False`` adds a Q8_0 ``output.weight``;
+    ``override`` changes block tensor types (``{"ffn_up": Q.Q5_0}``)."""
     rng = np.random.default_rng(seed)
     tok = train_tokenizer()
     vocab = tok.get_vocab()
@@ -107,7 +117,7 @@ def write_tiny_gguf(
     embed = rng.normal(0, 0.5, (len(tokens), HIDDEN))
     tensors = [("token_embd.weight", "model.embed_tokens.weight", embed, Q.Q8_0)]
     for i in range(LAYERS):
-        tensors += _layer_tensors(rng, i)
+        tensors += _layer_tensors(rng, i, override)
     final_norm = 1.0 + rng.normal(0, 0.1, HIDDEN)
     tensors.append(("output_norm.weight", "model.norm.weight", final_norm, Q.F32))
     if not tied:
