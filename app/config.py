@@ -81,7 +81,9 @@ class Settings(BaseSettings):
     # Engine
     max_batch_size: int = Field(32, ge=1, description="sequences decoded together")
     prefill_step_size: int = Field(512, ge=16)
-    prefix_cache_bytes: int = Field(512 * 1024 * 1024, ge=0)
+    prefix_cache_bytes: int = Field(
+        128 * 1024 * 1024, ge=0, description="KV cache kept for shared prompt prefixes (0: off)"
+    )
 
     # Embeddings micro-batching
     embedding_batch_size: int = Field(32, ge=1)

@@ -170,6 +170,10 @@ class ModelEngine:
                 admitted = self._take_admissible()
             try:
                 self._insert(admitted)
+            except Exception as exc:  # noqa: BLE001 - these requests fail, the batch goes on
+                log.exception("engine %s: admitting %d request(s) failed", self.name, len(admitted))
+                self._fail_admitted(admitted, f"generation failed: {type(exc).__name__}")
+            try:
                 self._drop_cancelled()
                 if self._active:
                     self._step()
@@ -311,6 +315,22 @@ class ModelEngine:
         self.stats.running = len(self._active)
         if not self._active:
             mx.clear_cache()
+
+    def _fail_admitted(self, requests: list[GenerationRequest], message: str) -> None:
+        """Requests whose insertion failed: drop whatever part of them got in, tell them."""
+        failed = {id(r) for r in requests}
+        uids = [uid for uid, seq in self._active.items() if id(seq.request) in failed]
+        try:
+            if uids and self._generator is not None:
+                self._generator.remove(uids)
+        except Exception:  # noqa: BLE001 - the batch is in an unknown state: start afresh
+            log.exception("engine %s: could not remove failed requests", self.name)
+            self._fail_all(message)
+        for uid in uids:
+            self._active.pop(uid, None)
+        for request in requests:
+            request.push(Failed(message))
+        self.stats.running = len(self._active)
 
     def _fail_all(self, message: str, status: int = 500, code: str = "internal_error") -> None:
         for seq in self._active.values():

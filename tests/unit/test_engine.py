@@ -205,3 +205,28 @@ def test_exception_in_one_request_fails_only_that_request(engine: ModelEngine):
             break
         time.sleep(0.01)
     assert engine.stats.running == 0
+
+
+def test_a_request_that_cannot_be_admitted_fails_alone(engine: ModelEngine, monkeypatch):
+    prompts = _prompts(engine)
+    params = SamplingParams(max_tokens=30, temperature=0)
+    original = engine._processors
+
+    def broken(request, stop_ids):
+        if request.request_id == "unadmittable":
+            raise RuntimeError("cannot build processors")
+        return original(request, stop_ids)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        healthy = asyncio.ensure_future(_run(engine, prompts[1], params))
+        await asyncio.sleep(0.05)
+        doomed = GenerationRequest(prompts[0], params, loop, request_id="unadmittable")
+        engine.submit(doomed)
+        event = await asyncio.wait_for(doomed.events.get(), 30)
+        return event, await healthy
+
+    monkeypatch.setattr(engine, "_processors", broken)
+    event, (text, reason) = asyncio.run(main())
+    assert isinstance(event, Failed)
+    assert reason == "length" and text
