@@ -21,6 +21,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import ApiKeyGuard
+from app.api.openapi import http_routes
 from app.core.context import (
     HOUSE_ID_HEADER,
     REQUEST_ID_HEADER,
@@ -197,16 +198,20 @@ def _header_bytes(scope: Scope) -> int:
 
 
 def _route_template(scope: Scope) -> str:
-    """The matched route's template (bounded label values); ``other`` when none matched."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
+    """The matched route's template (bounded label values); ``other`` when none matched.
+
+    Requests refused before routing (413, 401, 503...) have no matched route; their path
+    counts when it is one of the app's parameterless routes.
+    """
+    path = getattr(scope.get("route"), "path", None)
     if isinstance(path, str):
         return path
     app = scope.get("app")
-    for candidate in getattr(app, "routes", ()):
-        if getattr(candidate, "path", None) == scope["path"]:
-            return scope["path"]
-    return "other"
+    known = getattr(app, "_exact_route_paths", None)
+    if known is None and app is not None:
+        known = {p for p, _ in http_routes(app) if "{" not in p}
+        app._exact_route_paths = known
+    return scope["path"] if known and scope["path"] in known else "other"
 
 
 def _too_large(size: int, limit: int, at_least: bool = False) -> APIError:

@@ -51,6 +51,18 @@ EDGE_STATUSES = (400, 401, 404, 405, 413, 431, 500, 503)
 GENERATION_STATUSES = (429,)
 
 
+def http_routes(app: Any) -> list[tuple[str, set[str]]]:
+    """Every HTTP route of ``app`` as (path template, methods), included routers flattened."""
+    try:  # FastAPI >= 0.13x wraps included routers; this walks into them
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # older FastAPI: app.routes is already flat
+        pairs = [(getattr(r, "path", None), getattr(r, "methods", None)) for r in app.routes]
+    else:
+        pairs = [(c.path, getattr(c.original_route, "methods", None))
+                 for c in iter_route_contexts(app.routes)]
+    return [(path, set(methods)) for path, methods in pairs if path and methods]
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` entries for these statuses, with the envelope schema."""
     return {s: {"model": ErrorEnvelope, "description": _DESCRIPTIONS[s]} for s in statuses}

@@ -34,7 +34,7 @@ class Lifecycle:
         self.drain_timeout_s = drain_timeout_s
         self.inflight = 0
         self.aborting = False
-        self._drain_task: asyncio.Task | None = None
+        self.drain_task: asyncio.Task | None = None  # kept so the task is not collected
 
     @property
     def draining(self) -> bool:
@@ -125,7 +125,7 @@ def make_server(config: Any, lifecycle: Lifecycle) -> Any:
                 finally:
                     self.should_exit = True
 
-            lifecycle._drain_task = asyncio.ensure_future(run())
+            lifecycle.drain_task = asyncio.ensure_future(run())
 
         def _start_abort(self) -> None:
             lifecycle.aborting = True  # the drain loop sees it and aborts the engines

@@ -26,7 +26,7 @@ RSS_TOLERANCE = 16 * 1024 * 1024
 async def _cut_stream(client: httpx.AsyncClient, cut_after: int) -> int:
     """Read ``cut_after`` SSE events, then hang up; returns the events read."""
     seen = 0
-    body = chat_body(max_tokens=MAX_TOKENS, stream=True, temperature=1.0)
+    body = chat_body(max_tokens=MAX_TOKENS, stream=True)  # greedy: never an early stop
     async with client.stream("POST", CHAT, json=body) as resp:
         assert resp.status_code == 200
         async for line in resp.aiter_lines():

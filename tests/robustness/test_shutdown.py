@@ -135,9 +135,3 @@ def test_abort_ends_every_stream_with_a_final_event_and_exits_0(
     assert server.process.wait(timeout=30) == 0, server.log_text()[-3000:]
     assert "aborting" in server.log_text()
 
-
-def test_sigint_when_idle_exits_0_at_once(models_file: Path, tmp_path: Path):
-    server = start_server(tmp_path, models_file)
-    started = time.monotonic()
-    assert server.stop(signal.SIGINT) == 0, server.log_text()[-3000:]
-    assert time.monotonic() - started < 10
