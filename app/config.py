@@ -81,8 +81,14 @@ class Settings(BaseSettings):
     # Engine
     max_batch_size: int = Field(32, ge=1, description="sequences decoded together")
     prefill_step_size: int = Field(512, ge=16)
+    mlx_cache_limit_bytes: int | None = Field(
+        256 * 1024 * 1024, ge=0, description="MLX's pool of freed buffers kept for reuse"
+    )
     prefix_cache_bytes: int = Field(
-        128 * 1024 * 1024, ge=0, description="KV cache kept for shared prompt prefixes (0: off)"
+        0,
+        ge=0,
+        description="KV cache kept for shared prompt prefixes (0: off; see docs/BENCHMARKS.md "
+        "for why it is off by default)",
     )
 
     # Embeddings micro-batching

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import mlx.core as mx
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 
 _KEY = "model"  # one cache per engine, so one model key
@@ -24,23 +23,6 @@ class PrefixCacheStats:
     prompt_tokens: int = 0  # prompt tokens looked up, summed
     bytes: int = 0
     entries: int = 0
-
-
-def _detached(cache: list[Any]) -> list[Any]:
-    """Give each layer's keys/values buffers of their own.
-
-    A cache extracted from a running batch holds slices of the batch's buffers, which would
-    keep the whole batch (every sequence, full capacity) alive for as long as the entry is
-    cached: memory far beyond what ``nbytes`` reports.
-    """
-    arrays = []
-    for layer in cache:
-        state = layer.state
-        if isinstance(state, tuple | list) and all(isinstance(a, mx.array) for a in state):
-            layer.state = tuple(mx.array(a) + 0 for a in state)
-            arrays.extend(layer.state)
-    mx.eval(arrays)
-    return cache
 
 
 class PrefixCache:
@@ -71,7 +53,7 @@ class PrefixCache:
         """Keep the KV cache of ``tokens`` (prompt + generated) for later requests."""
         if not tokens or not cache:
             return
-        self._cache.insert_cache(_KEY, list(tokens), _detached(cache))
+        self._cache.insert_cache(_KEY, list(tokens), cache)
         self.stats.bytes = self._cache.nbytes
         self.stats.entries = len(self._cache)
 

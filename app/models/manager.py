@@ -333,6 +333,7 @@ class ModelManager:
             queue_timeout_s=s.queue_timeout_s,
             prefill_step_size=s.prefill_step_size,
             prefix_cache_bytes=s.prefix_cache_bytes,
+            mlx_cache_limit=s.mlx_cache_limit_bytes,
             name=spec.id,
         )
         engine.fault_hook = fault_hook_from_env()  # TEST-ONLY; None unless its env var is set
