@@ -69,6 +69,7 @@ class ModelEngine:
         queue_timeout_s: float = 600.0,
         prefill_step_size: int = 512,
         prefix_cache_bytes: int = 0,
+        mlx_cache_limit: int | None = None,
         name: str = "model",
     ) -> None:
         self._load = load
@@ -86,6 +87,7 @@ class ModelEngine:
         self._waiting: deque[GenerationRequest] = deque()
         self._active: dict[int, SequenceState] = {}
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+        self.mlx_cache_limit = mlx_cache_limit
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -155,6 +157,10 @@ class ModelEngine:
                 self.tokenizer, _vocab_size(loaded), self.eos_token_ids
             )
             self._generator = self._new_generator()
+            if self.mlx_cache_limit is not None:
+                # MLX keeps freed buffers for reuse, unbounded by default; under a steady
+                # stream of differently sized batches and KV caches that pool only grows.
+                mx.set_cache_limit(self.mlx_cache_limit)
         except BaseException as exc:  # noqa: BLE001 - reported to whoever awaits the load
             with self._cond:
                 self._stopping = True
