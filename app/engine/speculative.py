@@ -2,7 +2,7 @@
 
 :class:`SpeculativeBatchGenerator` is a drop-in :class:`mlx_lm.generate.BatchGenerator`. While
 exactly one sequence is decoding, nothing waits to be prefilled and the sequence is eligible
-(greedy sampler, no logits processors, plain KV caches), the sequence leaves the
+(no logits processors, plain KV caches, ``allow(uid)``), the sequence leaves the
 ``GenerationBatch`` for a *solo* path:
 
 - **draft**: :class:`PromptLookup` finds the latest earlier occurrence of the last ``n`` tokens
@@ -10,23 +10,28 @@ exactly one sequence is decoding, nothing waits to be prefilled and the sequence
   the up to ``k`` tokens that followed it. No draft model.
 - **verify**: one forward pass over ``[pending token] + draft`` (a ``(1, 1 + k)`` input; on the
   CPU it costs ~1.2-1.5x a one-token step, since decode is bound by reading the weights);
-  the longest prefix of the draft that equals the model's greedy choice at each position is
-  accepted, plus the model's own next token, so every step emits at least one token.
+  the longest prefix of the draft that equals the model's choice at each position is
+  accepted, plus the model's own next token, so every step emits at least one token. Greedy:
+  the choices are the argmaxes. Sampling: the sequence's sampler draws position by
+  position until a draw differs from the draft (:func:`_sample_until_mismatch`).
 - **rewind**: the KV cache is trimmed by the rejected draft length.
 
-Greedy output is the non-speculative greedy output (up to floating-point ties: verifying
-``1 + k`` positions in one matmul may round differently from ``k`` one-row matmuls, as
-batching does). Sampled requests, logits processors (penalties, bias, grammars) and rotating
-or quantized caches stay on the batch path. When a second sequence arrives the solo sequence
-goes back into the ``GenerationBatch`` (same uid, same sampler, matcher and token counts), so
-continuous batching is unchanged. The caller sees the same ``next()`` / ``remove()`` /
-``extract_cache()`` API; a solo step simply returns several responses for one uid, in order.
-Tokens after the one that ends a sequence (stop token, ``max_tokens``) are never returned.
+Greedy output is the non-speculative greedy output, and a seeded sampled request gives its
+non-speculative text, up to floating-point ties (verifying ``1 + k`` positions in one matmul
+may round differently from ``k`` one-row matmuls, as batching does); unseeded sampling keeps
+its distribution. Logits processors (penalties, bias, grammars: stateful or context-bound)
+and rotating or quantized caches stay on the batch path. When a second sequence arrives, the
+solo sequence goes back into the ``GenerationBatch`` (same uid, sampler, matcher and token
+count), so continuous batching is unchanged. The caller sees the same ``next()`` /
+``remove()`` / ``extract_cache()`` API; a solo step simply returns several responses for one
+uid, in order. Tokens after the one that ends a sequence (stop token, ``max_tokens``) are
+never returned. :attr:`SpeculativeBatchGenerator.spec_stats` counts drafts and acceptances.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +103,9 @@ class SpeculativeStats:
         return self.emitted / self.solo_steps if self.solo_steps else 0.0
 
 
+MISS_STREAK, MISS_PAUSE, MAX_PAUSE = 3, 4, 32
+
+
 @dataclass(eq=False)
 class _Solo:
     uid: int
@@ -113,17 +121,58 @@ class _Solo:
     max_tokens: int
     lookup: PromptLookup = field(init=False)
     ngrams: tuple[int, int] = (3, 2)
+    misses: int = 0  # drafts in a row with nothing accepted
+    pause: int = 0  # steps left without drafting
+    backoff: int = MISS_PAUSE
 
     def __post_init__(self) -> None:
         self.lookup = PromptLookup(self.tokens + [self.pending], *self.ngrams)
+
+    def draft(self, k: int) -> list[int]:
+        if self.pause > 0:
+            self.pause -= 1
+            return []
+        return self.lookup.propose(k)
+
+    def verified(self, drafted: int, accepted: int) -> None:
+        """Back off (4, 8, ... 32 steps) after MISS_STREAK drafts in a row are all rejected:
+        verifying costs, and sampled or free-form text can make drafts useless for a while."""
+        if not drafted:
+            return
+        if accepted:
+            self.misses, self.backoff = 0, MISS_PAUSE
+            return
+        self.misses += 1
+        if self.misses >= MISS_STREAK:
+            self.misses, self.pause = 0, self.backoff
+            self.backoff = min(MAX_PAUSE, 2 * self.backoff)
 
 
 def _row_logprobs(logits: mx.array) -> mx.array:
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
+def _sample_until_mismatch(sampler: Any, logprobs: mx.array, draft: list[int]) -> list[int]:
+    """Sample position after position with the sequence's own sampler; stop at the first
+    sample that differs from the draft.
+
+    Every returned token is a draw from the model's distribution given exactly the tokens
+    before it, so the output distribution is the non-speculative one (for a one-token
+    draft per position this is the standard speculative-sampling rule: the draft survives
+    with probability p(draft), otherwise the token is drawn from p without it). The sampler
+    is called once per token returned, in order, as the batch path calls it, so a sampler
+    with its own seeded key yields the same text with and without speculation.
+    """
+    chosen: list[int] = []
+    for i in range(len(draft) + 1):
+        chosen.append(int(sampler(logprobs[i : i + 1]).item()))
+        if i == len(draft) or chosen[i] != draft[i]:
+            break
+    return chosen
+
+
 class SpeculativeBatchGenerator(BatchGenerator):
-    """A ``BatchGenerator`` that decodes a lone greedy sequence with prompt-lookup drafts."""
+    """A ``BatchGenerator`` that decodes a lone sequence with prompt-lookup drafts."""
 
     def __init__(
         self,
@@ -132,11 +181,16 @@ class SpeculativeBatchGenerator(BatchGenerator):
         num_draft: int = 8,
         ngram_max: int = 3,
         ngram_min: int = 2,
+        allow: Callable[[int], bool] | None = None,
         **kwargs: Any,
     ) -> None:
+        """``num_draft``: most draft tokens per step (0: never speculate); ``allow(uid)``:
+        whether that sequence may speculate (per-request opt-out); other arguments as
+        ``BatchGenerator``."""
         super().__init__(model, **kwargs)
         self.num_draft = num_draft
         self.ngrams = (ngram_max, ngram_min)
+        self.allow = allow
         self.spec_stats = SpeculativeStats()
         self._solo: _Solo | None = None
 
@@ -194,23 +248,24 @@ class SpeculativeBatchGenerator(BatchGenerator):
             return False
         if batch.logits_processors and batch.logits_processors[0]:
             return False
-        sampler = batch.samplers[0] if batch.samplers else None
-        if (sampler or batch.fallback_sampler) is not greedy_sampler:
-            return False
         if batch.max_tokens[0] - batch._num_tokens[0] < 2:
+            return False
+        if self.allow is not None and not self.allow(batch.uids[0]):
             return False
         return all(type(c) is BatchKVCache for c in batch.prompt_cache)
 
     def _enter_solo(self) -> None:
         batch = self._generation_batch
-        mx.eval(batch._next_tokens)
+        cache = batch.extract_cache(0)
+        # extract() gives lazy slices of the batch buffers: materialize so those are freed
+        mx.eval(batch._next_tokens, [c.state for c in cache])
         self._solo = _Solo(
             uid=batch.uids[0],
-            cache=batch.extract_cache(0),
+            cache=cache,
             tokens=list(batch.tokens[0]),
             pending=int(batch._next_tokens[0].item()),
             pending_logprobs=batch._next_logprobs[0],
-            sampler=batch.samplers[0] if batch.samplers else None,
+            sampler=(batch.samplers[0] if batch.samplers else None) or batch.fallback_sampler,
             processors=batch.logits_processors[0] if batch.logits_processors else (),
             stop_sequences=batch.stop_sequences[0],
             matcher=batch._matchers[0],
@@ -267,13 +322,17 @@ class SpeculativeBatchGenerator(BatchGenerator):
         solo = self._solo
         assert solo is not None
         room = solo.max_tokens - solo.num_tokens - 1  # tokens after `pending` still allowed
-        draft = solo.lookup.propose(min(self.num_draft, room))
+        draft = solo.draft(min(self.num_draft, room))
         inputs = [solo.pending] + draft
         logits = self.model(mx.array([inputs]), cache=solo.cache)[0]
-        targets = mx.argmax(logits, axis=-1)
-        mx.eval(targets)
-        chosen = targets.tolist()
+        if solo.sampler is greedy_sampler:
+            targets = mx.argmax(logits, axis=-1)
+            mx.eval(targets)
+            chosen = targets.tolist()
+        else:
+            chosen = _sample_until_mismatch(solo.sampler, _row_logprobs(logits), draft)
         n = accepted_prefix(draft, chosen)
+        solo.verified(len(draft), n)
         if n < len(draft):
             for c in solo.cache:
                 c.trim(len(draft) - n)

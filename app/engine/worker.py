@@ -20,12 +20,14 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences
 
+from app.engine.compile import optimize_model
 from app.engine.detokenizer import make_detokenizer
 from app.engine.grammar import GrammarFactory
 from app.engine.prefix_cache import PrefixCache
 from app.engine.processors import make_processors
 from app.engine.sampling import make_request_sampler
 from app.engine.sequence import SequenceState
+from app.engine.speculative import SpeculativeBatchGenerator
 from app.engine.types import Failed, GenerationRequest, PrefillProgress
 
 log = logging.getLogger(__name__)
@@ -138,7 +140,7 @@ class ModelEngine:
 
     # ---- worker side -------------------------------------------------------
     def _new_generator(self) -> BatchGenerator:
-        return BatchGenerator(
+        return SpeculativeBatchGenerator(  # prompt-lookup drafts while one greedy sequence runs
             self.model,
             stream=mx.default_stream(mx.default_device()),
             stop_tokens=[[t] for t in sorted(self.eos_token_ids)],
@@ -152,6 +154,7 @@ class ModelEngine:
             loaded = self._load()
             self.loaded = loaded
             self.model, self.tokenizer = loaded.model, loaded.tokenizer
+            log.info("engine %s: %s", self.name, optimize_model(self.model))
             self.eos_token_ids = set(loaded.eos_token_ids)
             self.grammars = GrammarFactory(
                 self.tokenizer, _vocab_size(loaded), self.eos_token_ids

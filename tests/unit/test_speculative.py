@@ -1,0 +1,264 @@
+"""app.engine.speculative: prompt-lookup drafts never change greedy output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from mlx_lm.generate import BatchGenerator
+
+from app.engine import speculative
+from app.engine.compile import optimize_model
+from app.engine.sampling import make_request_sampler
+from app.engine.speculative import PromptLookup, SpeculativeBatchGenerator, accepted_prefix
+from app.engine.types import SamplingParams
+from app.models.mlx_dir import load_mlx_dir
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the",
+    "Hello world! This is a tiny model. Hello world! This is",
+    "What is the capital of France?",
+    "0 1 2 3 4 5 6 7 8 9 0 1 2 3",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir: Path):
+    loaded = load_mlx_dir(tiny_llama_dir)
+    return loaded.model, [loaded.tokenizer.encode(t) for t in TEXTS]
+
+
+def run(gen, prompts, max_tokens=24, schedule=None, **insert):
+    """Drive a generator to the end; `schedule` maps a step number to prompts inserted then."""
+    uids = gen.insert(prompts, max_tokens=[max_tokens] * len(prompts), **insert)
+    out: dict[int, list[int]] = {uid: [] for uid in uids}
+    reasons: dict[int, str] = {}
+    for step in range(10_000):
+        for late in (schedule or {}).pop(step, []):
+            new = gen.insert([late], max_tokens=[max_tokens])
+            uids += new
+            out[new[0]] = []
+        if len(reasons) == len(uids) and not schedule:
+            break
+        for r in gen.next()[1]:
+            assert r.uid not in reasons, "token after the end of a sequence"
+            out[r.uid].append(r.token)
+            if r.finish_reason:
+                reasons[r.uid] = r.finish_reason
+                if r.prompt_cache is not None:
+                    assert r.prompt_cache[0].offset == len(r.all_tokens)
+    return [out[u] for u in uids], [reasons[u] for u in uids]
+
+
+def plain(model, **kw):
+    return BatchGenerator(model, stream=mx.default_stream(mx.default_device()), **kw)
+
+
+def spec(model, **kw):
+    return SpeculativeBatchGenerator(model, stream=mx.default_stream(mx.default_device()), **kw)
+
+
+@pytest.fixture
+def oracle(monkeypatch):
+    """Make drafts the true greedy continuation (`corrupt`: wrong from that draft index on)."""
+    state: dict = {"reference": None, "corrupt": None}
+
+    def propose(self: PromptLookup, k: int) -> list[int]:
+        ref = state["reference"]
+        known = len(self.tokens) - len(ref["prompt"])
+        draft = ref["tokens"][known : known + k]
+        bad = state["corrupt"]
+        if bad is not None and len(draft) > bad:
+            draft = draft[:bad] + [(t + 1) % 300 for t in draft[bad:]]
+        return draft
+
+    monkeypatch.setattr(speculative.PromptLookup, "propose", propose)
+    return state
+
+
+# ---- drafting ------------------------------------------------------------------------
+
+
+def test_prompt_lookup_prefers_longest_and_latest_match():
+    lookup = PromptLookup([1, 2, 3, 9, 7, 2, 3, 4, 5, 8, 2, 3], ngram_max=3, ngram_min=1)
+    assert lookup.propose(2) == [4, 5]  # "2 3" last seen before "4 5"
+    lookup.extend([4])
+    assert lookup.propose(3) == [5, 8, 2]  # "2 3 4" -> "5 8 2"
+    lookup.extend([6])
+    assert lookup.propose(3) == []  # "6" never seen before
+    assert lookup.propose(0) == []
+    lookup.extend([2])
+    assert lookup.propose(1) == [3]
+
+
+def test_prompt_lookup_never_matches_its_own_suffix():
+    assert PromptLookup([5, 6, 7], ngram_max=2, ngram_min=1).propose(4) == []
+    assert PromptLookup([5, 5], ngram_max=2, ngram_min=1).propose(4) == [5]
+    with pytest.raises(ValueError):
+        PromptLookup([], ngram_max=1, ngram_min=2)
+
+
+def test_incremental_index_equals_batch_build():
+    tokens = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4, 3]
+    grown = PromptLookup(tokens[:4])
+    for t in tokens[4:]:
+        grown.extend([t])
+        built = PromptLookup(grown.tokens)
+        assert grown.propose(5) == built.propose(5)
+
+
+def test_accepted_prefix():
+    assert accepted_prefix([], [4]) == 0
+    assert accepted_prefix([4, 5, 6], [4, 5, 6, 7]) == 3
+    assert accepted_prefix([4, 0, 6], [4, 5, 6, 7]) == 1
+    assert accepted_prefix([0], [4, 5]) == 0
+
+
+# ---- generation ----------------------------------------------------------------------
+
+
+def test_greedy_identical_alone(tiny):
+    model, prompts = tiny
+    for prompt in prompts:
+        gen = spec(model)
+        assert run(gen, [prompt]) == run(plain(model), [prompt])
+        assert gen.spec_stats.solo_entries == 1 and gen.spec_stats.solo_steps > 0
+
+
+@pytest.mark.parametrize("corrupt", [None, 0, 2])
+def test_verified_drafts_identical(tiny, oracle, corrupt):
+    model, prompts = tiny
+    for prompt in prompts[:2]:
+        reference = run(plain(model), [prompt], max_tokens=30)
+        oracle.update(reference={"prompt": prompt, "tokens": reference[0][0]}, corrupt=corrupt)
+        gen = spec(model, num_draft=5)
+        assert run(gen, [prompt], max_tokens=30) == reference
+        stats = gen.spec_stats
+        assert stats.drafted > 0
+        if corrupt is None:
+            assert stats.acceptance_rate == 1.0 and stats.tokens_per_step > 4
+        elif corrupt == 0:  # all rejected: drafting pauses for 4, then 8 steps
+            assert stats.accepted == 0 and stats.drafted <= 9 * 5  # 3 + 4 + 3 + 8 + 3 + 16 steps
+        else:
+            assert 0 < stats.acceptance_rate < 1 and stats.tokens_per_step > 2
+
+
+def test_stop_token_and_max_tokens_inside_a_draft(tiny, oracle):
+    model, prompts = tiny
+    prompt = prompts[2]
+    tokens = run(plain(model), [prompt], max_tokens=30)[0][0]
+    oracle.update(reference={"prompt": prompt, "tokens": tokens})
+    stop = next(t for i, t in enumerate(tokens) if i >= 3 and t not in tokens[:i])
+    stops = {"stop_tokens": [[stop]]}
+    expected = run(plain(model, **stops), [prompt], max_tokens=30)
+    assert expected[1] == ["stop"] and len(expected[0][0]) < 30
+    assert run(spec(model, num_draft=8, **stops), [prompt], max_tokens=30) == expected
+    for limit in (2, 3, 7):
+        assert run(spec(model, num_draft=8), [prompt], max_tokens=limit) == (
+            [tokens[:limit]], ["length"])
+
+
+def test_batch_handoff_both_ways(tiny):
+    model, prompts = tiny
+    schedule = {4: [prompts[2]], 9: [prompts[3]]}
+    expected = run(plain(model), [prompts[0]], 40, schedule=dict(schedule))
+    gen = spec(model)
+    assert run(gen, [prompts[0]], 40, schedule=dict(schedule)) == expected
+    assert gen.spec_stats.solo_exits >= 1 and gen.spec_stats.solo_entries >= 2
+    # and each equals its own unbatched greedy text
+    for prompt, tokens in zip([prompts[0], prompts[2], prompts[3]], expected[0], strict=True):
+        assert run(plain(model), [prompt], 40)[0][0] == tokens
+
+
+def test_remove_and_extract_a_solo_sequence(tiny):
+    model, prompts = tiny
+    gen = spec(model)
+    uid = gen.insert([prompts[1]], max_tokens=[50])[0]
+    seen = 0
+    while seen < 6:
+        seen += len(gen.next()[1])
+    cache, tokens = gen.extract_cache([uid])[uid]
+    assert cache[0].offset == len(tokens) == len(prompts[1]) + seen
+    assert gen.prompt_cache_nbytes > 0
+    removed = gen.remove([uid], return_prompt_caches=True)
+    assert removed[uid][1] == tokens
+    assert gen.next() == ([], []) and gen.prompt_cache_nbytes == 0
+
+
+@pytest.mark.parametrize("corrupt", [None, 1])
+def test_seeded_sampling_gives_the_batch_paths_text(tiny, oracle, corrupt):
+    model, prompts = tiny
+    params = SamplingParams(max_tokens=20, temperature=0.8, top_p=0.95, seed=11)
+
+    def sampled(gen, prompt):
+        return run(gen, [prompt], 20, samplers=[make_request_sampler(params)])
+
+    for prompt in prompts[:3]:
+        expected = sampled(plain(model), prompt)
+        oracle.update(reference={"prompt": prompt, "tokens": expected[0][0]}, corrupt=corrupt)
+        gen = spec(model, num_draft=4)
+        assert sampled(gen, prompt) == expected
+        assert gen.spec_stats.solo_entries == 1
+        if corrupt is None:
+            assert gen.spec_stats.acceptance_rate == 1.0
+
+
+def test_sample_until_mismatch_calls_the_sampler_once_per_token():
+    calls: list[int] = []
+    script = [7, 8, 2, 5]
+
+    def sampler(row: mx.array) -> mx.array:
+        calls.append(row.shape[0])
+        return mx.array([script[len(calls) - 1]])
+
+    rows = mx.zeros((4, 10))
+    assert speculative._sample_until_mismatch(sampler, rows, [7, 8, 9]) == [7, 8, 2]
+    assert calls == [1, 1, 1]
+    calls.clear()
+    script = [7, 8, 9, 4]
+    assert speculative._sample_until_mismatch(sampler, rows, [7, 8, 9]) == [7, 8, 9, 4]
+
+
+def test_logits_processors_stay_in_the_batch(tiny):
+    model, prompts = tiny
+    processors = [[lambda tokens, logits: logits]]
+    gen = spec(model)
+    assert run(gen, prompts[:1], logits_processors=processors) == run(plain(model), prompts[:1])
+    assert gen.spec_stats.solo_entries == 0
+
+
+def test_compiled_and_speculative_together(tiny_llama_dir: Path, tiny):
+    model, prompts = tiny
+    fast = load_mlx_dir(tiny_llama_dir).model
+    optimize_model(fast)
+    for prompt in prompts:
+        assert run(spec(fast), [prompt]) == run(plain(model), [prompt])
+    assert run(spec(fast), prompts) == run(plain(model), prompts)
+
+
+def test_per_sequence_opt_out(tiny):
+    model, prompts = tiny
+    gen = spec(model, allow=lambda uid: False)
+    assert run(gen, prompts[:1]) == run(plain(model), prompts[:1])
+    assert gen.spec_stats.solo_entries == 0
+    off = spec(model, num_draft=0)
+    run(off, prompts[:1])
+    assert off.spec_stats.solo_entries == 0
+
+
+def test_rejected_drafts_back_off():
+    solo = speculative._Solo(uid=0, cache=[], tokens=[1, 2, 3, 1, 2], pending=3,
+                             pending_logprobs=mx.zeros((1,)), sampler=None, processors=(),
+                             stop_sequences=None, matcher=None, num_tokens=0, max_tokens=99)
+    assert solo.draft(4) == [1, 2, 3]
+    for _ in range(3):
+        solo.verified(3, 0)
+    assert [solo.draft(4) for _ in range(5)] == [[]] * 4 + [[1, 2, 3]]
+    for _ in range(3):
+        solo.verified(3, 0)
+    assert solo.pause == 8
+    solo.verified(0, 0)  # no draft: no change
+    solo.pause = 0
+    solo.verified(3, 1)
+    assert (solo.misses, solo.backoff) == (0, 4)
