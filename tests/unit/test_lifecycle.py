@@ -173,5 +173,6 @@ def test_load_unload_loop_leaves_no_growth(tmp_path, tiny_llama_dir):
             assert client.post("/admin/models/a/load").json()["state"] == "loaded"
             assert _chat(client, "a").status_code == 200
             assert client.post("/admin/models/a/unload").json()["state"] == "unloaded"
-        assert mx.get_active_memory() <= baseline_mlx
+        # one leaked copy of the model per cycle would be 20 x ~0.5 MB; allow small MLX state
+        assert mx.get_active_memory() <= baseline_mlx + 64 * 1024
         assert _rss_bytes() < baseline_rss * 1.10
