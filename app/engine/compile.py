@@ -34,6 +34,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 from mlx_lm.models import gemma3_text, llama
 from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.cache import make_prompt_cache
@@ -305,6 +306,41 @@ def warm_up(model: nn.Module) -> None:
         mx.eval(model(mx.zeros((batch, 1), dtype=mx.int32), cache=merged))
 
 
+# Compiled functions are kept per block *shape* for the life of the process: MLX does not give
+# back all of a compiled function's state when it is dropped (~1 MB per load of a small model
+# was measured), so reloading a model must reuse them rather than compile new ones.
+_BLOCK_FUNCTIONS: dict[tuple, tuple[Callable, Callable]] = {}
+
+
+def _scalars(obj: Any) -> tuple:
+    return tuple(sorted(
+        (k, v) for k, v in vars(obj).items() if isinstance(v, int | float | bool | str)
+    ))
+
+
+def _block_signature(family: str, layer: nn.Module) -> tuple:
+    """Everything the pre/post functions bake in: sizes, epsilons, attention constants."""
+    shapes = tuple((name, tuple(v.shape), str(v.dtype))
+                   for name, v in tree_flatten(layer.parameters()))
+    norms = tuple((name, _scalars(m)) for name, m in layer.named_modules() if hasattr(m, "eps"))
+    return (family, shapes, norms, _scalars(layer.self_attn), _rope_key(layer.self_attn.rope),
+            _scalars(layer.self_attn.rope))
+
+
+def _block_functions(
+    family: str, layer: nn.Module, make_pre: Callable, make_post: Callable, compiled: bool
+) -> tuple[Callable, Callable]:
+    if not compiled:
+        return make_pre(layer), make_post(layer)
+    key = _block_signature(family, layer)
+    if key not in _BLOCK_FUNCTIONS:
+        _BLOCK_FUNCTIONS[key] = (
+            _serialized(mx.compile(make_pre(layer))),
+            _serialized(mx.compile(make_post(layer))),
+        )
+    return _BLOCK_FUNCTIONS[key]
+
+
 def optimize_model(
     model: nn.Module, *, compile_blocks: bool = True, warm: bool = True
 ) -> str:
@@ -332,10 +368,7 @@ def optimize_model(
     for layer in layers:
         key = _rope_key(layer.self_attn.rope)
         if key not in shared:
-            pre, post = make_pre(layer), make_post(layer)
-            if compile_blocks:
-                pre, post = _serialized(mx.compile(pre)), _serialized(mx.compile(post))
-            shared[key] = (pre, post)
+            shared[key] = _block_functions(family, layer, make_pre, make_post, compile_blocks)
         layer._i8 = _Fused(layer, *shared[key])
         layer.__class__ = patched
     if warm and compile_blocks:

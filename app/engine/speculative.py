@@ -15,6 +15,9 @@ exactly one sequence is decoding, nothing waits to be prefilled and the sequence
   the choices are the argmaxes. Sampling: the sequence's sampler draws position by
   position until a draw differs from the draft (:func:`_sample_until_mismatch`).
 - **rewind**: the KV cache is trimmed by the rejected draft length.
+- **pacing**: after 3 wholly rejected drafts in a row, drafting pauses for 4, 8, ... 32 steps
+  (verifying 1 + k tokens is not free); a sampled sequence's drafts start at 2 tokens and
+  double while wholly accepted (a draft token survives with probability p(token) only).
 
 Greedy output is the non-speculative greedy output, and a seeded sampled request gives its
 non-speculative text, up to floating-point ties (verifying ``1 + k`` positions in one matmul
@@ -124,21 +127,27 @@ class _Solo:
     misses: int = 0  # drafts in a row with nothing accepted
     pause: int = 0  # steps left without drafting
     backoff: int = MISS_PAUSE
+    ramp: int | None = None  # sampled sequences: current draft length (grows while accepted)
 
     def __post_init__(self) -> None:
         self.lookup = PromptLookup(self.tokens + [self.pending], *self.ngrams)
+        if self.sampler is not greedy_sampler:
+            self.ramp = 2
 
     def draft(self, k: int) -> list[int]:
         if self.pause > 0:
             self.pause -= 1
             return []
-        return self.lookup.propose(k)
+        return self.lookup.propose(k if self.ramp is None else min(k, self.ramp))
 
     def verified(self, drafted: int, accepted: int) -> None:
         """Back off (4, 8, ... 32 steps) after MISS_STREAK drafts in a row are all rejected:
         verifying costs, and sampled or free-form text can make drafts useless for a while."""
         if not drafted:
             return
+        if self.ramp is not None:
+            self.ramp = min(2 * self.ramp, 64) if accepted == drafted else (
+                self.ramp if accepted else 2)
         if accepted:
             self.misses, self.backoff = 0, MISS_PAUSE
             return

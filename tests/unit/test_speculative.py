@@ -7,6 +7,7 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 from mlx_lm.generate import BatchGenerator
+from mlx_lm.sample_utils import greedy_sampler
 
 from app.engine import speculative
 from app.engine.compile import optimize_model
@@ -247,10 +248,14 @@ def test_per_sequence_opt_out(tiny):
     assert off.spec_stats.solo_entries == 0
 
 
-def test_rejected_drafts_back_off():
-    solo = speculative._Solo(uid=0, cache=[], tokens=[1, 2, 3, 1, 2], pending=3,
-                             pending_logprobs=mx.zeros((1,)), sampler=None, processors=(),
+def _solo(tokens: list[int], pending: int, sampler) -> speculative._Solo:
+    return speculative._Solo(uid=0, cache=[], tokens=tokens, pending=pending,
+                             pending_logprobs=mx.zeros((1,)), sampler=sampler, processors=(),
                              stop_sequences=None, matcher=None, num_tokens=0, max_tokens=99)
+
+
+def test_rejected_drafts_back_off():
+    solo = _solo([1, 2, 3, 1, 2], 3, greedy_sampler)
     assert solo.draft(4) == [1, 2, 3]
     for _ in range(3):
         solo.verified(3, 0)
@@ -262,3 +267,14 @@ def test_rejected_drafts_back_off():
     solo.pause = 0
     solo.verified(3, 1)
     assert (solo.misses, solo.backoff) == (0, 4)
+
+
+def test_sampled_drafts_start_short_and_grow():
+    solo = _solo(list(range(20)) + [0, 1], 2, make_request_sampler(SamplingParams(8)))
+    assert solo.draft(8) == [3, 4]
+    solo.verified(2, 2)
+    assert solo.draft(8) == [3, 4, 5, 6]
+    solo.verified(4, 1)  # partly accepted: keep the length
+    assert len(solo.draft(8)) == 4
+    solo.verified(4, 0)  # rejected: short again
+    assert solo.draft(8) == [3, 4]
