@@ -113,8 +113,9 @@ class HTDIMiddleware:
                 if not started:
                     await _send_error(send_with_ids, internal_error(), ctx)
         finally:
-            self._count(counted, -1)
+            # bookkeeping first: once the in-flight gauge drops, the request's metrics are in
             self._finish(scope, ctx, status, time.perf_counter() - t0, body)
+            self._count(counted, -1)
 
     def _count(self, counted: bool, delta: int) -> None:
         """In-flight work, for the drain and the gauge (probes and scrapes excluded)."""
