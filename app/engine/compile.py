@@ -64,14 +64,13 @@ def _plain_linear(module: Any) -> bool:
 def _fuse(modules: list[nn.Linear]) -> tuple[mx.array, mx.array | None]:
     """One (sum of outputs, in) weight (and bias); the modules get row-slice views of it."""
     weight = mx.concatenate([m.weight for m in modules], axis=0)
-    has_bias = ["bias" in m for m in modules]
     bias = None
-    if any(has_bias):
+    if any("bias" in m for m in modules):
         bias = mx.concatenate(
             [m["bias"] if "bias" in m else mx.zeros((m.weight.shape[0],), m.weight.dtype)
              for m in modules]
         )
-    mx.eval(weight, bias) if bias is not None else mx.eval(weight)
+    mx.eval(weight if bias is None else [weight, bias])
     start = 0
     for module in modules:
         rows = module.weight.shape[0]
@@ -114,7 +113,8 @@ def _llama_pre(layer: llama.TransformerBlock) -> Callable:
     nq, nkv, hd = attn.n_heads, attn.n_kv_heads, attn.head_dim
     rope = attn.rope
 
-    def pre(x, offset, norm_w, qkv_w, qkv_b):
+    def pre(x: mx.array, offset: mx.array, norm_w: mx.array, qkv_w: mx.array,
+            qkv_b: mx.array | None) -> tuple[mx.array, mx.array, mx.array]:
         qkv = _linear(mx.fast.rms_norm(x, norm_w, norm_eps), qkv_w, qkv_b)
         q, k, v = mx.split(qkv, [nq * hd, (nq + nkv) * hd], axis=-1)
         q, k, v = _split_heads(q, nq), _split_heads(k, nkv), _split_heads(v, nkv)
@@ -127,7 +127,9 @@ def _swiglu_post(layer: llama.TransformerBlock) -> Callable:
     norm_eps = layer.post_attention_layernorm.eps
     hidden = layer.mlp.gate_proj.weight.shape[0]
 
-    def post(x, attn_out, o_w, o_b, norm_w, gu_w, gu_b, down_w, down_b):
+    def post(x: mx.array, attn_out: mx.array, o_w: mx.array, o_b: mx.array | None,
+             norm_w: mx.array, gu_w: mx.array, gu_b: mx.array | None, down_w: mx.array,
+             down_b: mx.array | None) -> mx.array:
         b, _, length, _ = attn_out.shape
         h = x + _linear(attn_out.transpose(0, 2, 1, 3).reshape(b, length, -1), o_w, o_b)
         gate, up = mx.split(_linear(mx.fast.rms_norm(h, norm_w, norm_eps), gu_w, gu_b),
@@ -143,7 +145,9 @@ def _gemma3_pre(layer: gemma3_text.TransformerBlock) -> Callable:
     nq, nkv, hd = attn.n_heads, attn.n_kv_heads, attn.head_dim
     q_eps, k_eps, rope = attn.q_norm.eps, attn.k_norm.eps, attn.rope
 
-    def pre(x, offset, norm_w, qkv_w, qkv_b, qn_w, kn_w):
+    def pre(x: mx.array, offset: mx.array, norm_w: mx.array, qkv_w: mx.array,
+            qkv_b: mx.array | None, qn_w: mx.array,
+            kn_w: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         qkv = _linear(mx.fast.rms_norm(x, 1.0 + norm_w, eps), qkv_w, qkv_b)
         q, k, v = mx.split(qkv, [nq * hd, (nq + nkv) * hd], axis=-1)
         q, k, v = _split_heads(q, nq), _split_heads(k, nkv), _split_heads(v, nkv)
@@ -158,7 +162,9 @@ def _gemma3_post(layer: gemma3_text.TransformerBlock) -> Callable:
     eps = layer.post_attention_layernorm.eps
     hidden = layer.mlp.gate_proj.weight.shape[0]
 
-    def post(x, attn_out, o_w, o_b, n1_w, n2_w, n3_w, gu_w, gu_b, down_w, down_b):
+    def post(x: mx.array, attn_out: mx.array, o_w: mx.array, o_b: mx.array | None,
+             n1_w: mx.array, n2_w: mx.array, n3_w: mx.array, gu_w: mx.array,
+             gu_b: mx.array | None, down_w: mx.array, down_b: mx.array | None) -> mx.array:
         b, _, length, _ = attn_out.shape
         r = _linear(attn_out.transpose(0, 2, 1, 3).reshape(b, length, -1), o_w, o_b)
         h = gemma3_text.clip_residual(x, mx.fast.rms_norm(r, 1.0 + n1_w, eps))
@@ -214,7 +220,10 @@ def sdpa(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: Any) -> mx.a
     return out.reshape(b, heads, length, -1)
 
 
-def attend(layer: nn.Module, q: mx.array, k: mx.array, v: mx.array, mask: Any, cache: Any):
+def attend(
+    layer: nn.Module, q: mx.array, k: mx.array, v: mx.array, mask: Any, cache: Any
+) -> mx.array:
+    """Cache update, then attention, as the stock block does them."""
     k, v = cache.update_and_fetch(k, v)
     scale = layer.self_attn.scale
     if hasattr(cache, "bits"):  # quantized KV cache: mlx-lm's quantized attention
@@ -365,14 +374,21 @@ def optimize_model(
     if reasons:
         return f"unchanged: {', '.join(sorted(reasons))}"
     shared: dict[tuple, tuple[Callable, Callable]] = {}
-    for layer in layers:
-        key = _rope_key(layer.self_attn.rope)
-        if key not in shared:
-            shared[key] = _block_functions(family, layer, make_pre, make_post, compile_blocks)
-        layer._i8 = _Fused(layer, *shared[key])
-        layer.__class__ = patched
-    if warm and compile_blocks:
-        warm_up(model)
+    try:
+        for layer in layers:
+            key = _rope_key(layer.self_attn.rope)
+            if key not in shared:
+                shared[key] = _block_functions(family, layer, make_pre, make_post,
+                                               compile_blocks)
+            layer._i8 = _Fused(layer, *shared[key])
+            layer.__class__ = patched
+        if warm and compile_blocks:
+            warm_up(model)
+    except Exception as exc:  # noqa: BLE001 - never fail a model load over a speed-up
+        for layer in layers:  # fused weights stay (views, same values); the code path goes back
+            layer.__class__ = block
+            layer.__dict__.pop("_i8", None)
+        return f"unchanged: optimizing failed ({type(exc).__name__}: {exc})"
     how = "compiled" if compile_blocks else "eager"
     return (f"{family}: {len(layers)} blocks with fused q/k/v and gate/up matmuls, "
             f"{how} pre/post-attention parts ({len(shared)} variants), "

@@ -93,7 +93,7 @@ class SpeculativeStats:
     solo_steps: int = 0  # verification forward passes
     drafted: int = 0  # draft tokens proposed and verified
     accepted: int = 0  # draft tokens accepted
-    emitted: int = 0  # tokens returned from solo steps (accepted drafts + the model's own)
+    emitted: int = 0  # tokens returned by solo steps (accepted drafts + the model's own)
     solo_entries: int = 0  # sequences moved from the batch into the solo path
     solo_exits: int = 0  # moved back into the batch because other work arrived
 
@@ -114,7 +114,7 @@ class _Solo:
     uid: int
     cache: list[KVCache]  # holds exactly `tokens`
     tokens: list[int]
-    pending: int  # chosen next token, not yet returned nor in the cache
+    pending: int  # the last token returned: chosen by the model, not yet in the cache
     pending_logprobs: mx.array
     sampler: Any
     processors: Any
@@ -214,9 +214,11 @@ class SpeculativeBatchGenerator(BatchGenerator):
             self._counters.generation_steps += 1
         prompt_responses, generation_responses = super()._next()
         if self._solo is not None and len(self._generation_batch) > 0:
-            solo_responses += self._leave_solo()  # others finished their prefill: batch again
+            self._leave_solo()  # others finished their prefill: batch again
         elif self._solo is None and self._eligible():
-            self._enter_solo()
+            entered = self._enter_solo()  # after the sequence's batch token, in order
+            self._counters.generation_tokens += len(entered)
+            generation_responses += entered
         return prompt_responses, solo_responses + generation_responses
 
     def remove(self, uids: Any, return_prompt_caches: bool = False) -> dict:
@@ -263,12 +265,14 @@ class SpeculativeBatchGenerator(BatchGenerator):
             return False
         return all(type(c) is BatchKVCache for c in batch.prompt_cache)
 
-    def _enter_solo(self) -> None:
+    def _enter_solo(self) -> list[GenerationBatch.Response]:
+        """Take the lone sequence out of the batch and return its already sampled next token
+        at once (the batch path would return it one step later)."""
         batch = self._generation_batch
         cache = batch.extract_cache(0)
         # extract() gives lazy slices of the batch buffers: materialize so those are freed
         mx.eval(batch._next_tokens, [c.state for c in cache])
-        self._solo = _Solo(
+        solo = self._solo = _Solo(
             uid=batch.uids[0],
             cache=cache,
             tokens=list(batch.tokens[0]),
@@ -284,16 +288,14 @@ class SpeculativeBatchGenerator(BatchGenerator):
         )
         batch.filter([])
         self.spec_stats.solo_entries += 1
+        return [self._respond(solo, solo.pending, solo.pending_logprobs)]
 
-    def _leave_solo(self) -> list[GenerationBatch.Response]:
-        """Return the pending token, then hand the sequence back to the GenerationBatch."""
+    def _leave_solo(self) -> None:
+        """Hand the sequence back to the GenerationBatch; its first step feeds `pending`."""
         solo = self._solo
         assert solo is not None
         self._solo = None
         self.spec_stats.solo_exits += 1
-        response = self._respond(solo, solo.pending, solo.pending_logprobs)
-        if response.finish_reason is not None:
-            return [response]
         batch = GenerationBatch(
             self.model,
             [solo.uid],
@@ -309,7 +311,6 @@ class SpeculativeBatchGenerator(BatchGenerator):
         batch._matchers[0] = solo.matcher
         batch._num_tokens[0] = solo.num_tokens
         self._generation_batch.extend(batch)
-        return [response]
 
     # ---- the solo step -----------------------------------------------------------------
     def _respond(self, solo: _Solo, token: int, logprobs: mx.array) -> GenerationBatch.Response:
@@ -328,10 +329,15 @@ class SpeculativeBatchGenerator(BatchGenerator):
         )
 
     def _solo_step(self) -> list[GenerationBatch.Response]:
+        """Feed `pending` + a draft; return the accepted draft tokens and the model's next one.
+
+        `pending` was returned already; returned tokens are those the model has chosen, the
+        last of them (the new `pending`) not yet in the KV cache.
+        """
         solo = self._solo
         assert solo is not None
-        room = solo.max_tokens - solo.num_tokens - 1  # tokens after `pending` still allowed
-        draft = solo.draft(min(self.num_draft, room))
+        room = solo.max_tokens - solo.num_tokens  # tokens still to return, at most
+        draft = solo.draft(min(self.num_draft, room - 1))
         inputs = [solo.pending] + draft
         logits = self.model(mx.array([inputs]), cache=solo.cache)[0]
         if solo.sampler is greedy_sampler:
@@ -345,25 +351,24 @@ class SpeculativeBatchGenerator(BatchGenerator):
         if n < len(draft):
             for c in solo.cache:
                 c.trim(len(draft) - n)
-        emitted = inputs[: n + 1]
-        rows = [solo.pending_logprobs] + [_row_logprobs(logits[i]) for i in range(n)]
+        solo.tokens += inputs[: n + 1]  # now in the cache
+        solo.lookup.extend(chosen[: n + 1])
         stats = self.spec_stats
         stats.solo_steps += 1
         stats.drafted += len(draft)
         stats.accepted += n
-        solo.pending, solo.pending_logprobs = chosen[n], _row_logprobs(logits[n])
         responses = []
-        for i, (token, row) in enumerate(zip(emitted, rows, strict=True)):
-            solo.tokens.append(token)
-            response = self._respond(solo, token, row)
-            responses.append(response)
-            if response.finish_reason is not None:
-                extra = len(emitted) - i - 1  # fed to the model after the finishing token
-                if extra:
+        for i, token in enumerate(chosen[: n + 1]):
+            row = _row_logprobs(logits[i])
+            if i == n:
+                solo.pending, solo.pending_logprobs = token, row
+            responses.append(self._respond(solo, token, row))
+            if responses[-1].finish_reason is not None:
+                extra = n - 1 - i  # drafts fed to the model after the finishing one
+                if extra > 0:
                     for c in solo.cache:
                         c.trim(extra)
+                    del solo.tokens[-extra:]
                 break
         stats.emitted += len(responses)
-        if self._solo is not None:
-            solo.lookup.extend(draft[:n] + [solo.pending])
         return responses

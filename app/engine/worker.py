@@ -140,7 +140,7 @@ class ModelEngine:
 
     # ---- worker side -------------------------------------------------------
     def _new_generator(self) -> BatchGenerator:
-        return SpeculativeBatchGenerator(  # prompt-lookup drafts while one greedy sequence runs
+        return SpeculativeBatchGenerator(  # prompt-lookup drafts while one sequence runs
             self.model,
             stream=mx.default_stream(mx.default_device()),
             stop_tokens=[[t] for t in sorted(self.eos_token_ids)],

@@ -165,3 +165,47 @@ def test_sdpa_matches_mx_fast(length: int, kv_heads: int, mask_kind: str):
     want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)
     assert got.shape == want.shape
     assert mx.allclose(got, want, atol=1e-5).item()
+
+
+def test_llama_with_biases_matches():
+    from mlx_lm.models import llama
+
+    def build() -> llama.Model:
+        args = llama.ModelArgs(
+            model_type="llama", hidden_size=32, num_hidden_layers=2, intermediate_size=48,
+            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=64,
+            attention_bias=True, mlp_bias=True, tie_word_embeddings=True,
+        )
+        mx.random.seed(5)
+        model = llama.Model(args)
+        model.update(nn.utils.tree_map(lambda p: mx.random.normal(p.shape), model.parameters()))
+        mx.eval(model.parameters())
+        return model
+
+    plain, fast = build(), build()
+    assert optimize_model(fast).startswith("llama: 2 blocks")
+    assert fast.layers[0]._i8.qkv_b is not None and fast.layers[0]._i8.gu_b is not None
+    tokens = mx.random.randint(0, 64, (1, 12))
+    outs = []
+    for model in (plain, fast):
+        cache = make_prompt_cache(model)
+        outs.append(mx.concatenate(
+            [model(tokens[:, :5], cache=cache)]
+            + [model(tokens[:, i : i + 1], cache=cache) for i in range(5, 12)], axis=1))
+    assert mx.allclose(outs[0], outs[1], atol=1e-4, rtol=1e-4).item()
+
+
+def test_a_failing_warm_up_leaves_the_stock_model(tiny_llama_dir: Path, pair, monkeypatch):
+    plain, _, tok = pair
+    model = load_mlx_dir(tiny_llama_dir).model
+
+    def broken(_model):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(engine_compile, "warm_up", broken)
+    report = optimize_model(model)
+    assert report == "unchanged: optimizing failed (RuntimeError: no compiler)"
+    assert all(type(layer).__name__ == "TransformerBlock" for layer in model.layers)
+    assert not hasattr(model.layers[0], "_i8")
+    prompt = tok.encode(TEXTS[1])
+    assert generate(model, [prompt]) == generate(plain, [prompt])
