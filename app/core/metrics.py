@@ -132,6 +132,22 @@ class _EngineCollector(Collector):
             "mlx_server_embedding_forward_passes", "Embedding forward passes.", labels=MODEL)
         served = CounterMetricFamily(
             "mlx_server_embedding_sequences", "Sequences embedded.", labels=MODEL)
+        spec_steps = CounterMetricFamily(
+            "vllm:spec_decode_num_drafts", "Speculative verification passes (prompt lookup).",
+            labels=MODEL)
+        spec_drafted = CounterMetricFamily(
+            "vllm:spec_decode_num_draft_tokens", "Draft tokens proposed and verified.",
+            labels=MODEL)
+        spec_accepted = CounterMetricFamily(
+            "vllm:spec_decode_num_accepted_tokens", "Draft tokens the model accepted.",
+            labels=MODEL)
+        spec_emitted = CounterMetricFamily(
+            "vllm:spec_decode_num_emitted_tokens",
+            "Tokens returned by speculative steps (accepted drafts + the model's own).",
+            labels=MODEL)
+        spec_rate = GaugeMetricFamily(
+            "vllm:spec_decode_draft_acceptance_rate",
+            "Accepted / proposed draft tokens since start.", labels=MODEL)
         loaded = GaugeMetricFamily(
             "mlx_server_model_loaded", "1 when the model is loaded.", labels=[*MODEL, "type"])
         load_s = GaugeMetricFamily(
@@ -150,6 +166,13 @@ class _EngineCollector(Collector):
                 waiting.add_metric([model_id], stats.waiting)
                 prompt.add_metric([model_id], stats.prompt_tokens)
                 generated.add_metric([model_id], stats.generated_tokens)
+                spec = getattr(engine, "spec_stats", None)
+                if spec is not None:
+                    spec_steps.add_metric([model_id], spec.solo_steps)
+                    spec_drafted.add_metric([model_id], spec.drafted)
+                    spec_accepted.add_metric([model_id], spec.accepted)
+                    spec_emitted.add_metric([model_id], spec.emitted)
+                    spec_rate.add_metric([model_id], spec.acceptance_rate)
                 cache = getattr(engine, "prefix_cache", None)
                 if cache is not None:
                     queries.add_metric([model_id], cache.stats.prompt_tokens)
@@ -159,8 +182,9 @@ class _EngineCollector(Collector):
                 snap = engine.stats_snapshot()
                 passes.add_metric([model_id], snap.get("forward_passes", 0))
                 served.add_metric([model_id], snap.get("sequences_embedded", 0))
-        yield from (running, waiting, prompt, generated, queries, hits, cache_bytes, passes,
-                    served, loaded, load_s)
+        yield from (running, waiting, prompt, generated, queries, hits, cache_bytes, spec_steps,
+                    spec_drafted, spec_accepted, spec_emitted, spec_rate, passes, served, loaded,
+                    load_s)
         if self.lifecycle is not None:
             yield GaugeMetricFamily(
                 "mlx_server_draining", "1 while the server drains before exiting.",

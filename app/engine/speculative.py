@@ -191,16 +191,18 @@ class SpeculativeBatchGenerator(BatchGenerator):
         ngram_max: int = 3,
         ngram_min: int = 2,
         allow: Callable[[int], bool] | None = None,
+        stats: SpeculativeStats | None = None,
         **kwargs: Any,
     ) -> None:
         """``num_draft``: most draft tokens per step (0: never speculate); ``allow(uid)``:
-        whether that sequence may speculate (per-request opt-out); other arguments as
+        whether that sequence may speculate (per-request opt-out); ``stats``: counters to add
+        to (kept by the caller across generator replacements); other arguments as
         ``BatchGenerator``."""
         super().__init__(model, **kwargs)
         self.num_draft = num_draft
         self.ngrams = (ngram_max, ngram_min)
         self.allow = allow
-        self.spec_stats = SpeculativeStats()
+        self.spec_stats = stats if stats is not None else SpeculativeStats()
         self._solo: _Solo | None = None
 
     # ---- public API overrides -------------------------------------------------------

@@ -27,6 +27,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # None: off; k >= 0: chosen token plus the top k
     grammar: str | None = None  # llguidance grammar the output must follow
+    speculative: bool = True  # may this sequence decode with prompt-lookup drafts
 
 
 @dataclass

@@ -27,7 +27,7 @@ from app.engine.prefix_cache import PrefixCache
 from app.engine.processors import make_processors
 from app.engine.sampling import make_request_sampler
 from app.engine.sequence import SequenceState
-from app.engine.speculative import SpeculativeBatchGenerator
+from app.engine.speculative import SpeculativeBatchGenerator, SpeculativeStats
 from app.engine.types import Failed, GenerationRequest, PrefillProgress
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class ModelEngine:
         self.prefill_step_size = prefill_step_size
         self.name = name
         self.stats = EngineStats()
+        self.spec_stats = SpeculativeStats()  # survives generator replacement after a failure
         self._waiting: deque[GenerationRequest] = deque()
         self._active: dict[int, SequenceState] = {}
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
@@ -147,7 +148,13 @@ class ModelEngine:
             completion_batch_size=self.max_batch_size,
             prefill_batch_size=min(8, self.max_batch_size),
             prefill_step_size=self.prefill_step_size,
+            allow=self._may_speculate,
+            stats=self.spec_stats,
         )
+
+    def _may_speculate(self, uid: int) -> bool:
+        seq = self._active.get(uid)
+        return seq is None or seq.request.params.speculative
 
     def _run(self, ready: Future) -> None:
         try:

@@ -99,6 +99,7 @@ def sampling_params(
         min_tokens=body.min_tokens,
         stop_token_ids=tuple(body.stop_token_ids or ()),
         logprobs=logprobs,
+        speculative=body.speculative,
     )
 
 

@@ -100,6 +100,7 @@ class SamplingFields(_Strict):
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
     stop_token_ids: list[int] | None = Field(None, max_length=64)
+    speculative: bool = True  # prompt-lookup speculative decoding where it applies
 
     @field_validator("stop")
     @classmethod
