@@ -45,39 +45,86 @@ from mlx_lm.sample_utils import greedy_sampler
 
 
 class PromptLookup:
-    """Incremental n-gram index over a token context; proposes continuations of its suffix."""
+    """Incremental n-gram index over a token context; proposes continuations of its suffix.
+
+    Besides the n-gram index it follows a *copy pointer*: the context position whose token
+    is expected next while the text copies an earlier passage (a RAG answer quoting its
+    source). A token that matches advances it; one that does not is taken as a substitution
+    or skip when it appears within ``RESYNC`` tokens ahead (the pointer jumps past it), else
+    as an insertion (the pointer stays: ", they" inserted into a quote goes on with the
+    quote); after ``MAX_STRAY`` such tokens in a row the pointer is dropped. Drafts come from
+    the pointer while the last token matched it, else from the longest suffix n-gram
+    (the occurrence nearest after the pointer, else the latest), else from the pointer.
+    """
+
+    RESYNC = 3
+    MAX_STRAY = 2
 
     def __init__(self, tokens: list[int], ngram_max: int = 3, ngram_min: int = 2) -> None:
         if not 1 <= ngram_min <= ngram_max:
             raise ValueError("need 1 <= ngram_min <= ngram_max")
         self.ngram_min, self.ngram_max = ngram_min, ngram_max
         self.tokens: list[int] = []
-        # n -> {n-gram: end index of its latest occurrence that has a following token}
-        self._index: dict[int, dict[tuple[int, ...], int]] = {
+        # n -> {n-gram: end indices (ascending) of its occurrences that have a next token}
+        self._index: dict[int, dict[tuple[int, ...], list[int]]] = {
             n: {} for n in range(ngram_min, ngram_max + 1)
         }
+        self.pointer: int | None = None  # index of the token expected next, when copying
+        self._aligned = False  # the last token was the one the pointer expected
+        self._stray = 0  # tokens in a row that did not match the pointer
         self.extend(tokens)
 
     def extend(self, tokens: list[int]) -> None:
         for token in tokens:
+            self._follow(token)
             end = len(self.tokens)  # tokens[end - n:end] is followed by `token`
             self.tokens.append(token)
             for n, index in self._index.items():
                 if end >= n:
-                    index[tuple(self.tokens[end - n : end])] = end
+                    index.setdefault(tuple(self.tokens[end - n : end]), []).append(end)
 
-    def propose(self, k: int) -> list[int]:
-        """Up to ``k`` tokens that followed the longest matching suffix last time."""
+    def _follow(self, token: int) -> None:
+        """Move the copy pointer for a newly appended ``token``."""
+        ptr = self.pointer
+        self._aligned = False
+        if ptr is None:
+            return
+        ahead = self.tokens[ptr : ptr + self.RESYNC + 1]
+        if token in ahead:
+            self.pointer = ptr + ahead.index(token) + 1
+            self._aligned, self._stray = True, 0
+            return
+        self._stray += 1
+        if self._stray > self.MAX_STRAY:
+            self.pointer, self._stray = None, 0
+
+    def _match(self) -> int | None:
+        """Where the longest suffix n-gram continues: nearest at/after the pointer, or latest."""
         size = len(self.tokens)
-        if k <= 0:
-            return []
         for n in range(self.ngram_max, self.ngram_min - 1, -1):
             if size < n:
                 continue
-            end = self._index[n].get(tuple(self.tokens[size - n :]))
-            if end is not None:
-                return self.tokens[end : end + k]
-        return []
+            ends = self._index[n].get(tuple(self.tokens[size - n :]))
+            if not ends:
+                continue
+            if self.pointer is not None:
+                after = [e for e in ends if e >= self.pointer]
+                if after:
+                    return after[0]
+            return ends[-1]
+        return None
+
+    def propose(self, k: int) -> list[int]:
+        """Up to ``k`` tokens that should follow the context, by the rules above."""
+        if k <= 0:
+            return []
+        start = self.pointer if self._aligned else self._match()
+        if start is None:
+            start = self.pointer
+        if start is None or start >= len(self.tokens):
+            return []
+        self.pointer = start
+        return self.tokens[start : start + k]
 
 
 def accepted_prefix(draft: list[int], targets: list[int]) -> int:

@@ -82,15 +82,13 @@ def oracle(monkeypatch):
 
 
 def test_prompt_lookup_prefers_longest_and_latest_match():
-    lookup = PromptLookup([1, 2, 3, 9, 7, 2, 3, 4, 5, 8, 2, 3], ngram_max=3, ngram_min=1)
+    context = [1, 2, 3, 9, 7, 2, 3, 4, 5, 8, 2, 3]
+    lookup = PromptLookup(context, ngram_max=3, ngram_min=1)
     assert lookup.propose(2) == [4, 5]  # "2 3" last seen before "4 5"
-    lookup.extend([4])
-    assert lookup.propose(3) == [5, 8, 2]  # "2 3 4" -> "5 8 2"
-    lookup.extend([6])
-    assert lookup.propose(3) == []  # "6" never seen before
     assert lookup.propose(0) == []
-    lookup.extend([2])
-    assert lookup.propose(1) == [3]
+    assert PromptLookup(context + [4], ngram_max=3, ngram_min=1).propose(3) == [5, 8, 2]
+    assert PromptLookup(context + [6], ngram_max=3, ngram_min=1).propose(3) == []  # unseen
+    assert PromptLookup(context + [6, 2], ngram_max=3, ngram_min=1).propose(1) == [3]
 
 
 def test_prompt_lookup_never_matches_its_own_suffix():
@@ -100,13 +98,48 @@ def test_prompt_lookup_never_matches_its_own_suffix():
         PromptLookup([], ngram_max=1, ngram_min=2)
 
 
-def test_incremental_index_equals_batch_build():
-    tokens = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2, 3, 8, 4, 6, 2, 6, 4, 3]
-    grown = PromptLookup(tokens[:4])
-    for t in tokens[4:]:
-        grown.extend([t])
-        built = PromptLookup(grown.tokens)
-        assert grown.propose(5) == built.propose(5)
+PASSAGE = list(range(10, 30))  # a quoted source: every token distinct
+QUESTION = [1, 2]  # then the answer starts quoting PASSAGE
+
+
+def quoting(answer: list[int]) -> PromptLookup:
+    lookup = PromptLookup(PASSAGE + QUESTION + PASSAGE[:3])
+    assert lookup.propose(4) == PASSAGE[3:7]  # found by n-gram, now following the copy
+    lookup.extend(answer)
+    return lookup
+
+
+def test_copy_pointer_follows_a_quote():
+    assert quoting(PASSAGE[3:8]).propose(4) == PASSAGE[8:12]
+
+
+def test_copy_pointer_goes_on_after_an_inserted_token():
+    # the answer inserts 99 (", they") where the source has none: the quote goes on
+    assert quoting([99]).propose(3) == PASSAGE[3:6]
+    assert quoting([99, 98]).propose(3) == PASSAGE[3:6]
+    assert quoting([99, 98, 97]).propose(3) == []  # three strays: no longer copying
+
+
+def test_copy_pointer_resyncs_after_a_substitution_or_a_skip():
+    # substituted: 99 instead of PASSAGE[3], then the source again
+    assert quoting([99, PASSAGE[4]]).propose(3) == PASSAGE[5:8]
+    # skipped two source tokens
+    assert quoting([PASSAGE[5]]).propose(3) == PASSAGE[6:9]
+
+
+def test_nearest_occurrence_after_the_pointer_wins_over_the_latest():
+    # "20" occurs in the quoted passage and again later, followed by 60
+    context = PASSAGE + [20, 60, 61] + QUESTION + PASSAGE[:3]
+    assert PromptLookup(context + [99, 20], ngram_min=1).propose(2) == [60, 61]  # latest
+    lookup = PromptLookup(context, ngram_min=1)
+    assert lookup.propose(2) == PASSAGE[3:5]  # copying from the passage now
+    lookup.extend([99, 20])  # one stray token, then a jump beyond the resync window
+    assert lookup.propose(2) == [21, 22]  # "20" nearest after the pointer: in the passage
+
+
+def test_copy_pointer_is_dropped_after_too_many_strays():
+    lookup = quoting([5, 42, 43])
+    assert lookup.pointer is None and lookup.propose(3) == []
 
 
 def test_accepted_prefix():
