@@ -60,9 +60,35 @@ def gelu_rational(x: mx.array) -> mx.array:
     return x * (1.0 + erf_rational(x * (1.0 / math.sqrt(2.0)))) * 0.5
 
 
-# One fused elementwise kernel (shapeless: traced once for every shape) is ~2x faster than
+# gelu_rational with the constants folded in: 0.5 * erf(x / sqrt(2)) = x * P(x^2) / Q(x^2)
+# for |x| <= 4 sqrt(2) (erf's clip point), so GELU(x) = x * (xc * P(xc^2) / Q(xc^2) + 0.5).
+_GELU_CLIP = 4.0 * math.sqrt(2.0)
+_GELU_P = tuple(
+    a * 0.5 ** (len(_ERF_ALPHA) - 1 - i) * 0.5 / math.sqrt(2.0) for i, a in enumerate(_ERF_ALPHA)
+)
+_GELU_Q = tuple(b * 0.5 ** (len(_ERF_BETA) - 1 - i) for i, b in enumerate(_ERF_BETA))
+
+
+def gelu_folded(x: mx.array) -> mx.array:
+    """Same function as :func:`gelu_rational` (|difference| ~2e-6) in ~25% fewer operations.
+
+    The clip is two ``where``s: MLX's ``clip``/``minimum`` carry a NaN branch per element
+    that slows the fused CPU kernel down.
+    """
+    xc = mx.where(x > _GELU_CLIP, _GELU_CLIP, mx.where(x < -_GELU_CLIP, -_GELU_CLIP, x))
+    x2 = xc * xc
+    p = x2 * _GELU_P[0] + _GELU_P[1]
+    for a in _GELU_P[2:]:
+        p = p * x2 + a
+    q = x2 * _GELU_Q[0] + _GELU_Q[1]
+    for b in _GELU_Q[2:]:
+        q = q * x2 + b
+    return x * (xc * p / q + 0.5)
+
+
+# One fused elementwise kernel (shapeless: traced once for every shape) is ~3x faster than
 # the ~20 separate eager passes; costs one JIT build on a fresh machine.
-gelu_rational_fused = mx.compile(gelu_rational, shapeless=True)
+gelu_rational_fused = mx.compile(gelu_folded, shapeless=True)
 
 
 def exp_fast(x: mx.array) -> mx.array:
@@ -158,15 +184,19 @@ class BertLayer(nn.Module):
         self.act = gelu_rational_fused if cpu_kernels and act == "gelu" else _ACTIVATIONS[act]
 
     def __call__(self, x: mx.array, mask: mx.array) -> mx.array:
-        # (B, L, 3H) -> (3, B, heads, L, head_dim); unflatten/flatten keep this shapeless.
-        qkv = mx.unflatten(self.qkv(x), -1, (3, self.num_heads, self.head_dim))
-        qkv = qkv.transpose(2, 0, 3, 1, 4)
+        # (B, L, 3H) -> three (B, heads, L, head_dim) views; unflatten/flatten keep this
+        # shapeless.  Slicing first keeps every transpose 4-D: MLX's CPU copy of a 5-D
+        # transposed view was ~3 ms of a ~55 ms layer at batch 32.
+        qkv = self.qkv(x)
+        hidden, heads = self.num_heads * self.head_dim, (self.num_heads, self.head_dim)
+        q, k, v = (
+            mx.unflatten(qkv[..., i * hidden : (i + 1) * hidden], -1, heads).transpose(0, 2, 1, 3)
+            for i in range(3)
+        )
         if self.cpu_kernels:
-            attn = attention_cpu(qkv[0], qkv[1], qkv[2], self.scale, mask)
+            attn = attention_cpu(q, k, v, self.scale, mask)
         else:
-            attn = mx.fast.scaled_dot_product_attention(
-                qkv[0], qkv[1], qkv[2], scale=self.scale, mask=mask
-            )
+            attn = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
         attn = mx.flatten(attn.transpose(0, 2, 1, 3), 2, 3)
         x = self.attn_norm(x + self.attn_out(attn))
         return self.ffn_norm(x + self.ffn_out(self.act(self.ffn_in(x))))
