@@ -88,6 +88,14 @@ def time_encode(
                 return {"sps": done / elapsed, "cpu_sps": done / cpu}
 
 
+def load_average() -> str:
+    try:
+        with open("/proc/loadavg", encoding="ascii") as fh:
+            return " ".join(fh.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
 # -- sentence-transformers side (runs inside --reference-python) ---------------------------
 def _load_st(model_dir: str) -> Any:
     from sentence_transformers import SentenceTransformer
@@ -235,10 +243,18 @@ class MlxBench:
 
         async def main(duration: float) -> dict[str, float]:
             start, cpu = time.perf_counter(), time.process_time()
+            before = batcher.stats_snapshot()
             counts = await asyncio.gather(*(client(i, start + duration) for i in range(clients)))
             done = sum(counts)
             cpu_s = max(time.process_time() - cpu, 1e-9)
-            return {"sps": done / (time.perf_counter() - start), "cpu_sps": done / cpu_s}
+            after = batcher.stats_snapshot()
+            passes = max(1, after["forward_passes"] - before["forward_passes"])
+            per_pass = (after["sequences_embedded"] - before["sequences_embedded"]) / passes
+            return {
+                "sps": done / (time.perf_counter() - start),
+                "cpu_sps": done / cpu_s,
+                "per_pass": round(per_pass, 1),
+            }
 
         try:
             asyncio.run(main(min(0.5, seconds)))  # warm-up
@@ -256,7 +272,7 @@ def summarize(cells: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
-def print_table(summary: dict[str, dict[str, dict[str, float]]], batch_sizes: list[int]) -> None:
+def print_table(summary: dict[str, Any], batch_sizes: list[int]) -> None:
     mlx, ref = summary.get("mlx", {}), summary.get("reference", {})
     head = ("batch", "MLX best", "ST best", "MLX/ST", "MLX med", "ST med", "MLX/CPU-s", "ST/CPU-s")
     print(" | ".join(f"{h:>9}" for h in head))
@@ -267,10 +283,17 @@ def print_table(summary: dict[str, dict[str, dict[str, float]]], batch_sizes: li
         row = [bs, m.get("best"), r.get("best"), ratio, m.get("median"), r.get("median")]
         row += [m.get("cpu_median"), r.get("cpu_median")]
         print(" | ".join(f"{'-' if v is None else v:>9}" for v in row))
-    for clients, cell in summary.get("batcher", {}).items():
+    batcher = summary.get("batcher", {})
+    for clients, cell in batcher.items():
         print(
-            f"MLX via EmbeddingBatcher, {clients} concurrent 1-sentence clients: "
+            f"MLX via EmbeddingBatcher, {clients:>2} concurrent 1-sentence clients: "
             f"best {cell['best']}/s, median {cell['median']}/s"
+        )
+    ratios = summary.get("batcher_ratio")
+    if ratios:
+        print(
+            "concurrent / one-by-one (same round, then best/median over rounds): "
+            f"best {ratios['best']}x, median {ratios['median']}x"
         )
     print("(sentences/s; MLX/ST compares the best of the rounds; CPU-s = process CPU time)")
 
@@ -311,13 +334,17 @@ def main(argv: list[str] | None = None) -> int:
     ref = ReferenceWorker(args) if args.reference_python else None
     cells: dict[str, dict[str, list[dict[str, float]]]] = {}
 
+    loads: list[str] = []
+
     def record(side: str, key: str, cell: dict[str, float]) -> None:
         cells.setdefault(side, {}).setdefault(key, []).append(cell)
-        print(f"  {side:9s} {key:>3}: {cell['sps']:7.1f}/s  {cell['cpu_sps']:7.1f}/CPU-s")
+        extra = f"  {cell['per_pass']:5.1f} seqs/pass" if "per_pass" in cell else ""
+        print(f"  {side:9s} {key:>3}: {cell['sps']:7.1f}/s  {cell['cpu_sps']:7.1f}/CPU-s{extra}")
 
     try:
         for i in range(max(1, args.rounds)):
-            print(f"round {i + 1}")
+            loads.append(load_average())
+            print(f"round {i + 1} (load average {loads[-1]})")
             for bs in args.batch_sizes:
                 if bench is not None:
                     time.sleep(0.3)  # let the reference's OpenMP threads stop spinning
@@ -325,19 +352,33 @@ def main(argv: list[str] | None = None) -> int:
                 if ref is not None:
                     record("reference", str(bs), ref.measure(bs, args.seconds))
             if bench is not None and args.batcher_clients:
+                # The same sentences served one by one (one client), then concurrently.
+                record("batcher", "1", bench.run_batcher(sentences, 1))
                 clients = args.batcher_clients
                 record("batcher", str(clients), bench.run_batcher(sentences, clients))
     finally:
         if ref is not None:
             ref.close()
-    summary = {side: {k: summarize(v) for k, v in by.items()} for side, by in cells.items()}
+    loads.append(load_average())
+    summary: dict[str, Any] = {
+        side: {k: summarize(v) for k, v in by.items()} for side, by in cells.items()
+    }
+    by_clients = cells.get("batcher", {})
+    if "1" in by_clients and str(args.batcher_clients) in by_clients:
+        pairs = zip(by_clients["1"], by_clients[str(args.batcher_clients)], strict=False)
+        ratios = [many["sps"] / one["sps"] for one, many in pairs]
+        summary["batcher_ratio"] = {
+            "best": round(max(ratios), 2),
+            "median": round(statistics.median(ratios), 2),
+        }
     print(f"\nBLAS: {blas}")
     if bench is not None:
         m = bench.model
         print(f"MLX: streams={m.parallel_streams} compile={m.compile} pad={m.pad_to_multiple}")
     if ref is not None:
         print(f"reference: {ref.versions}")
-    print(f"{args.words}-word sentences, {args.seconds:g}s per cell, {args.rounds} rounds\n")
+    print(f"{args.words}-word sentences, {args.seconds:g}s per cell, {args.rounds} rounds")
+    print(f"load average (1/5/15 min) before each round and at the end: {' | '.join(loads)}\n")
     print_table(summary, args.batch_sizes)
     if args.json_out:
         out = {
@@ -347,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             "reference_versions": ref.versions if ref is not None else None,
             "args": {k: v for k, v in vars(args).items() if k not in ("st_worker", "json_out")},
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            "load_average": loads,
         }
         Path(args.json_out).write_text(json.dumps(out, indent=1) + "\n")
     return 0
