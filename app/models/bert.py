@@ -103,16 +103,48 @@ def exp_fast(x: mx.array) -> mx.array:
     return p * scale
 
 
+# Adding then subtracting 1.5 * 2**23 rounds a float32 |y| < 2**22 to the nearest integer
+# with plain adds (MLX's JIT builds CPU kernels without SSE4.1, so ``floor`` is a libm call).
+_ROUND_MAGIC = 12582912.0
+
+
+def _softmax_parts(scores: mx.array, keep: mx.array) -> tuple[mx.array, mx.array]:
+    """Masked, max-shifted exp of ``scores`` as polynomial(2**f) and the bits of 2**n."""
+    s = scores + (keep - 1.0) * 1e9
+    y = (s - s.max(axis=-1, keepdims=True)) * (1.0 / math.log(2.0))  # <= 0
+    y = mx.where(y < -126.0, -126.0, y)
+    n = (y + _ROUND_MAGIC) - _ROUND_MAGIC
+    f = y - n
+    p = _EXP2_COEFFS[0] * f + _EXP2_COEFFS[1]
+    for c in _EXP2_COEFFS[2:]:
+        p = p * f + c
+    return p * keep, (n.astype(mx.int32) + 127) << 23
+
+
+def _softmax_finish(p: mx.array, scale: mx.array) -> mx.array:
+    w = p * scale
+    return w / w.sum(axis=-1, keepdims=True)
+
+
+# ``view`` (the bit cast) cannot be traced shapeless, so the softmax is two shapeless
+# compiled pieces around it: 1.6 -> 1.05 ms per layer at batch 32 (eager ``exp_fast``).
+_softmax_parts_fused = mx.compile(_softmax_parts, shapeless=True)
+_softmax_finish_fused = mx.compile(_softmax_finish, shapeless=True)
+
+
+def masked_softmax_cpu(scores: mx.array, keep: mx.array) -> mx.array:
+    """Softmax over the last axis where ``keep`` (broadcast, float 0/1) is 1; 0 elsewhere."""
+    p, bits = _softmax_parts_fused(scores, keep)
+    return _softmax_finish_fused(p, bits.view(mx.float32))
+
+
 def attention_cpu(q: mx.array, k: mx.array, v: mx.array, scale: float, keep: mx.array) -> mx.array:
-    """Masked softmax attention with ``exp_fast``; ``keep`` (B, 1, 1, L) float 0/1.
+    """Masked softmax attention without ``mx.exp``; ``keep`` (B, 1, 1, L) float 0/1.
 
     Padded keys get exactly zero weight, so results do not depend on padding.
     """
     scores = (q * scale) @ k.swapaxes(-1, -2)
-    scores = scores + (keep - 1.0) * 1e9
-    weights = exp_fast(scores - scores.max(axis=-1, keepdims=True)) * keep
-    weights = weights / weights.sum(axis=-1, keepdims=True)
-    return weights @ v
+    return masked_softmax_cpu(scores, keep) @ v
 
 
 _ACTIVATIONS: dict[str, Callable[[mx.array], mx.array]] = {

@@ -6,7 +6,13 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from app.models.bert import exp_fast, gelu_folded, gelu_rational, gelu_rational_fused
+from app.models.bert import (
+    exp_fast,
+    gelu_folded,
+    gelu_rational,
+    gelu_rational_fused,
+    masked_softmax_cpu,
+)
 
 
 def test_gelu_variants_match_exact_gelu() -> None:
@@ -31,3 +37,18 @@ def test_gelu_fused_any_shape() -> None:
 def test_exp_fast_matches_exp() -> None:
     x = mx.linspace(-80.0, 0.0, 10001)
     np.testing.assert_allclose(np.array(exp_fast(x)), np.array(mx.exp(x)), rtol=1e-6, atol=1e-30)
+
+
+def test_masked_softmax_matches_softmax_and_ignores_masked_keys() -> None:
+    lengths = [7, 3, 1, 5]
+    keep = mx.array(
+        [[1.0 if j < n else 0.0 for j in range(7)] for n in lengths]
+    )[:, None, None, :]
+    for shape, spread in (((4, 2, 7, 7), 1.0), ((4, 3, 5, 7), 40.0)):
+        scores = mx.random.normal(shape) * spread
+        got = np.array(masked_softmax_cpu(scores, keep))
+        want = np.array(mx.softmax(scores + (keep - 1.0) * 1e9, axis=-1))
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-5)
+        for row, n in enumerate(lengths):
+            assert np.all(got[row, ..., n:] == 0.0)
+            np.testing.assert_allclose(got[row].sum(axis=-1), 1.0, rtol=1e-6)
