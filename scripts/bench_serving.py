@@ -231,6 +231,39 @@ async def warmup(client: httpx.AsyncClient, target: Target, args: argparse.Names
         )
 
 
+SPEC_COUNTERS = ("drafts", "draft_tokens", "accepted_tokens", "emitted_tokens")
+
+
+async def spec_counters(client: httpx.AsyncClient, target: Target) -> dict[str, float] | None:
+    """Our ``vllm:spec_decode_num_*_total`` counters summed over models; None if not exposed."""
+    root = target.base_url.rstrip("/").removesuffix("/v1")
+    headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
+    try:
+        r = await client.get(f"{root}/metrics", headers=headers)
+    except httpx.HTTPError:
+        return None
+    if r.status_code != 200:
+        return None
+    found: dict[str, float] = {}
+    for line in r.text.splitlines():
+        for name in SPEC_COUNTERS:
+            if line.startswith(f"vllm:spec_decode_num_{name}_total{{"):
+                found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found if len(found) == len(SPEC_COUNTERS) else None
+
+
+def spec_summary(before: dict | None, after: dict | None) -> dict[str, float | None]:
+    """Acceptance rate and tokens per verification pass over one level."""
+    if before is None or after is None:
+        return {}
+    d = {k: after[k] - before[k] for k in SPEC_COUNTERS}
+    return {
+        "spec_passes": d["drafts"],
+        "spec_acceptance": d["accepted_tokens"] / d["draft_tokens"] if d["draft_tokens"] else None,
+        "spec_tokens_per_pass": d["emitted_tokens"] / d["drafts"] if d["drafts"] else None,
+    }
+
+
 async def bench(
     args: argparse.Namespace, targets: list[Target], servers: dict[str, ManagedServer]
 ) -> dict[str, Any]:
@@ -259,6 +292,7 @@ async def bench(
             c = args.levels[i]
             n = args.num_requests or max(8, 2 * c)
             print(f"  {t.name}: concurrency {c}, {n} requests ...", flush=True)
+            spec_before = await spec_counters(client, t)
             res, wall = await run_level(
                 client,
                 t,
@@ -269,7 +303,12 @@ async def bench(
                 args.ramp_ms / 1e3,
                 args.connect_retries,
             )
-            out[t.name]["levels"].append(aggregate(res, wall, c))
+            level = aggregate(res, wall, c)
+            level.update(spec_summary(spec_before, await spec_counters(client, t)))
+            if level.get("spec_passes"):
+                print(f"    speculation: acceptance {fmt(level['spec_acceptance'], 3)}, "
+                      f"{fmt(level['spec_tokens_per_pass'], 2)} tokens per pass", flush=True)
+            out[t.name]["levels"].append(level)
             if args.include_requests:
                 out[t.name]["requests"][str(c)] = [result_dict(r) for r in res]
         for t in targets:

@@ -14,6 +14,7 @@ from app.core import errors
 from app.core.context import RequestContext
 from app.engine.types import Failed, Finished, PrefillProgress, TextDelta
 from app.handler.generation import (
+    KEEP_ALIVE,
     Submission,
     check_common_limits,
     failure_error,
@@ -36,8 +37,6 @@ from app.handler.tools import (
 )
 from app.models.manager import ManagedModel, ModelManager
 from app.schemas.openai import ChatCompletionRequest
-
-KEEP_ALIVE = object()  # marker: the API layer writes an SSE comment
 
 
 def _reject_unsupported(body: ChatCompletionRequest) -> None:

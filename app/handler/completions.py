@@ -12,8 +12,8 @@ from app.config import Settings
 from app.core import errors
 from app.core.context import RequestContext
 from app.engine.types import Failed, Finished, PrefillProgress, TextDelta, TokenLogprob
-from app.handler.chat import KEEP_ALIVE
 from app.handler.generation import (
+    KEEP_ALIVE,
     Submission,
     check_common_limits,
     failure_error,
@@ -219,37 +219,26 @@ class CompletionsHandler:
                 if echo:
                     for i in range(n):
                         yield chunk(p * n + i, echo, None, None)
-            queue: asyncio.Queue = asyncio.Queue()
-
-            async def pump(p: int, sub: Submission) -> None:
-                async for item in merged_events(sub):
-                    ctx.timer.observe(item, sub)  # metrics + request log
-                    await queue.put((p * n + item.index, item.event))
-
-            pumps = [asyncio.ensure_future(pump(p, s)) for p, s in enumerate(submissions)]
-            try:
-                while ended < total:
-                    index, event = await queue.get()
-                    if isinstance(event, TextDelta):
-                        yield chunk(index, event.text, None, event.logprobs or [])
-                    elif isinstance(event, PrefillProgress):
-                        yield KEEP_ALIVE
-                    elif isinstance(event, Failed):
-                        yield failure_error(event)
-                        return
-                    elif isinstance(event, Finished):
-                        ended += 1
-                        completion_total += event.completion_tokens
-                        if index % n == 0:
-                            prompt_total += event.prompt_tokens
-                            cached_total += event.cached_tokens
-                        final = chunk(index, "", event.finish_reason, event.logprobs or [])
-                        if ended == total and not include_usage:
-                            final["htdi"] = ctx.htdi()
-                        yield final
-            finally:
-                for task in pumps:
-                    task.cancel()
+            async for item in merged_events(*submissions):
+                ctx.timer.observe(item, submissions[item.source])  # metrics + request log
+                index, event = item.source * n + item.index, item.event
+                if isinstance(event, TextDelta):
+                    yield chunk(index, event.text, None, event.logprobs or [])
+                elif isinstance(event, PrefillProgress):
+                    yield KEEP_ALIVE
+                elif isinstance(event, Failed):
+                    yield failure_error(event)
+                    return
+                elif isinstance(event, Finished):
+                    ended += 1
+                    completion_total += event.completion_tokens
+                    if item.index == 0:
+                        prompt_total += event.prompt_tokens
+                        cached_total += event.cached_tokens
+                    final = chunk(index, "", event.finish_reason, event.logprobs or [])
+                    if ended == total and not include_usage:
+                        final["htdi"] = ctx.htdi()
+                    yield final
             if include_usage:
                 yield {**base, "choices": [],
                        "usage": usage(prompt_total, completion_total, cached_total),

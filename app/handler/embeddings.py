@@ -62,11 +62,8 @@ class EmbeddingsHandler:
             raise errors.invalid_request("input must not contain empty strings.", param="input")
         if token_ids is not None and any(not ids for ids in token_ids):
             raise errors.invalid_request("input must not contain empty token lists.", param="input")
-        managed = await self.manager.acquire(body.model, "embeddings")
-        try:
+        async with self.manager.lease(body.model, "embeddings") as managed:
             return await self._embed(body, ctx, managed, texts, token_ids)
-        finally:
-            self.manager.release(managed)
 
     async def _embed(
         self,

@@ -164,14 +164,19 @@ def submit(
 
 @dataclass
 class ChoiceEvent:
-    index: int
+    index: int  # choice within its submission
     event: TextDelta | Finished | Failed | PrefillProgress
+    source: int = 0  # which of the merged submissions
 
 
-async def merged_events(submission: Submission) -> AsyncIterator[ChoiceEvent]:
-    """Interleave the events of all choices in arrival order until each has ended."""
-    if len(submission.requests) == 1:  # the common case needs no task per event
-        queue = submission.requests[0].events
+async def merged_events(*submissions: Submission) -> AsyncIterator[ChoiceEvent]:
+    """Interleave the events of every choice of ``submissions`` in arrival order until each
+    has ended."""
+    streams = [(source, index, request.events)
+               for source, sub in enumerate(submissions)
+               for index, request in enumerate(sub.requests)]
+    if len(streams) == 1:  # the common case needs no task per event
+        queue = streams[0][2]
         while True:
             event = await queue.get()
             yield ChoiceEvent(0, event)
@@ -179,21 +184,21 @@ async def merged_events(submission: Submission) -> AsyncIterator[ChoiceEvent]:
                 return
     pending: dict[asyncio.Task, int] = {}
 
-    def watch(index: int) -> None:
-        task = asyncio.ensure_future(submission.requests[index].events.get())
-        pending[task] = index
+    def watch(stream: int) -> None:
+        pending[asyncio.ensure_future(streams[stream][2].get())] = stream
 
-    for index in range(len(submission.requests)):
-        watch(index)
+    for stream in range(len(streams)):
+        watch(stream)
     try:
         while pending:
             done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in sorted(done, key=lambda t: pending[t]):
-                index = pending.pop(task)
+                stream = pending.pop(task)
                 event = task.result()
-                yield ChoiceEvent(index, event)
+                source, index, _ = streams[stream]
+                yield ChoiceEvent(index, event, source)
                 if not isinstance(event, Finished | Failed):
-                    watch(index)
+                    watch(stream)
     finally:
         for task in pending:
             task.cancel()
@@ -206,6 +211,9 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
         "total_tokens": prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
+
+
+KEEP_ALIVE = object()  # stream marker: the API layer writes an SSE comment
 
 
 def failure_error(event: Failed) -> errors.APIError:

@@ -16,21 +16,18 @@ class TokenizeHandler:
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
 
-    async def _acquire(self, name: str, ctx: RequestContext) -> Any:
+    def _lease(self, name: str) -> Any:
+        """Lease the model under any of its capabilities (every model has a tokenizer)."""
         spec = self.manager.registry.get(name)
         if spec is None:
             raise errors.model_not_found(name)
-        managed = await self.manager.acquire(name, spec.capabilities[0])
-        ctx.model = managed.spec.id
-        return managed
+        return self.manager.lease(name, spec.capabilities[0])
 
     async def tokenize(self, body: TokenizeRequest, ctx: RequestContext) -> dict[str, Any]:
         ctx.model = body.model
-        managed = await self._acquire(body.model, ctx)
-        try:
+        async with self._lease(body.model) as managed:
+            ctx.model = managed.spec.id
             return await self._tokenize(body, ctx, managed, managed.loaded.tokenizer)
-        finally:
-            self.manager.release(managed)
 
     async def _tokenize(
         self, body: TokenizeRequest, ctx: RequestContext, managed: Any, tokenizer: Any
@@ -73,11 +70,9 @@ class TokenizeHandler:
 
     async def detokenize(self, body: DetokenizeRequest, ctx: RequestContext) -> dict[str, Any]:
         ctx.model = body.model
-        managed = await self._acquire(body.model, ctx)
-        try:
+        async with self._lease(body.model) as managed:
+            ctx.model = managed.spec.id
             return await self._detokenize(body, ctx, managed, managed.loaded.tokenizer)
-        finally:
-            self.manager.release(managed)
 
     async def _detokenize(
         self, body: DetokenizeRequest, ctx: RequestContext, managed: Any, tokenizer: Any

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,15 @@ class ModelManager:
             raise
         managed.last_used = time.time()
         return managed
+
+    @contextlib.asynccontextmanager
+    async def lease(self, name: str, capability: str) -> AsyncIterator[ManagedModel]:
+        """:meth:`acquire` for the length of a ``with`` block (requests answered in one go)."""
+        managed = await self.acquire(name, capability)
+        try:
+            yield managed
+        finally:
+            self.release(managed)
 
     def release(self, managed: ManagedModel) -> None:
         managed.leases = max(0, managed.leases - 1)

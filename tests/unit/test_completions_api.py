@@ -72,6 +72,26 @@ def test_stream_matches_and_ends_properly(client: TestClient):
     assert events[-1]["usage"]["completion_tokens"] == 8 and "htdi" in events[-1]
 
 
+def test_stream_of_several_prompts_and_choices_matches_the_plain_answer(client: TestClient):
+    args = {"prompt": ["Numbers: 0 1 2", "Letters: a b"], "n": 2, "max_tokens": 6, "seed": 3,
+            "temperature": 0.9}
+    plain = complete(client, **args).json()
+    resp = complete(client, stream=True, stream_options={"include_usage": True}, **args)
+    lines = [ln for ln in resp.text.splitlines() if ln.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(ln[6:]) for ln in lines[:-1]]
+    texts, finishes = {}, {}
+    for event in events[:-1]:
+        (choice,) = event["choices"]
+        texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+        if choice["finish_reason"] is not None:
+            assert choice["index"] not in finishes  # one finish per choice
+            finishes[choice["index"]] = choice["finish_reason"]
+    assert texts == {c["index"]: c["text"] for c in plain["choices"]}
+    assert sorted(finishes) == [0, 1, 2, 3]
+    assert events[-1]["usage"] == plain["usage"]
+
+
 def test_unsupported_parameters_are_refused(client: TestClient):
     for extra, param in [({"suffix": "x"}, "suffix"), ({"best_of": 3}, "best_of"),
                          ({"echo": True, "logprobs": 1}, "echo"), ({"logprobs": 21}, "logprobs")]:
