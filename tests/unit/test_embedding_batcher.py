@@ -201,6 +201,36 @@ def test_warmup_runs_on_worker_before_requests(fake: FakeForward) -> None:
         failing.stop()
 
 
+def test_lone_client_is_not_held_back_but_concurrent_clients_share_passes() -> None:
+    fake = FakeForward(delay_s=0.02)
+    b = EmbeddingBatcher(fake, max_batch_size=16, max_wait_ms=3000)
+    b.start()
+    try:
+        async def one_by_one() -> float:
+            started = time.perf_counter()
+            for i in range(3):  # a lone client: nobody to wait for
+                assert await b.embed([[i + 1]]) == [[1.0, float(i + 1)]]
+            return time.perf_counter() - started
+
+        assert asyncio.run(one_by_one()) < 2.0  # well under one 3 s gather window
+
+        async def clients(n: int, rounds: int) -> None:
+            async def client(i: int) -> None:
+                for r in range(rounds):
+                    assert await b.embed([[i, r]]) == [[2.0, float(i + r)]]
+
+            await asyncio.gather(*(client(i) for i in range(n)))
+
+        before = b.stats_snapshot()
+        asyncio.run(clients(8, 4))
+        after = b.stats_snapshot()
+        passes = after["forward_passes"] - before["forward_passes"]
+        assert after["sequences_embedded"] - before["sequences_embedded"] == 32
+        assert passes <= 8  # once overlap is seen, the window gathers whole rounds
+    finally:
+        b.stop()
+
+
 def test_batcher_with_tiny_mlx_model(tmp_path: Path) -> None:
     model = load_embedding_model(make_tiny_bert(tmp_path), parallel_streams=2)
     texts = [f"hello world {'the quick brown fox ' * (i % 4)} test {i}" for i in range(10)]
