@@ -263,6 +263,56 @@ class MlxBench:
             batcher.stop()
 
 
+def run_http(
+    url: str, model: str, sentences: list[str], clients: int, seconds: float
+) -> dict[str, float]:
+    """Sentences/s over HTTP: ``clients`` connections each posting one sentence at a time.
+
+    Asks for base64 vectors, as the ``openai`` client does by default.  ``cpu_sps`` counts
+    this (client) process only.
+    """
+    import httpx
+
+    endpoint = url.rstrip("/") + "/embeddings"
+
+    async def client(http: httpx.AsyncClient, offset: int, deadline: float) -> int:
+        n = 0
+        while time.perf_counter() < deadline:
+            body = {
+                "model": model,
+                "input": sentences[(offset + n * clients) % len(sentences)],
+                "encoding_format": "base64",
+            }
+            response = await http.post(endpoint, json=body)
+            response.raise_for_status()
+            n += 1
+        return n
+
+    async def main(duration: float) -> dict[str, float]:
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+            warm = time.perf_counter() + 0.3  # open the connections first
+            await asyncio.gather(*(client(http, i, warm) for i in range(clients)))
+            start, cpu = time.perf_counter(), time.process_time()
+            counts = await asyncio.gather(
+                *(client(http, i, start + duration) for i in range(clients))
+            )
+            done = sum(counts)
+            cpu_s = max(time.process_time() - cpu, 1e-9)
+            return {"sps": done / (time.perf_counter() - start), "cpu_sps": done / cpu_s}
+
+    return asyncio.run(main(seconds))
+
+
+def concurrency_ratio(by_clients: dict[str, list[dict[str, float]]], clients: int) -> Any:
+    """concurrent / one-by-one, per round (cells of the same round), best and median."""
+    if "1" not in by_clients or str(clients) not in by_clients:
+        return None
+    pairs = zip(by_clients["1"], by_clients[str(clients)], strict=False)
+    ratios = [many["sps"] / one["sps"] for one, many in pairs]
+    return {"best": round(max(ratios), 2), "median": round(statistics.median(ratios), 2)}
+
+
 def summarize(cells: list[dict[str, float]]) -> dict[str, float]:
     walls = [c["sps"] for c in cells]
     return {
@@ -289,12 +339,19 @@ def print_table(summary: dict[str, Any], batch_sizes: list[int]) -> None:
             f"MLX via EmbeddingBatcher, {clients:>2} concurrent 1-sentence clients: "
             f"best {cell['best']}/s, median {cell['median']}/s"
         )
-    ratios = summary.get("batcher_ratio")
-    if ratios:
+    http = summary.get("http", {})
+    for clients, cell in http.items():
         print(
-            "concurrent / one-by-one (same round, then best/median over rounds): "
-            f"best {ratios['best']}x, median {ratios['median']}x"
+            f"HTTP /v1/embeddings, {clients:>2} concurrent 1-sentence clients: "
+            f"best {cell['best']}/s, median {cell['median']}/s"
         )
+    for side in ("batcher", "http"):
+        ratios = summary.get(f"{side}_ratio")
+        if ratios:
+            print(
+                f"{side}: concurrent / one-by-one (same round, then over rounds): "
+                f"best {ratios['best']}x, median {ratios['median']}x"
+            )
     print("(sentences/s; MLX/ST compares the best of the rounds; CPU-s = process CPU time)")
 
 
@@ -313,6 +370,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", choices=("auto", "on", "off"), default="auto", help="mx.compile")
     p.add_argument("--blas-library", help="explicit OpenBLAS .so for MLX (app.core.blas)")
     p.add_argument("--batcher-clients", type=int, default=32, help="0 disables batcher row")
+    p.add_argument("--http-url", help="also load a running server's /v1 at this base URL")
+    p.add_argument("--http-model", default="all-minilm-l6-v2", help="model id for --http-url")
     p.add_argument("--json", dest="json_out", help="write results as JSON here")
     p.add_argument("--write-fixture", help="(sentence-transformers venv) write fixture JSON")
     p.add_argument("--st-worker", action="store_true", help=argparse.SUPPRESS)
@@ -356,6 +415,12 @@ def main(argv: list[str] | None = None) -> int:
                 record("batcher", "1", bench.run_batcher(sentences, 1))
                 clients = args.batcher_clients
                 record("batcher", str(clients), bench.run_batcher(sentences, clients))
+            if args.http_url and args.batcher_clients:
+                for clients in (1, args.batcher_clients):
+                    cell = run_http(
+                        args.http_url, args.http_model, sentences, clients, args.seconds
+                    )
+                    record("http", str(clients), cell)
     finally:
         if ref is not None:
             ref.close()
@@ -363,14 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {
         side: {k: summarize(v) for k, v in by.items()} for side, by in cells.items()
     }
-    by_clients = cells.get("batcher", {})
-    if "1" in by_clients and str(args.batcher_clients) in by_clients:
-        pairs = zip(by_clients["1"], by_clients[str(args.batcher_clients)], strict=False)
-        ratios = [many["sps"] / one["sps"] for one, many in pairs]
-        summary["batcher_ratio"] = {
-            "best": round(max(ratios), 2),
-            "median": round(statistics.median(ratios), 2),
-        }
+    for side in ("batcher", "http"):
+        ratio = concurrency_ratio(cells.get(side, {}), args.batcher_clients)
+        if ratio:
+            summary[f"{side}_ratio"] = ratio
     print(f"\nBLAS: {blas}")
     if bench is not None:
         m = bench.model
