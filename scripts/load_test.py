@@ -7,6 +7,11 @@ checked (status, JSON shape, SSE framing, finish reason, token count), and the r
 (exit 1) on any error, lost or malformed response, or if the server's running/waiting
 gauges do not return to 0 afterwards.
 
+Warm-up: before the measured run, ``--warmup`` requests (default: one per concurrent client)
+are sent at the same concurrency, none cut; RSS is read once the server is idle after them.
+``--max-rss-growth 0.10`` also fails the run when the server's RSS after the run (idle, after
+``--settle`` seconds) is more than 10% above that post-warm-up figure.
+
   python scripts/load_test.py --spawn                      # starts its own server
   python scripts/load_test.py --base-url http://127.0.0.1:8000 --server-pid 1234
 """
@@ -158,11 +163,12 @@ async def one(client: httpx.AsyncClient, args: argparse.Namespace, rng: random.R
     tally.latencies.append(time.perf_counter() - started)
 
 
-async def run(args: argparse.Namespace, base_url: str) -> tuple[Tally, float]:
+async def run(args: argparse.Namespace, base_url: str, requests: int | None = None,
+              seed: int | None = None) -> tuple[Tally, float]:
     tally = Tally()
-    rng = random.Random(args.seed)
+    rng = random.Random(args.seed if seed is None else seed)
     queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(args.requests):
+    for i in range(args.requests if requests is None else requests):
         queue.put_nowait(i)
     limits = httpx.Limits(max_connections=args.concurrency * 2)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
@@ -231,6 +237,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300.0, help="per request, seconds")
     p.add_argument("--api-key")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=None,
+                   help="warm-up requests at the same concurrency, none cut, before the run "
+                        "(default: --concurrency; 0: none)")
+    p.add_argument("--settle", type=float, default=2.0,
+                   help="seconds to wait once the server is idle before reading RSS")
+    p.add_argument("--max-rss-growth", type=float, default=None,
+                   help="fail when RSS after the run exceeds the post-warm-up RSS by more "
+                        "than this fraction (e.g. 0.10)")
     p.add_argument("--json", type=Path, help="write the report here too")
     return p.parse_args(argv)
 
@@ -252,9 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     loopback_only(base_url)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     try:
+        rss_start = rss_mb(pid)
+        warmup = args.concurrency if args.warmup is None else args.warmup
+        warm_tally = None
+        if warmup > 0:
+            warm_args = argparse.Namespace(**{**vars(args), "disconnect_rate": 0.0})
+            warm_tally, _ = asyncio.run(run(warm_args, base_url, warmup, seed=args.seed + 1))
+            wait_idle(base_url, headers)
+            time.sleep(args.settle)
         rss_before = rss_mb(pid)
         tally, wall = asyncio.run(run(args, base_url))
         idle = wait_idle(base_url, headers)
+        time.sleep(args.settle)  # the engine frees memory when it goes idle
         cache = scrape(base_url, headers, ("mlx_server_prefix_cache_bytes",))
         rss_after = rss_mb(pid)
         health = httpx.get(base_url + "/health", timeout=10, trust_env=False).status_code
@@ -272,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         "latency_p99_s": _round(percentile(tally.latencies, 99)),
         "ttft_p50_s": _round(percentile(tally.ttfts, 50)),
         "ttft_p99_s": _round(percentile(tally.ttfts, 99)),
+        "warmup_requests": warmup,
+        "warmup_ok": warm_tally.ok if warm_tally else 0,
+        "rss_start_mb": _round(rss_start, 1),
         "rss_before_mb": _round(rss_before, 1), "rss_after_mb": _round(rss_after, 1),
+        "rss_growth": _round(rss_after / rss_before - 1 if rss_before and rss_after else None),
         "prefix_cache_mb": _round(cache["mlx_server_prefix_cache_bytes"] / 2**20, 1),
         "gauges_after": idle, "health_after": health,
         "examples": {"lost": tally.lost[:3], "malformed": tally.malformed[:3]},
@@ -281,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     failed = tally.errors or tally.lost or tally.malformed or any(idle.values()) or health != 200
+    if warm_tally and (warm_tally.errors or warm_tally.lost or warm_tally.malformed):
+        failed = True
+    growth = report["rss_growth"]
+    if args.max_rss_growth is not None and (growth is None or growth > args.max_rss_growth):
+        print(f"RSS grew {growth} (limit {args.max_rss_growth})", file=sys.stderr)
+        failed = True
     return 1 if failed else 0
 
 

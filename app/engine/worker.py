@@ -23,6 +23,7 @@ from mlx_lm.generate import BatchGenerator, StopSequences
 from app.engine.compile import optimize_model
 from app.engine.detokenizer import make_detokenizer
 from app.engine.grammar import GrammarFactory
+from app.engine.memory import IdleRelease
 from app.engine.prefix_cache import PrefixCache
 from app.engine.processors import make_processors
 from app.engine.sampling import make_request_sampler
@@ -95,6 +96,7 @@ class ModelEngine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._generator: BatchGenerator | None = None
+        self._release_idle = IdleRelease()  # memory back to the OS when the engine runs dry
         # Test-only fault injection: called for every generated token with the request and
         # its token count; an exception it raises fails that request alone.
         self.fault_hook: Callable[[GenerationRequest, int], None] | None = None
@@ -178,6 +180,8 @@ class ModelEngine:
             return
         ready.set_result(loaded)
         while True:
+            if not self._active:
+                self._release_idle(self.stats.steps)
             with self._cond:
                 while not self._stopping and not self._waiting and not self._active:
                     self._cond.wait(timeout=1.0)

@@ -386,7 +386,7 @@ def _active_memory() -> int:
 def _release_memory() -> None:
     import gc
 
-    import mlx.core as mx
+    from app.engine.memory import release_memory
 
     gc.collect()
-    mx.clear_cache()
+    release_memory()  # MLX's buffer pool, then free heap pages back to the OS (glibc)
