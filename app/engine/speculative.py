@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -43,117 +43,16 @@ from mlx_lm.generate import BatchGenerator, GenerationBatch, StopSequences, _mer
 from mlx_lm.models.cache import BatchKVCache, KVCache
 from mlx_lm.sample_utils import greedy_sampler
 
+from app.engine.drafting import (
+    Drafter,
+    PromptLookup,
+    SpeculativeStats,
+    accepted_prefix,
+    row_logprobs,
+    sample_until_mismatch,
+)
 
-class PromptLookup:
-    """Incremental n-gram index over a token context; proposes continuations of its suffix.
-
-    Besides the n-gram index it follows a *copy pointer*: the context position whose token
-    is expected next while the text copies an earlier passage (a RAG answer quoting its
-    source). A token that matches advances it; one that does not is taken as a substitution
-    or skip when it appears within ``RESYNC`` tokens ahead (the pointer jumps past it), else
-    as an insertion (the pointer stays: ", they" inserted into a quote goes on with the
-    quote); after ``MAX_STRAY`` such tokens in a row the pointer is dropped. Drafts come from
-    the pointer while the last token matched it, else from the longest suffix n-gram
-    (the occurrence nearest after the pointer, else the latest), else from the pointer.
-    """
-
-    RESYNC = 3
-    MAX_STRAY = 2
-
-    def __init__(self, tokens: list[int], ngram_max: int = 3, ngram_min: int = 2) -> None:
-        if not 1 <= ngram_min <= ngram_max:
-            raise ValueError("need 1 <= ngram_min <= ngram_max")
-        self.ngram_min, self.ngram_max = ngram_min, ngram_max
-        self.tokens: list[int] = []
-        # n -> {n-gram: end indices (ascending) of its occurrences that have a next token}
-        self._index: dict[int, dict[tuple[int, ...], list[int]]] = {
-            n: {} for n in range(ngram_min, ngram_max + 1)
-        }
-        self.pointer: int | None = None  # index of the token expected next, when copying
-        self._aligned = False  # the last token was the one the pointer expected
-        self._stray = 0  # tokens in a row that did not match the pointer
-        self.extend(tokens)
-
-    def extend(self, tokens: list[int]) -> None:
-        for token in tokens:
-            self._follow(token)
-            end = len(self.tokens)  # tokens[end - n:end] is followed by `token`
-            self.tokens.append(token)
-            for n, index in self._index.items():
-                if end >= n:
-                    index.setdefault(tuple(self.tokens[end - n : end]), []).append(end)
-
-    def _follow(self, token: int) -> None:
-        """Move the copy pointer for a newly appended ``token``."""
-        ptr = self.pointer
-        self._aligned = False
-        if ptr is None:
-            return
-        ahead = self.tokens[ptr : ptr + self.RESYNC + 1]
-        if token in ahead:
-            self.pointer = ptr + ahead.index(token) + 1
-            self._aligned, self._stray = True, 0
-            return
-        self._stray += 1
-        if self._stray > self.MAX_STRAY:
-            self.pointer, self._stray = None, 0
-
-    def _match(self) -> int | None:
-        """Where the longest suffix n-gram continues: nearest at/after the pointer, or latest."""
-        size = len(self.tokens)
-        for n in range(self.ngram_max, self.ngram_min - 1, -1):
-            if size < n:
-                continue
-            ends = self._index[n].get(tuple(self.tokens[size - n :]))
-            if not ends:
-                continue
-            if self.pointer is not None:
-                after = [e for e in ends if e >= self.pointer]
-                if after:
-                    return after[0]
-            return ends[-1]
-        return None
-
-    def propose(self, k: int) -> list[int]:
-        """Up to ``k`` tokens that should follow the context, by the rules above."""
-        if k <= 0:
-            return []
-        start = self.pointer if self._aligned else self._match()
-        if start is None:
-            start = self.pointer
-        if start is None or start >= len(self.tokens):
-            return []
-        self.pointer = start
-        return self.tokens[start : start + k]
-
-
-def accepted_prefix(draft: list[int], targets: list[int]) -> int:
-    """How many draft tokens match the verifier's choices (``targets[i]`` follows ``draft[:i]``)."""
-    n = 0
-    while n < len(draft) and draft[n] == targets[n]:
-        n += 1
-    return n
-
-
-@dataclass
-class SpeculativeStats:
-    solo_steps: int = 0  # verification forward passes
-    drafted: int = 0  # draft tokens proposed and verified
-    accepted: int = 0  # draft tokens accepted
-    emitted: int = 0  # tokens returned by solo steps (accepted drafts + the model's own)
-    solo_entries: int = 0  # sequences moved from the batch into the solo path
-    solo_exits: int = 0  # moved back into the batch because other work arrived
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
-
-    @property
-    def tokens_per_step(self) -> float:
-        return self.emitted / self.solo_steps if self.solo_steps else 0.0
-
-
-MISS_STREAK, MISS_PAUSE, MAX_PAUSE = 3, 4, 32
+__all__ = ["PromptLookup", "SpeculativeBatchGenerator", "SpeculativeStats", "accepted_prefix"]
 
 
 @dataclass(eq=False)
@@ -169,62 +68,7 @@ class _Solo:
     matcher: Any
     num_tokens: int
     max_tokens: int
-    lookup: PromptLookup = field(init=False)
-    ngrams: tuple[int, int] = (3, 2)
-    misses: int = 0  # drafts in a row with nothing accepted
-    pause: int = 0  # steps left without drafting
-    backoff: int = MISS_PAUSE
-    ramp: int | None = None  # sampled sequences: current draft length (grows while accepted)
-
-    def __post_init__(self) -> None:
-        self.lookup = PromptLookup(self.tokens + [self.pending], *self.ngrams)
-        if self.sampler is not greedy_sampler:
-            self.ramp = 2
-
-    def draft(self, k: int) -> list[int]:
-        if self.pause > 0:
-            self.pause -= 1
-            return []
-        return self.lookup.propose(k if self.ramp is None else min(k, self.ramp))
-
-    def verified(self, drafted: int, accepted: int) -> None:
-        """Back off (4, 8, ... 32 steps) after MISS_STREAK drafts in a row are all rejected:
-        verifying costs, and sampled or free-form text can make drafts useless for a while."""
-        if not drafted:
-            return
-        if self.ramp is not None:
-            self.ramp = min(2 * self.ramp, 64) if accepted == drafted else (
-                self.ramp if accepted else 2)
-        if accepted:
-            self.misses, self.backoff = 0, MISS_PAUSE
-            return
-        self.misses += 1
-        if self.misses >= MISS_STREAK:
-            self.misses, self.pause = 0, self.backoff
-            self.backoff = min(MAX_PAUSE, 2 * self.backoff)
-
-
-def _row_logprobs(logits: mx.array) -> mx.array:
-    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-
-
-def _sample_until_mismatch(sampler: Any, logprobs: mx.array, draft: list[int]) -> list[int]:
-    """Sample position after position with the sequence's own sampler; stop at the first
-    sample that differs from the draft.
-
-    Every returned token is a draw from the model's distribution given exactly the tokens
-    before it, so the output distribution is the non-speculative one (for a one-token
-    draft per position this is the standard speculative-sampling rule: the draft survives
-    with probability p(draft), otherwise the token is drawn from p without it). The sampler
-    is called once per token returned, in order, as the batch path calls it, so a sampler
-    with its own seeded key yields the same text with and without speculation.
-    """
-    chosen: list[int] = []
-    for i in range(len(draft) + 1):
-        chosen.append(int(sampler(logprobs[i : i + 1]).item()))
-        if i == len(draft) or chosen[i] != draft[i]:
-            break
-    return chosen
+    drafter: Drafter
 
 
 class SpeculativeBatchGenerator(BatchGenerator):
@@ -299,6 +143,9 @@ class SpeculativeBatchGenerator(BatchGenerator):
             total += sum(c.nbytes for c in self._solo.cache)
         return total
 
+    def new_drafter(self, context: list[int], sampler: Any) -> Drafter:
+        return Drafter(PromptLookup(context, *self.ngrams), sampled=sampler is not greedy_sampler)
+
     # ---- moving a sequence in and out of the batch --------------------------------------
     def _eligible(self) -> bool:
         batch = self._generation_batch
@@ -321,19 +168,21 @@ class SpeculativeBatchGenerator(BatchGenerator):
         cache = batch.extract_cache(0)
         # extract() gives lazy slices of the batch buffers: materialize so those are freed
         mx.eval(batch._next_tokens, [c.state for c in cache])
+        tokens, pending = list(batch.tokens[0]), int(batch._next_tokens[0].item())
+        sampler = (batch.samplers[0] if batch.samplers else None) or batch.fallback_sampler
         solo = self._solo = _Solo(
             uid=batch.uids[0],
             cache=cache,
-            tokens=list(batch.tokens[0]),
-            pending=int(batch._next_tokens[0].item()),
+            tokens=tokens,
+            pending=pending,
             pending_logprobs=batch._next_logprobs[0],
-            sampler=(batch.samplers[0] if batch.samplers else None) or batch.fallback_sampler,
+            sampler=sampler,
             processors=batch.logits_processors[0] if batch.logits_processors else (),
             stop_sequences=batch.stop_sequences[0],
             matcher=batch._matchers[0],
             num_tokens=batch._num_tokens[0],
             max_tokens=batch.max_tokens[0],
-            ngrams=self.ngrams,
+            drafter=self.new_drafter(tokens + [pending], sampler),
         )
         batch.filter([])
         self.spec_stats.solo_entries += 1
@@ -386,7 +235,7 @@ class SpeculativeBatchGenerator(BatchGenerator):
         solo = self._solo
         assert solo is not None
         room = solo.max_tokens - solo.num_tokens  # tokens still to return, at most
-        draft = solo.draft(min(self.num_draft, room - 1))
+        draft = solo.drafter.draft(min(self.num_draft, room - 1))
         inputs = [solo.pending] + draft
         logits = self.model(mx.array([inputs]), cache=solo.cache)[0]
         if solo.sampler is greedy_sampler:
@@ -394,21 +243,21 @@ class SpeculativeBatchGenerator(BatchGenerator):
             mx.eval(targets)
             chosen = targets.tolist()
         else:
-            chosen = _sample_until_mismatch(solo.sampler, _row_logprobs(logits), draft)
+            chosen = sample_until_mismatch(solo.sampler, row_logprobs(logits), draft)
         n = accepted_prefix(draft, chosen)
-        solo.verified(len(draft), n)
+        solo.drafter.verified(len(draft), n)
         if n < len(draft):
             for c in solo.cache:
                 c.trim(len(draft) - n)
         solo.tokens += inputs[: n + 1]  # now in the cache
-        solo.lookup.extend(chosen[: n + 1])
+        solo.drafter.lookup.extend(chosen[: n + 1])
         stats = self.spec_stats
         stats.solo_steps += 1
         stats.drafted += len(draft)
         stats.accepted += n
         responses = []
         for i, token in enumerate(chosen[: n + 1]):
-            row = _row_logprobs(logits[i])
+            row = row_logprobs(logits[i])
             if i == n:
                 solo.pending, solo.pending_logprobs = token, row
             responses.append(self._respond(solo, token, row))

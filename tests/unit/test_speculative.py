@@ -11,6 +11,7 @@ from mlx_lm.sample_utils import greedy_sampler
 
 from app.engine import speculative
 from app.engine.compile import optimize_model
+from app.engine.drafting import Drafter, sample_until_mismatch
 from app.engine.sampling import make_request_sampler
 from app.engine.speculative import PromptLookup, SpeculativeBatchGenerator, accepted_prefix
 from app.engine.types import SamplingParams
@@ -248,11 +249,11 @@ def test_sample_until_mismatch_calls_the_sampler_once_per_token():
         return mx.array([script[len(calls) - 1]])
 
     rows = mx.zeros((4, 10))
-    assert speculative._sample_until_mismatch(sampler, rows, [7, 8, 9]) == [7, 8, 2]
+    assert sample_until_mismatch(sampler, rows, [7, 8, 9]) == [7, 8, 2]
     assert calls == [1, 1, 1]
     calls.clear()
     script = [7, 8, 9, 4]
-    assert speculative._sample_until_mismatch(sampler, rows, [7, 8, 9]) == [7, 8, 9, 4]
+    assert sample_until_mismatch(sampler, rows, [7, 8, 9]) == [7, 8, 9, 4]
 
 
 def test_logits_processors_stay_in_the_batch(tiny):
@@ -282,14 +283,12 @@ def test_per_sequence_opt_out(tiny):
     assert off.spec_stats.solo_entries == 0
 
 
-def _solo(tokens: list[int], pending: int, sampler) -> speculative._Solo:
-    return speculative._Solo(uid=0, cache=[], tokens=tokens, pending=pending,
-                             pending_logprobs=mx.zeros((1,)), sampler=sampler, processors=(),
-                             stop_sequences=None, matcher=None, num_tokens=0, max_tokens=99)
+def _drafter(tokens: list[int], pending: int, sampler) -> Drafter:
+    return Drafter(PromptLookup(tokens + [pending]), sampled=sampler is not greedy_sampler)
 
 
 def test_rejected_drafts_back_off():
-    solo = _solo([1, 2, 3, 1, 2], 3, greedy_sampler)
+    solo = _drafter([1, 2, 3, 1, 2], 3, greedy_sampler)
     assert solo.draft(4) == [1, 2, 3]
     for _ in range(3):
         solo.verified(3, 0)
@@ -304,7 +303,7 @@ def test_rejected_drafts_back_off():
 
 
 def test_sampled_drafts_start_short_and_grow():
-    solo = _solo(list(range(20)) + [0, 1], 2, make_request_sampler(SamplingParams(8)))
+    solo = _drafter(list(range(20)) + [0, 1], 2, make_request_sampler(SamplingParams(8)))
     assert solo.draft(8) == [3, 4]
     solo.verified(2, 2)
     assert solo.draft(8) == [3, 4, 5, 6]
