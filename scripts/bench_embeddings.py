@@ -288,18 +288,32 @@ def run_http(
             n += 1
         return n
 
+    async def batching(http: httpx.AsyncClient) -> dict[str, int]:
+        # the server's micro-batcher counters (model metadata), when it shows them
+        response = await http.get(url.rstrip("/") + f"/models/{model}")
+        if response.status_code != 200:
+            return {}
+        return response.json().get("metadata", {}).get("batching") or {}
+
     async def main(duration: float) -> dict[str, float]:
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
         async with httpx.AsyncClient(timeout=120, limits=limits) as http:
             warm = time.perf_counter() + 0.3  # open the connections first
             await asyncio.gather(*(client(http, i, warm) for i in range(clients)))
+            before = await batching(http)
             start, cpu = time.perf_counter(), time.process_time()
             counts = await asyncio.gather(
                 *(client(http, i, start + duration) for i in range(clients))
             )
             done = sum(counts)
             cpu_s = max(time.process_time() - cpu, 1e-9)
-            return {"sps": done / (time.perf_counter() - start), "cpu_sps": done / cpu_s}
+            result = {"sps": done / (time.perf_counter() - start), "cpu_sps": done / cpu_s}
+            after = await batching(http)
+            if before and after:
+                passes = max(1, after["forward_passes"] - before["forward_passes"])
+                sequences = after["sequences_embedded"] - before["sequences_embedded"]
+                result["per_pass"] = round(sequences / passes, 1)
+            return result
 
     return asyncio.run(main(seconds))
 
