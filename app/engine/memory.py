@@ -27,9 +27,9 @@ import mlx.core as mx
 log = logging.getLogger(__name__)
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
+def _find_malloc_trim(platform: str | None = None) -> Callable[[int], int] | None:
     """glibc's ``malloc_trim``, or None when the process does not run on glibc."""
-    if not sys.platform.startswith("linux"):
+    if not (platform or sys.platform).startswith("linux"):
         return None
     try:
         version = os.confstr("CS_GNU_LIBC_VERSION")  # unset (ValueError/None) off glibc

@@ -68,7 +68,7 @@ def test_release_memory_empties_mlx_buffer_pool():
     x = mx.ones((1024, 1024))
     mx.eval(x)
     del x
-    assert mx.get_cache_memory() > 0 or mx.get_active_memory() >= 0
+    assert mx.get_cache_memory() >= 4 * MiB  # the freed buffer waits in MLX's pool
     before = memory.stats.releases
     memory.release_memory()
     assert mx.get_cache_memory() == 0
@@ -81,8 +81,9 @@ def test_trim_only_on_glibc(monkeypatch: pytest.MonkeyPatch):
 
     glibc = sys.platform.startswith("linux") and (os.confstr("CS_GNU_LIBC_VERSION") or "")
     assert memory.can_trim() == bool(glibc and glibc.startswith("glibc"))
-    monkeypatch.setattr(memory.sys, "platform", "darwin")
-    assert memory._find_malloc_trim() is None  # macOS & co: never called
+    assert memory._find_malloc_trim("darwin") is None  # macOS & co: never called
+    monkeypatch.setattr(memory.os, "confstr", lambda name: None)  # a libc that is not glibc
+    assert memory._find_malloc_trim("linux") is None
     monkeypatch.setattr(memory, "_malloc_trim", None)
     trims = memory.stats.trims
     memory.release_memory()  # harmless without malloc_trim
