@@ -12,8 +12,9 @@ Runs in-process on mlx-lm's ``BatchGenerator`` (the engine's decode path), no HT
   and every mode's text is checked against ``base``.
 - ``--what parts``: where one decode step's time goes, at each ``--batch`` size, for the
   stock and the optimized model (see ``PARTS``).
-- ``--what streams``: aggregate tok/s of ``--streams`` concurrent greedy sequences, stock vs
-  optimized + speculative generator (continuous batching must not get slower).
+- ``--what streams``: aggregate tok/s of ``--streams`` concurrent greedy sequences (prompt:
+  the first of ``--styles``), stock vs optimized model + ``SpeculativeBatchGenerator`` with
+  speculation for a lone sequence only (``solo-spec``) and for batches too (``batch-spec``).
 
     python scripts/bench_decode.py                        # both, default GGUF model
     python scripts/bench_decode.py --what speed --rounds 5 --max-tokens 128 --json out.json
@@ -44,7 +45,8 @@ from mlx_lm.generate import BatchGenerator  # noqa: E402
 from mlx_lm.models.base import scaled_dot_product_attention  # noqa: E402
 from mlx_lm.models.cache import BatchKVCache  # noqa: E402
 
-from app.engine.compile import attend, optimize_model  # noqa: E402
+from app.engine.attention import attend  # noqa: E402
+from app.engine.compile import optimize_model  # noqa: E402
 from app.engine.sampling import make_request_sampler  # noqa: E402
 from app.engine.speculative import SpeculativeBatchGenerator  # noqa: E402
 from app.engine.types import SamplingParams  # noqa: E402
@@ -137,22 +139,26 @@ def bench_speed(args: argparse.Namespace, models: dict[str, Any], loaded: Any) -
 
 def bench_streams(args: argparse.Namespace, models: dict[str, Any], loaded: Any) -> dict:
     """Aggregate tok/s of N concurrent greedy streams (insert -> last token, prefill included):
-    stock model + BatchGenerator vs optimized model + SpeculativeBatchGenerator."""
+    stock model + BatchGenerator vs optimized model + SpeculativeBatchGenerator, with
+    speculation for lone sequences only (``solo-spec``) and for batches too (``batch-spec``)."""
     tok, stops = loaded.tokenizer, sorted(loaded.eos_token_ids)
     results: dict = {}
     for n in args.streams:
         prompts = [tok.apply_chat_template(
-            [{"role": "user", "content": build_prompt("essay", args.prompt_tokens,
+            [{"role": "user", "content": build_prompt(args.styles[0], args.prompt_tokens,
                                                      args.max_tokens, tag=f"s{i}")}],
             add_generation_prompt=True) for i in range(n)]
-        runs: dict[str, list[float]] = {"base": [], "spec+compiled": []}
+        runs: dict[str, list[float]] = {"base": [], "solo-spec": [], "batch-spec": []}
         for rnd in range(args.rounds + 1):
             for mode in runs:
-                spec = mode != "base"
-                cls = SpeculativeBatchGenerator if spec else BatchGenerator
-                gen = cls(models["compiled" if spec else "base"], completion_batch_size=max(n, 8),
-                          stream=mx.default_stream(mx.default_device()),
-                          stop_tokens=[[t] for t in stops])
+                kw: dict[str, Any] = {"completion_batch_size": max(n, 8),
+                                      "stream": mx.default_stream(mx.default_device()),
+                                      "stop_tokens": [[t] for t in stops]}
+                if mode == "base":
+                    gen = BatchGenerator(models["base"], **kw)
+                else:
+                    gen = SpeculativeBatchGenerator(models["compiled"],
+                                                    batched=mode == "batch-spec", **kw)
                 t0 = time.perf_counter()
                 uids = set(gen.insert(prompts, max_tokens=[args.max_tokens] * n))
                 total = 0
@@ -165,6 +171,7 @@ def bench_streams(args: argparse.Namespace, models: dict[str, Any], loaded: Any)
                     runs[mode].append(total / (time.perf_counter() - t0))
         results[str(n)] = {m: {"agg_tok_s_median": statistics.median(v), "agg_tok_s": v}
                            for m, v in runs.items()}
+        results[str(n)]["style"] = args.styles[0]
     return results
 
 
@@ -314,8 +321,11 @@ def print_tables(out: dict) -> None:
                   f"{r.get('tokens_per_step', ''):>8} {r['same_as_base']}")
     for n, res in out.get("streams", {}).items():
         base = res["base"]["agg_tok_s_median"]
-        print(f"\n{n} concurrent greedy streams, aggregate tok/s (prefill included)")
+        print(f"\n{n} concurrent greedy {res.get('style', '')} streams, aggregate tok/s "
+              "(prefill included)")
         for mode, r in res.items():
+            if mode == "style":
+                continue
             print(f"{mode:15s} {r['agg_tok_s_median']:7.1f} {r['agg_tok_s_median'] / base:7.2f}x")
     for batch, res in out.get("parts", {}).items():
         names = list(res)

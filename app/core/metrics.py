@@ -168,7 +168,7 @@ class _EngineCollector(Collector):
                 generated.add_metric([model_id], stats.generated_tokens)
                 spec = getattr(engine, "spec_stats", None)
                 if spec is not None:
-                    spec_steps.add_metric([model_id], spec.solo_steps)
+                    spec_steps.add_metric([model_id], spec.drafts)
                     spec_drafted.add_metric([model_id], spec.drafted)
                     spec_accepted.add_metric([model_id], spec.accepted)
                     spec_emitted.add_metric([model_id], spec.emitted)

@@ -105,10 +105,11 @@ def accepted_prefix(draft: list[int], targets: list[int]) -> int:
 
 @dataclass
 class SpeculativeStats:
-    solo_steps: int = 0  # verification forward passes
+    solo_steps: int = 0  # verification forward passes of the solo path
+    batch_drafts: int = 0  # rows of batched verification passes that carried a draft
     drafted: int = 0  # draft tokens proposed and verified
     accepted: int = 0  # draft tokens accepted
-    emitted: int = 0  # tokens returned by solo steps (accepted drafts + the model's own)
+    emitted: int = 0  # tokens returned by verifications (accepted drafts + the model's own)
     solo_entries: int = 0  # sequences moved from the batch into the solo path
     solo_exits: int = 0  # moved back into the batch because other work arrived
 
@@ -117,8 +118,13 @@ class SpeculativeStats:
         return self.accepted / self.drafted if self.drafted else 0.0
 
     @property
+    def drafts(self) -> int:
+        """Verifications: solo passes plus drafting rows of batched passes."""
+        return self.solo_steps + self.batch_drafts
+
+    @property
     def tokens_per_step(self) -> float:
-        return self.emitted / self.solo_steps if self.solo_steps else 0.0
+        return self.emitted / self.drafts if self.drafts else 0.0
 
 
 MISS_STREAK, MISS_PAUSE, MAX_PAUSE = 3, 4, 32

@@ -1,4 +1,7 @@
-"""Prompt-lookup speculative decoding for the latency-bound case: one sequence running.
+"""Prompt-lookup speculative decoding; this module: the latency-bound case, one sequence.
+
+(Two or more running sequences speculate together through
+:mod:`app.engine.batch_speculation`, hooked into the same generator.)
 
 :class:`SpeculativeBatchGenerator` is a drop-in :class:`mlx_lm.generate.BatchGenerator`. While
 exactly one sequence is decoding, nothing waits to be prefilled and the sequence is eligible
@@ -43,6 +46,11 @@ from mlx_lm.generate import BatchGenerator, GenerationBatch, StopSequences, _mer
 from mlx_lm.models.cache import BatchKVCache, KVCache
 from mlx_lm.sample_utils import greedy_sampler
 
+from app.engine.batch_speculation import (
+    BatchSpeculation,
+    HoleyBatchKVCache,
+    SpeculativeGenerationBatch,
+)
 from app.engine.drafting import (
     Drafter,
     PromptLookup,
@@ -83,11 +91,13 @@ class SpeculativeBatchGenerator(BatchGenerator):
         ngram_min: int = 2,
         allow: Callable[[int], bool] | None = None,
         stats: SpeculativeStats | None = None,
+        batched: bool = True,
         **kwargs: Any,
     ) -> None:
         """``num_draft``: most draft tokens per step (0: never speculate); ``allow(uid)``:
         whether that sequence may speculate (per-request opt-out); ``stats``: counters to add
-        to (kept by the caller across generator replacements); other arguments as
+        to (kept by the caller across generator replacements); ``batched``: speculate in
+        batches of two or more too (:mod:`app.engine.batch_speculation`); other arguments as
         ``BatchGenerator``."""
         super().__init__(model, **kwargs)
         self.num_draft = num_draft
@@ -95,6 +105,9 @@ class SpeculativeBatchGenerator(BatchGenerator):
         self.allow = allow
         self.spec_stats = stats if stats is not None else SpeculativeStats()
         self._solo: _Solo | None = None
+        if batched:
+            self._generation_batch.__class__ = SpeculativeGenerationBatch
+            self._generation_batch.speculation = BatchSpeculation(self)
 
     # ---- public API overrides -------------------------------------------------------
     def _next(self) -> tuple[list, list]:
@@ -159,7 +172,7 @@ class SpeculativeBatchGenerator(BatchGenerator):
             return False
         if self.allow is not None and not self.allow(batch.uids[0]):
             return False
-        return all(type(c) is BatchKVCache for c in batch.prompt_cache)
+        return all(type(c) in (BatchKVCache, HoleyBatchKVCache) for c in batch.prompt_cache)
 
     def _enter_solo(self) -> list[GenerationBatch.Response]:
         """Take the lone sequence out of the batch and return its already sampled next token

@@ -1,0 +1,194 @@
+"""Speculative decoding across a running batch: same texts as plain batching, holes kept out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import BatchKVCache, KVCache
+
+from app.engine import batch_speculation, speculative
+from app.engine.batch_speculation import HoleyBatchKVCache, draft_width
+from app.engine.sampling import make_request_sampler
+from app.engine.speculative import PromptLookup, SpeculativeBatchGenerator
+from app.engine.types import SamplingParams
+from app.models.mlx_dir import load_mlx_dir
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the",
+    "Hello world! This is a tiny model. Hello world! This is",
+    "What is the capital of France?",
+    "0 1 2 3 4 5 6 7 8 9 0 1 2 3",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir: Path):
+    loaded = load_mlx_dir(tiny_llama_dir)
+    return loaded.model, [loaded.tokenizer.encode(t) for t in TEXTS]
+
+
+def run(gen, prompts, max_tokens=24, late=None, **insert):
+    """Drive to the end; `late` = (step, prompt) inserted at that step. Checks every ended
+    sequence's returned cache holds exactly its tokens."""
+    uids = gen.insert(prompts, max_tokens=[max_tokens] * len(prompts), **insert)
+    out: dict[int, list[int]] = {uid: [] for uid in uids}
+    ended: dict[int, str] = {}
+    for step in range(10_000):
+        if late and step == late[0]:
+            uids += gen.insert([late[1]], max_tokens=[max_tokens])
+            out[uids[-1]] = []
+        if len(ended) == len(uids):
+            break
+        for r in gen.next()[1]:
+            assert r.uid not in ended, "token after the end of a sequence"
+            out[r.uid].append(r.token)
+            if r.finish_reason:
+                ended[r.uid] = r.finish_reason
+                assert r.prompt_cache[0].offset == len(r.all_tokens)
+    return [out[u] for u in uids], [ended[u] for u in uids]
+
+
+def plain(model):
+    return BatchGenerator(model, stream=mx.default_stream(mx.default_device()))
+
+
+def spec(model, **kw):
+    return SpeculativeBatchGenerator(model, stream=mx.default_stream(mx.default_device()), **kw)
+
+
+@pytest.fixture
+def oracle(monkeypatch):
+    """Drafts are each sequence's true continuation (`corrupt`: wrong from that index on)."""
+    state: dict = {"references": {}, "corrupt": None}
+
+    def propose(self: PromptLookup, k: int) -> list[int]:
+        for prompt, tokens in state["references"].items():
+            if tuple(self.tokens[: len(prompt)]) == prompt:
+                known = len(self.tokens) - len(prompt)
+                draft = tokens[known : known + k]
+                bad = state["corrupt"]
+                if bad is not None and len(draft) > bad:
+                    draft = draft[:bad] + [(t + 1) % 300 for t in draft[bad:]]
+                return draft
+        return []
+
+    monkeypatch.setattr(speculative.PromptLookup, "propose", propose)
+    return state
+
+
+@pytest.mark.parametrize("corrupt", [None, 0, 1])
+def test_greedy_batch_identical_with_drafts(tiny, oracle, corrupt):
+    model, prompts = tiny
+    reference = run(plain(model), prompts, max_tokens=30)
+    oracle["references"] = {tuple(p): t for p, t in zip(prompts, reference[0], strict=True)}
+    oracle["corrupt"] = corrupt
+    gen = spec(model)
+    assert run(gen, prompts, max_tokens=30) == reference
+    stats = gen.spec_stats
+    assert stats.batch_drafts > 0 and stats.solo_entries == 0
+    if corrupt is None:
+        assert stats.acceptance_rate == 1.0 and stats.tokens_per_step > 3
+    elif corrupt == 0:
+        assert stats.accepted == 0
+
+
+def test_seeded_sampling_batch_identical(tiny, oracle):
+    model, prompts = tiny
+
+    def samplers():
+        return [make_request_sampler(SamplingParams(30, temperature=0.9, seed=7 + i))
+                for i in range(len(prompts))]
+
+    reference = run(plain(model), prompts, max_tokens=30, samplers=samplers())
+    oracle["references"] = {tuple(p): t for p, t in zip(prompts, reference[0], strict=True)}
+    gen = spec(model)
+    assert run(gen, prompts, max_tokens=30, samplers=samplers()) == reference
+    assert gen.spec_stats.accepted > 0
+
+
+def test_a_late_arrival_joins_the_holey_batch(tiny, oracle):
+    model, prompts = tiny
+    reference = run(plain(model), prompts[:2], max_tokens=30, late=(6, prompts[3]))
+    oracle["references"] = {
+        tuple(p): t for p, t in zip(prompts[:2] + [prompts[3]], reference[0], strict=True)}
+    oracle["corrupt"] = 1  # holes in the rows before the newcomer arrives
+    assert run(spec(model), prompts[:2], max_tokens=30, late=(6, prompts[3])) == reference
+
+
+def test_stop_tokens_inside_an_accepted_draft(tiny, oracle):
+    model, prompts = tiny
+    reference = run(plain(model), prompts, max_tokens=30)
+    stops = sorted({t[10] for t in reference[0]})  # each sequence ends on its 11th token
+    gen_plain = BatchGenerator(model, stream=mx.default_stream(mx.default_device()),
+                               stop_tokens=[[s] for s in stops])
+    expected = run(gen_plain, prompts, max_tokens=30)
+    oracle["references"] = {tuple(p): t for p, t in zip(prompts, reference[0], strict=True)}
+    gen = spec(model, stop_tokens=[[s] for s in stops])
+    assert run(gen, prompts, max_tokens=30) == expected
+    assert all(reason == "stop" for reason in expected[1])
+
+
+def test_opted_out_and_processor_rows_do_not_draft(tiny, oracle):
+    model, prompts = tiny
+    reference = run(plain(model), prompts, max_tokens=20)
+    oracle["references"] = {tuple(p): t for p, t in zip(prompts, reference[0], strict=True)}
+    gen = spec(model, allow=lambda uid: False)
+    assert run(gen, prompts, max_tokens=20) == reference
+    assert gen.spec_stats.drafts == 0
+    gen = spec(model)
+    processors = [[lambda tokens, logits: logits]] + [[]] * (len(prompts) - 1)
+    assert run(gen, prompts, max_tokens=20, logits_processors=processors) == reference
+    assert gen.spec_stats.batch_drafts == 0
+
+
+def test_draft_width_keeps_a_quarter_of_the_slots_filled():
+    assert draft_width([], 4) == 0
+    assert draft_width([0, 0], 4) == 0
+    assert draft_width([4, 4], 2) == 2
+    assert draft_width([8, 0, 0, 0], 8) == 8  # 8 draft tokens in 4 x 8 slots
+    assert draft_width([8] + [0] * 7, 8) == 0  # one row of eight cannot fill a quarter
+    assert draft_width([8, 8] + [0] * 6, 8) == 8
+    assert draft_width([8, 2] + [0] * 6, 8) == 2
+    assert draft_width([3, 3, 0, 0], 8) == 3
+
+
+def _filled(rows: int, length: int) -> BatchKVCache:
+    cache = BatchKVCache([0] * rows)
+    cache.update_and_fetch(mx.random.normal((rows, 2, length, 4)),
+                           mx.random.normal((rows, 2, length, 4)))
+    return cache
+
+
+def test_holes_are_masked_extracted_out_and_survive_filter_and_extend():
+    cache = HoleyBatchKVCache.adopt(_filled(2, 5))
+    before = [cache.extract(i) for i in range(2)]
+    k = mx.random.normal((2, 2, 3, 4))
+    cache.update_and_fetch(k, k)
+    cache.reject([2, 0])  # row 0 keeps 1 of 3 new entries, row 1 all three
+    assert cache.offset.tolist() == [6, 8]
+    mask = cache.make_mask(1)
+    assert mask[0, 0, 0].tolist() == [True] * 6 + [False, False, True]
+    assert mask[1, 0, 0].tolist() == [True] * 9
+    row0 = cache.extract(0)
+    assert row0.offset == 6
+    assert mx.array_equal(row0.keys[:, :, :5], before[0].keys)
+    assert mx.array_equal(row0.keys[:, :, 5], k[0:1, :, 0])
+    assert cache.extract(1).offset == 8
+    other = _filled(1, 3)
+    cache.extend(other)
+    assert cache.holes.shape == (3, 8) and cache.extract(2).offset == 3
+    assert mx.array_equal(cache.extract(2).keys, other.extract(0).keys)
+    cache.filter([0, 2])
+    assert cache.extract(0).offset == 6 and cache.extract(1).offset == 3
+    assert isinstance(cache.extract(0), KVCache)
+
+
+def test_compaction_drops_the_holes(tiny, monkeypatch):
+    model, prompts = tiny
+    monkeypatch.setattr(HoleyBatchKVCache, "hole_fraction", lambda self: 0.9)
+    gen = spec(model)
+    assert run(gen, prompts, max_tokens=30) == run(plain(model), prompts, max_tokens=30)
+    assert batch_speculation.DRAFT_BUDGET > 0
