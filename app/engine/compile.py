@@ -36,8 +36,10 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.models import gemma3_text, llama
-from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.cache import make_prompt_cache
+
+from app.engine.attention import attend
+from app.engine.fast_math import geglu_tanh, swiglu
 
 MAX_COMPILED_TOKENS = 16  # longer inputs (prefill chunks) take the original code path
 
@@ -88,14 +90,28 @@ def _linear(x: mx.array, weight: mx.array, bias: mx.array | None) -> mx.array:
     return mx.addmm(bias, x, weight.T)
 
 
-class _Fused:
-    """Per-layer fused weights and the compiled functions; kept out of the module tree."""
+class _Parts:
+    """One block's functions: pre-attention, post-attention projections, MLP down."""
 
-    def __init__(self, layer: nn.Module, pre: Callable, post: Callable) -> None:
+    def __init__(self, pre: Callable, proj: Callable, down: Callable) -> None:
+        self.pre, self.proj, self.down = pre, proj, down
+
+
+class _Fused:
+    """Per-layer fused weights and functions; kept out of the module tree.
+
+    ``compiled``: ``mx.compile``d parts for inputs of up to MAX_COMPILED_TOKENS tokens;
+    ``eager``: the same functions uncompiled, for prefill chunks (any length, no JIT build
+    per shape)."""
+
+    def __init__(self, layer: nn.Module, compiled: _Parts, eager: _Parts) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         self.qkv_w, self.qkv_b = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
         self.gu_w, self.gu_b = _fuse([mlp.gate_proj, mlp.up_proj])
-        self.pre, self.post = pre, post
+        self.compiled, self.eager = compiled, eager
+
+    def parts(self, x: mx.array) -> _Parts:
+        return self.compiled if x.shape[1] <= MAX_COMPILED_TOKENS else self.eager
 
 
 # ---- compiled parts ------------------------------------------------------------------
@@ -123,20 +139,24 @@ def _llama_pre(layer: llama.TransformerBlock) -> Callable:
     return pre
 
 
-def _swiglu_post(layer: llama.TransformerBlock) -> Callable:
+def _swiglu_post(layer: llama.TransformerBlock) -> tuple[Callable, Callable]:
+    """(proj, down): the MLP's activation runs between them (:mod:`app.engine.fast_math`)."""
     norm_eps = layer.post_attention_layernorm.eps
     hidden = layer.mlp.gate_proj.weight.shape[0]
 
-    def post(x: mx.array, attn_out: mx.array, o_w: mx.array, o_b: mx.array | None,
-             norm_w: mx.array, gu_w: mx.array, gu_b: mx.array | None, down_w: mx.array,
-             down_b: mx.array | None) -> mx.array:
+    def proj(x: mx.array, attn_out: mx.array, o_w: mx.array, o_b: mx.array | None,
+             norm_w: mx.array, gu_w: mx.array,
+             gu_b: mx.array | None) -> tuple[mx.array, mx.array, mx.array]:
         b, _, length, _ = attn_out.shape
         h = x + _linear(attn_out.transpose(0, 2, 1, 3).reshape(b, length, -1), o_w, o_b)
         gate, up = mx.split(_linear(mx.fast.rms_norm(h, norm_w, norm_eps), gu_w, gu_b),
                             [hidden], axis=-1)
-        return h + _linear(nn.silu(gate) * up, down_w, down_b)
+        return h, gate, up
 
-    return post
+    def down(h: mx.array, act: mx.array, down_w: mx.array, down_b: mx.array | None) -> mx.array:
+        return h + _linear(act, down_w, down_b)
+
+    return proj, down
 
 
 def _gemma3_pre(layer: gemma3_text.TransformerBlock) -> Callable:
@@ -158,22 +178,26 @@ def _gemma3_pre(layer: gemma3_text.TransformerBlock) -> Callable:
     return pre
 
 
-def _gemma3_post(layer: gemma3_text.TransformerBlock) -> Callable:
+def _gemma3_post(layer: gemma3_text.TransformerBlock) -> tuple[Callable, Callable]:
     eps = layer.post_attention_layernorm.eps
     hidden = layer.mlp.gate_proj.weight.shape[0]
 
-    def post(x: mx.array, attn_out: mx.array, o_w: mx.array, o_b: mx.array | None,
-             n1_w: mx.array, n2_w: mx.array, n3_w: mx.array, gu_w: mx.array,
-             gu_b: mx.array | None, down_w: mx.array, down_b: mx.array | None) -> mx.array:
+    def proj(x: mx.array, attn_out: mx.array, o_w: mx.array, o_b: mx.array | None,
+             n1_w: mx.array, n2_w: mx.array, gu_w: mx.array,
+             gu_b: mx.array | None) -> tuple[mx.array, mx.array, mx.array]:
         b, _, length, _ = attn_out.shape
         r = _linear(attn_out.transpose(0, 2, 1, 3).reshape(b, length, -1), o_w, o_b)
         h = gemma3_text.clip_residual(x, mx.fast.rms_norm(r, 1.0 + n1_w, eps))
         gate, up = mx.split(_linear(mx.fast.rms_norm(h, 1.0 + n2_w, eps), gu_w, gu_b),
                             [hidden], axis=-1)
-        r = _linear(nn.gelu_approx(gate) * up, down_w, down_b)
+        return h, gate, up
+
+    def down(h: mx.array, act: mx.array, n3_w: mx.array, down_w: mx.array,
+             down_b: mx.array | None) -> mx.array:
+        r = _linear(act, down_w, down_b)
         return gemma3_text.clip_residual(h, mx.fast.rms_norm(r, 1.0 + n3_w, eps))
 
-    return post
+    return proj, down
 
 
 # ---- patched blocks ------------------------------------------------------------------
@@ -188,78 +212,37 @@ def _offset(cache: Any) -> mx.array:
     return offset if isinstance(offset, mx.array) else mx.array(offset, dtype=mx.int32)
 
 
-def sdpa(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: Any) -> mx.array:
-    """``mx.fast.scaled_dot_product_attention`` as its CPU fallback computes it, without copies.
-
-    The fallback broadcasts K and V over the query heads of a group (a 5-D matmul that
-    materializes them ``n_heads / n_kv_heads`` times); here the group's queries become rows
-    of one 4-D matmul instead. Same ops otherwise (scale, bool mask via ``where``, precise
-    softmax), so results agree to float rounding (SmolLM2's decode steps: bit for bit), and
-    it is ~1.5x faster. Masks it does not know go to ``mx.fast``.
-    """
-    b, heads, length, dim = q.shape
-    kv_heads = k.shape[1]
-    rep = heads // kv_heads
-    if isinstance(mask, str) and mask == "causal":
-        keys = k.shape[2]
-        mask = mx.arange(keys - length, keys)[:, None] >= mx.arange(keys)[None]
-    if isinstance(mask, str) or (
-        mask is not None and (mask.ndim not in (2, 4) or (mask.ndim == 4 and mask.shape[1] != 1))
-    ):
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
-    queries = (mx.array(scale, q.dtype) * q).reshape(b, kv_heads, rep * length, dim)
-    scores = queries @ k.swapaxes(-1, -2)
-    if mask is not None:
-        if length > 1 and rep > 1:  # rows are (head in group, position): repeat the mask rows
-            mask = mx.tile(mask, (rep, 1) if mask.ndim == 2 else (1, 1, rep, 1))
-        if mask.dtype == mx.bool_:
-            scores = mx.where(mask, scores, mx.array(mx.finfo(scores.dtype).min, scores.dtype))
-        else:
-            scores = scores + mask
-    out = mx.softmax(scores, axis=-1, precise=True) @ v
-    return out.reshape(b, heads, length, -1)
-
-
-def attend(
-    layer: nn.Module, q: mx.array, k: mx.array, v: mx.array, mask: Any, cache: Any
-) -> mx.array:
-    """Cache update, then attention, as the stock block does them."""
-    k, v = cache.update_and_fetch(k, v)
-    scale = layer.self_attn.scale
-    if hasattr(cache, "bits"):  # quantized KV cache: mlx-lm's quantized attention
-        return scaled_dot_product_attention(q, k, v, cache=cache, scale=scale, mask=mask)
-    return sdpa(q, k, v, scale, mask)
-
-
 class _LlamaBlock(llama.TransformerBlock):
     _i8: _Fused
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
-        if cache is None or x.shape[1] > MAX_COMPILED_TOKENS:
+        if cache is None:
             return super().__call__(x, mask, cache)
         f, attn, mlp = self._i8, self.self_attn, self.mlp
-        q, k, v = f.pre(x, _offset(cache), self.input_layernorm.weight, f.qkv_w, f.qkv_b)
+        fn = f.parts(x)
+        q, k, v = fn.pre(x, _offset(cache), self.input_layernorm.weight, f.qkv_w, f.qkv_b)
         out = attend(self, q, k, v, mask, cache)
-        return f.post(x, out, attn.o_proj.weight, _bias(attn.o_proj),
-                      self.post_attention_layernorm.weight, f.gu_w, f.gu_b,
-                      mlp.down_proj.weight, _bias(mlp.down_proj))
+        h, gate, up = fn.proj(x, out, attn.o_proj.weight, _bias(attn.o_proj),
+                              self.post_attention_layernorm.weight, f.gu_w, f.gu_b)
+        return fn.down(h, swiglu(gate, up), mlp.down_proj.weight, _bias(mlp.down_proj))
 
 
 class _Gemma3Block(gemma3_text.TransformerBlock):
     _i8: _Fused
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
-        if cache is None or x.shape[1] > MAX_COMPILED_TOKENS:
+        if cache is None:
             return super().__call__(x, mask, cache)
         f, attn, mlp = self._i8, self.self_attn, self.mlp
-        q, k, v = f.pre(x, _offset(cache), self.input_layernorm.weight, f.qkv_w, f.qkv_b,
-                        attn.q_norm.weight, attn.k_norm.weight)
+        fn = f.parts(x)
+        q, k, v = fn.pre(x, _offset(cache), self.input_layernorm.weight, f.qkv_w, f.qkv_b,
+                         attn.q_norm.weight, attn.k_norm.weight)
         out = attend(self, q, k, v, mask, cache)
-        return f.post(x, out, attn.o_proj.weight, _bias(attn.o_proj),
-                      self.post_attention_layernorm.weight,
-                      self.pre_feedforward_layernorm.weight,
-                      self.post_feedforward_layernorm.weight, f.gu_w, f.gu_b,
-                      mlp.down_proj.weight, _bias(mlp.down_proj))
+        h, gate, up = fn.proj(x, out, attn.o_proj.weight, _bias(attn.o_proj),
+                              self.post_attention_layernorm.weight,
+                              self.pre_feedforward_layernorm.weight, f.gu_w, f.gu_b)
+        return fn.down(h, geglu_tanh(gate, up), self.post_feedforward_layernorm.weight,
+                       mlp.down_proj.weight, _bias(mlp.down_proj))
 
 
 # family: (original block class, patched class, pre builder, post builder, norm classes)
@@ -318,7 +301,7 @@ def warm_up(model: nn.Module) -> None:
 # Compiled functions are kept per block *shape* for the life of the process: MLX does not give
 # back all of a compiled function's state when it is dropped (~1 MB per load of a small model
 # was measured), so reloading a model must reuse them rather than compile new ones.
-_BLOCK_FUNCTIONS: dict[tuple, tuple[Callable, Callable]] = {}
+_BLOCK_FUNCTIONS: dict[tuple, _Parts] = {}
 
 
 def _scalars(obj: Any) -> tuple:
@@ -338,14 +321,16 @@ def _block_signature(family: str, layer: nn.Module) -> tuple:
 
 def _block_functions(
     family: str, layer: nn.Module, make_pre: Callable, make_post: Callable, compiled: bool
-) -> tuple[Callable, Callable]:
+) -> _Parts:
     if not compiled:
-        return make_pre(layer), make_post(layer)
+        return _Parts(make_pre(layer), *make_post(layer))
     key = _block_signature(family, layer)
     if key not in _BLOCK_FUNCTIONS:
-        _BLOCK_FUNCTIONS[key] = (
+        proj, down = make_post(layer)
+        _BLOCK_FUNCTIONS[key] = _Parts(
             _serialized(mx.compile(make_pre(layer))),
-            _serialized(mx.compile(make_post(layer))),
+            _serialized(mx.compile(proj)),
+            _serialized(mx.compile(down)),
         )
     return _BLOCK_FUNCTIONS[key]
 
@@ -373,13 +358,14 @@ def optimize_model(
     reasons = {r for r in (_supported(layer, norms) for layer in layers) if r}
     if reasons:
         return f"unchanged: {', '.join(sorted(reasons))}"
-    shared: dict[tuple, tuple[Callable, Callable]] = {}
+    shared: dict[tuple, tuple[_Parts, _Parts]] = {}
     try:
         for layer in layers:
             key = _rope_key(layer.self_attn.rope)
             if key not in shared:
-                shared[key] = _block_functions(family, layer, make_pre, make_post,
-                                               compile_blocks)
+                eager = _block_functions(family, layer, make_pre, make_post, False)
+                shared[key] = (_block_functions(family, layer, make_pre, make_post,
+                                                compile_blocks), eager)
             layer._i8 = _Fused(layer, *shared[key])
             layer.__class__ = patched
         if warm and compile_blocks:
@@ -391,5 +377,5 @@ def optimize_model(
         return f"unchanged: optimizing failed ({type(exc).__name__}: {exc})"
     how = "compiled" if compile_blocks else "eager"
     return (f"{family}: {len(layers)} blocks with fused q/k/v and gate/up matmuls, "
-            f"{how} pre/post-attention parts ({len(shared)} variants), "
-            f"inputs up to {MAX_COMPILED_TOKENS} tokens")
+            f"{how} pre/post-attention parts for inputs up to {MAX_COMPILED_TOKENS} tokens "
+            f"({len(shared)} variants), exp-free activations and attention softmax")

@@ -13,6 +13,7 @@ from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
 from app.engine import compile as engine_compile
+from app.engine.attention import sdpa
 from app.engine.compile import MAX_COMPILED_TOKENS, optimize_model
 from app.engine.sampling import make_request_sampler
 from app.engine.types import SamplingParams
@@ -161,7 +162,7 @@ def test_sdpa_matches_mx_fast(length: int, kv_heads: int, mask_kind: str):
         "padded": create_causal_mask(length, keys - length, left_padding=mx.array([0, 2, 5])),
         "additive": mx.random.normal((b, 1, length, keys)),
     }[mask_kind]
-    got = engine_compile.sdpa(q, k, v, 0.3, mask)
+    got = sdpa(q, k, v, 0.3, mask)
     want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)
     assert got.shape == want.shape
     assert mx.allclose(got, want, atol=1e-5).item()
