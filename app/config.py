@@ -85,10 +85,10 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, ge=0, description="MLX's pool of freed buffers kept for reuse"
     )
     prefix_cache_bytes: int = Field(
-        0,
+        256 * 1024 * 1024,
         ge=0,
-        description="KV cache kept for shared prompt prefixes (0: off; see docs/BENCHMARKS.md "
-        "for why it is off by default)",
+        description="KV cache kept for shared prompt prefixes (system prompts, earlier turns); "
+        "0: off",
     )
 
     # Embeddings micro-batching
