@@ -89,7 +89,9 @@ def test_stream_of_several_prompts_and_choices_matches_the_plain_answer(client: 
             finishes[choice["index"]] = choice["finish_reason"]
     assert texts == {c["index"]: c["text"] for c in plain["choices"]}
     assert sorted(finishes) == [0, 1, 2, 3]
-    assert events[-1]["usage"] == plain["usage"]
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    assert {k: events[-1]["usage"][k] for k in counts} == {k: plain["usage"][k] for k in counts}
+    assert events[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] > 0  # 2nd time: cached
 
 
 def test_unsupported_parameters_are_refused(client: TestClient):
