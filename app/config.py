@@ -85,7 +85,7 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, ge=0, description="MLX's pool of freed buffers kept for reuse"
     )
     prefix_cache_bytes: int = Field(
-        256 * 1024 * 1024,
+        64 * 1024 * 1024,
         ge=0,
         description="KV cache kept for shared prompt prefixes (system prompts, earlier turns); "
         "0: off",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import shlex
 import signal
 import socket
@@ -47,6 +48,15 @@ def _words(n: int) -> str:
 def build_prompt(style: str, prompt_tokens: int, max_tokens: int, tag: str | None = None) -> str:
     """Deterministic prompt of roughly `prompt_tokens` tokens; `tag` defeats prefix caching."""
     head = f"[{tag}] " if tag else ""
+    if style == "free":  # nothing worth copying: shuffled words, then a request for new text
+        words = ESSAY.split()
+        random.Random(len(tag or "")).shuffle(words)
+        intro = "Here are some scrambled words, ignore them:\n\n"
+        tail = ("\n\nNow write an original short story about a cat who learns to sail, in "
+                f"your own words, at least {max(100, 2 * max_tokens)} words long.")
+        overhead = len((head + intro + tail).split())
+        n = max(1, round(prompt_tokens / TOKENS_PER_WORD) - overhead)
+        return head + intro + " ".join(words[i % len(words)] for i in range(n)) + tail
     if style == "rag":
         intro = "Quote the following passage verbatim, word for word, from its first word:\n\n"
         tail = "\n\nNow repeat the passage exactly, without any commentary."

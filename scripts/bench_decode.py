@@ -12,6 +12,8 @@ Runs in-process on mlx-lm's ``BatchGenerator`` (the engine's decode path), no HT
   and every mode's text is checked against ``base``.
 - ``--what parts``: where one decode step's time goes, at each ``--batch`` size, for the
   stock and the optimized model (see ``PARTS``).
+- ``--what prefill``: prompt tokens/s of one prefill pass per ``--prefill`` shape (BxL),
+  stock vs optimized model.
 - ``--what streams``: aggregate tok/s of ``--streams`` concurrent greedy sequences (prompt:
   the first of ``--styles``), stock vs optimized model + ``SpeculativeBatchGenerator`` with
   speculation for a lone sequence only (``solo-spec``) and for batches too (``batch-spec``).
@@ -285,6 +287,28 @@ def step_timer(model: Any, batch: int, prompt_len: int, steps: int = 4) -> Calla
     return step
 
 
+def bench_prefill(args: argparse.Namespace, models: dict[str, Any]) -> dict:
+    """Prompt tokens/s of one prefill pass (KV cache filled, no logits), stock vs optimized,
+    for each ``--prefill BxL`` shape; interleaved, median of ``--rounds``."""
+    results: dict = {}
+    for shape in args.prefill:
+        batch, length = (int(v) for v in shape.split("x"))
+        times: dict[str, list[float]] = {"base": [], "compiled": []}
+        for rnd in range(args.rounds + 1):
+            for mode, samples in times.items():
+                model = models[mode]
+                cache = [BatchKVCache([0] * batch) for _ in model.layers]
+                tokens = mx.random.randint(0, 1000, (batch, length))
+                mx.eval(tokens)
+                t0 = time.perf_counter()
+                model(tokens, cache=cache)
+                mx.eval([c.state for c in cache])
+                if rnd:
+                    samples.append(time.perf_counter() - t0)
+        results[shape] = {m: batch * length / statistics.median(v) for m, v in times.items()}
+    return results
+
+
 def bench_parts(args: argparse.Namespace, models: dict[str, Any]) -> dict:
     results: dict = {}
     for batch in args.batch:
@@ -327,6 +351,9 @@ def print_tables(out: dict) -> None:
             if mode == "style":
                 continue
             print(f"{mode:15s} {r['agg_tok_s_median']:7.1f} {r['agg_tok_s_median'] / base:7.2f}x")
+    for shape, res in out.get("prefill", {}).items():
+        print(f"\nprefill {shape}: prompt tok/s base {res['base']:.0f}, optimized "
+              f"{res['compiled']:.0f} ({res['compiled'] / res['base']:.2f}x)")
     for batch, res in out.get("parts", {}).items():
         names = list(res)
         print(f"\ndecode step at batch {batch}, median ms")
@@ -338,7 +365,8 @@ def print_tables(out: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=".gguf or mlx-lm dir")
-    p.add_argument("--what", choices=["speed", "parts", "streams", "both"], default="both",
+    p.add_argument("--what", choices=["speed", "parts", "streams", "prefill", "both"],
+                   default="both",
                    help="both = speed + parts")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--styles", default="essay,rag")
@@ -349,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="speed: > 0 samples with a fixed seed (same text in every mode)")
     p.add_argument("--batch", default="1,8", help="parts: batch sizes")
     p.add_argument("--streams", default="16", help="streams: concurrent sequences")
+    p.add_argument("--prefill", default="1x128,8x128,1x512", help="prefill: BxL shapes")
     p.add_argument("--context", type=int, default=256, help="parts: tokens already cached")
     p.add_argument("--repeats", type=int, default=20, help="parts: samples per part")
     p.add_argument("--json", dest="json_out", type=Path)
@@ -357,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     args.styles = [s for s in args.styles.split(",") if s]
     args.batch = [int(b) for b in args.batch.split(",")]
     args.streams = [int(n) for n in args.streams.split(",")]
+    args.prefill = [v for v in args.prefill.split(",") if v]
 
     loaded = load(args.model)
     models = {"base": loaded.model}
@@ -370,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         out["parts"] = bench_parts(args, models)
     if args.what == "streams":
         out["streams"] = bench_streams(args, models, loaded)
+    if args.what == "prefill":
+        out["prefill"] = bench_prefill(args, models)
     out["load_after"] = os.getloadavg()
     print_tables(out)
     print(f"\nload average before {out['load_before']}, after {out['load_after']}")

@@ -79,9 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt-tokens", type=int, default=128, help="approximate prompt length")
     p.add_argument(
         "--prompt-style",
-        choices=["essay", "rag"],
+        choices=["essay", "rag", "free"],
         default="essay",
-        help="rag: passage + 'quote it verbatim' (speculative-decoding friendly)",
+        help="essay: continue a (repeated) essay; rag: passage + 'quote it verbatim' (both "
+        "speculative-decoding friendly); free: a new story, nothing in the prompt to copy",
     )
     p.add_argument(
         "--same-prompt",

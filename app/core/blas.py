@@ -64,6 +64,7 @@ class BlasReport:
     library: str | None = None  # path of the BLAS MLX will call, when known
     threads: int | None = None  # OpenBLAS threads per call
     detail: str = ""
+    threads_chosen: bool = False  # threads came from a setting or $OPENBLAS_NUM_THREADS
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -92,6 +93,20 @@ class OpenBlasCandidate:
 _lock = threading.Lock()
 _report: BlasReport | None = None
 _handles: list[ctypes.CDLL] = []  # keep what we loaded referenced for the process lifetime
+
+
+def set_openblas_threads(n: int) -> bool:
+    """Threads for the OpenBLAS :func:`configure_blas` loaded (process-wide, takes effect for
+    the next BLAS call); False when no OpenBLAS of ours is loaded."""
+    if _report is None or _report.backend != "openblas" or not _handles:
+        return False
+    try:
+        fn = _handles[-1].openblas_set_num_threads
+    except AttributeError:
+        return False
+    fn.argtypes, fn.restype = [ctypes.c_int], None
+    fn(int(n))
+    return True
 
 
 def get_blas_report() -> BlasReport | None:
@@ -245,7 +260,7 @@ def _load_openblas(
     )
     if notes:
         detail += "; " + "; ".join(notes)
-    report = BlasReport("openblas", cand.path, actual, detail)
+    report = BlasReport("openblas", cand.path, actual, detail, threads_from != "default")
     log.debug("BLAS: %s", report)
     return report
 

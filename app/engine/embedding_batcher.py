@@ -20,6 +20,7 @@ error only fails the requests that actually cause it; the worker keeps running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -27,6 +28,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from app.core.blas_threads import blas_governor
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +107,7 @@ class EmbeddingBatcher:
         self._lifecycle = threading.Lock()
         self._stopping = False
         self._expected_requests = 1  # worker thread only: see the module docstring
+        self._blas = blas_governor()  # told when a pass runs (its two streams fill the cores)
 
     @classmethod
     def for_model(cls, model: Any, **kwargs: Any) -> EmbeddingBatcher:
@@ -234,7 +238,8 @@ class EmbeddingBatcher:
             return
         requests = list(dict.fromkeys(req for req, _ in items))
         try:
-            vectors = self._forward([req.token_ids[i] for req, i in items])
+            with self._blas.computing(self, 2) if self._blas else contextlib.nullcontext():
+                vectors = self._forward([req.token_ids[i] for req, i in items])
             if len(vectors) != len(items):
                 raise RuntimeError(f"forward returned {len(vectors)} vectors for {len(items)}")
         except Exception as exc:  # isolate failures per request

@@ -8,6 +8,7 @@ text back to the request's event loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences
 
+from app.core.blas_threads import blas_governor
 from app.engine.compile import optimize_model
 from app.engine.detokenizer import make_detokenizer
 from app.engine.grammar import GrammarFactory
@@ -87,6 +89,7 @@ class ModelEngine:
         self.prefill_step_size = prefill_step_size
         self.name = name
         self.stats = EngineStats()
+        self._blas = blas_governor()  # OpenBLAS threads: all cores while the machine is idle
         self.spec_stats = SpeculativeStats()  # survives generator replacement after a failure
         self._waiting: deque[GenerationRequest] = deque()
         self._active: dict[int, SequenceState] = {}
@@ -182,29 +185,37 @@ class ModelEngine:
         while True:
             if not self._active:
                 self._release_idle(self.stats.steps)
+                if self._blas is not None:
+                    self._blas.rest(self, mx.synchronize)
             with self._cond:
                 while not self._stopping and not self._waiting and not self._active:
                     self._cond.wait(timeout=1.0)
                 if self._stopping:
                     break
                 admitted = self._take_admissible()
-            try:
-                self._insert(admitted)
-            except Exception as exc:  # noqa: BLE001 - these requests fail, the batch goes on
-                log.exception("engine %s: admitting %d request(s) failed", self.name, len(admitted))
-                self._fail_admitted(admitted, f"generation failed: {type(exc).__name__}")
-            try:
-                self._drop_cancelled()
-                if self._active:
-                    self._step()
-            except Exception as exc:  # noqa: BLE001 - one bad step must not kill the thread
-                log.exception("engine %s step failed", self.name)
-                self._fail_all(f"generation failed: {type(exc).__name__}")
+            with self._blas.computing(self) if self._blas else contextlib.nullcontext():
+                if self._blas is not None:
+                    self._blas.tick(self, mx.synchronize)
+                self._admit_and_step(admitted)
         self._fail_all("server is shutting down", status=503, code="shutting_down")
         with self._cond:
             for request in self._waiting:
                 request.push(Failed("server is shutting down", 503, "shutting_down"))
             self._waiting.clear()
+
+    def _admit_and_step(self, admitted: list[GenerationRequest]) -> None:
+        try:
+            self._insert(admitted)
+        except Exception as exc:  # noqa: BLE001 - these requests fail, the batch goes on
+            log.exception("engine %s: admitting %d request(s) failed", self.name, len(admitted))
+            self._fail_admitted(admitted, f"generation failed: {type(exc).__name__}")
+        try:
+            self._drop_cancelled()
+            if self._active:
+                self._step()
+        except Exception as exc:  # noqa: BLE001 - one bad step must not kill the thread
+            log.exception("engine %s step failed", self.name)
+            self._fail_all(f"generation failed: {type(exc).__name__}")
 
     def _take_admissible(self) -> list[GenerationRequest]:
         """Pop waiting requests that fit in the batch; expire the ones waiting too long."""
