@@ -86,16 +86,19 @@ class BlasThreadGovernor:
             self.others = max(0.0, others / _TICK / (now - last[0]))
 
     def tick(self, who: object, sync: Callable[[], object]) -> int:
-        """Called by engine ``who`` between steps; returns the thread count in force."""
+        """Called by ``who`` (registered with :meth:`computing`) before its MLX work; returns
+        the thread count in force. All cores only when ``who`` computes alone on one stream
+        and the machine is otherwise quiet; the count changes only while nobody else
+        computes, after ``sync`` (``who``'s own queued MLX work) has returned."""
         now = self.clock()
         with self._lock:
             if self._last is None or now - self._last[0] >= self.interval_s:
                 self._measure(now)
-            alone = list(self._busy.items()) == [(who, 1)]
+            solo = set(self._busy) == {who}
             quiet = self.others < (0.5 if self.threads == 1 else 0.8)  # some hysteresis
-            want = self.cores if alone and quiet else 1
-            if want != self.threads and alone:
-                sync()  # our own queued MLX work (and its BLAS calls) finishes first
+            want = self.cores if solo and self._busy[who] == 1 and quiet else 1
+            if want != self.threads and solo:
+                sync()
                 if self.apply(want):
                     log.debug("BLAS threads %d -> %d (others use %.2f cores)", self.threads,
                               want, self.others)

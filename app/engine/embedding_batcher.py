@@ -20,7 +20,6 @@ error only fails the requests that actually cause it; the worker keeps running.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import threading
@@ -232,14 +231,22 @@ class EmbeddingBatcher:
         for start in range(0, len(items), self.max_batch_size):
             self._run_pass(items[start : start + self.max_batch_size], retry=True)
 
+    def _forward_governed(self, batch: list[list[int]]) -> Sequence[Any]:
+        """The forward pass, telling the BLAS governor about it: a one-sequence pass runs on
+        one MLX stream (so may get every core's BLAS threads), a larger one on two."""
+        if self._blas is None:
+            return self._forward(batch)
+        with self._blas.computing(self, 1 if len(batch) == 1 else 2):
+            self._blas.tick(self, lambda: None)  # our forward passes return evaluated
+            return self._forward(batch)
+
     def _run_pass(self, items: list[tuple[_Request, int]], *, retry: bool) -> None:
         items = [(req, i) for req, i in items if req.error is None]
         if not items:
             return
         requests = list(dict.fromkeys(req for req, _ in items))
         try:
-            with self._blas.computing(self, 2) if self._blas else contextlib.nullcontext():
-                vectors = self._forward([req.token_ids[i] for req, i in items])
+            vectors = self._forward_governed([req.token_ids[i] for req, i in items])
             if len(vectors) != len(items):
                 raise RuntimeError(f"forward returned {len(vectors)} vectors for {len(items)}")
         except Exception as exc:  # isolate failures per request

@@ -80,3 +80,17 @@ def test_only_for_our_openblas_with_free_threads(monkeypatch):
     monkeypatch.setattr(blas_threads, "_governor", None)
     monkeypatch.setattr(blas_threads.os, "sched_getaffinity", lambda _pid: {0})
     assert blas_threads.blas_governor() is None
+
+
+def test_a_two_stream_pass_runs_with_one_thread():
+    machine, clock = Machine(), [0.0]
+    gov = machine.governor(clock)
+    embeddings = object()
+    with gov.computing(embeddings, 1):  # one sequence: one stream, may take both cores
+        gov.tick(embeddings, machine.sync)
+        machine.run(1.0, ours=1.0, others=0.0)
+        clock[0] += 1.0
+        assert gov.tick(embeddings, machine.sync) == 2
+    with gov.computing(embeddings, 2):  # a batch split over two streams: one thread each
+        assert gov.tick(embeddings, machine.sync) == 1
+    assert machine.applied == [2, 1]
