@@ -38,8 +38,8 @@ from mlx.utils import tree_flatten
 from mlx_lm.models import gemma3_text, llama
 from mlx_lm.models.cache import make_prompt_cache
 
+from app.core.fast_math import geglu_tanh, swiglu
 from app.engine.attention import attend
-from app.engine.fast_math import geglu_tanh, swiglu
 
 MAX_COMPILED_TOKENS = 16  # longer inputs (prefill chunks) take the original code path
 
@@ -140,7 +140,7 @@ def _llama_pre(layer: llama.TransformerBlock) -> Callable:
 
 
 def _swiglu_post(layer: llama.TransformerBlock) -> tuple[Callable, Callable]:
-    """(proj, down): the MLP's activation runs between them (:mod:`app.engine.fast_math`)."""
+    """(proj, down): the MLP's activation runs between them (:mod:`app.core.fast_math`)."""
     norm_eps = layer.post_attention_layernorm.eps
     hidden = layer.mlp.gate_proj.weight.shape[0]
 

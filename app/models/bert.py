@@ -20,6 +20,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from app.core.fast_math import masked_softmax
+
 # float32 erf as a rational function (Eigen's generic_fast_erf_float): |err| < 5e-7.
 # MLX's CPU backend evaluates erf/exp/tanh with scalar code (~20-50 ns per element);
 # this uses only mul/add/div.
@@ -39,8 +41,6 @@ _ERF_BETA = (
     -7.37332916720468e-03,
     -1.42647390514189e-02,
 )
-# 2**f on [-0.5, 0.5]: Taylor coefficients (ln 2)**k / k!, k = 7..0 (rel. err < 1e-8).
-_EXP2_COEFFS = tuple(math.log(2) ** k / math.factorial(k) for k in range(7, -1, -1))
 
 
 def erf_rational(x: mx.array) -> mx.array:
@@ -91,51 +91,9 @@ def gelu_folded(x: mx.array) -> mx.array:
 gelu_rational_fused = mx.compile(gelu_folded, shapeless=True)
 
 
-def exp_fast(x: mx.array) -> mx.array:
-    """exp for float32 via 2**n (exponent bits) * polynomial(2**f); rel. err ~1e-7."""
-    y = mx.clip(x * (1.0 / math.log(2.0)), -126.0, 126.0)
-    n = mx.floor(y + 0.5)
-    f = y - n
-    p = _EXP2_COEFFS[0] * f + _EXP2_COEFFS[1]
-    for c in _EXP2_COEFFS[2:]:
-        p = p * f + c
-    scale = ((n.astype(mx.int32) + 127) << 23).view(mx.float32)
-    return p * scale
-
-
-# Adding then subtracting 1.5 * 2**23 rounds a float32 |y| < 2**22 to the nearest integer
-# with plain adds (MLX's JIT builds CPU kernels without SSE4.1, so ``floor`` is a libm call).
-_ROUND_MAGIC = 12582912.0
-
-
-def _softmax_parts(scores: mx.array, keep: mx.array) -> tuple[mx.array, mx.array]:
-    """Masked, max-shifted exp of ``scores`` as polynomial(2**f) and the bits of 2**n."""
-    s = scores + (keep - 1.0) * 1e9
-    y = (s - s.max(axis=-1, keepdims=True)) * (1.0 / math.log(2.0))  # <= 0
-    y = mx.where(y < -126.0, -126.0, y)
-    n = (y + _ROUND_MAGIC) - _ROUND_MAGIC
-    f = y - n
-    p = _EXP2_COEFFS[0] * f + _EXP2_COEFFS[1]
-    for c in _EXP2_COEFFS[2:]:
-        p = p * f + c
-    return p * keep, (n.astype(mx.int32) + 127) << 23
-
-
-def _softmax_finish(p: mx.array, scale: mx.array) -> mx.array:
-    w = p * scale
-    return w / w.sum(axis=-1, keepdims=True)
-
-
-# ``view`` (the bit cast) cannot be traced shapeless, so the softmax is two shapeless
-# compiled pieces around it: 1.6 -> 1.05 ms per layer at batch 32 (eager ``exp_fast``).
-_softmax_parts_fused = mx.compile(_softmax_parts, shapeless=True)
-_softmax_finish_fused = mx.compile(_softmax_finish, shapeless=True)
-
-
 def masked_softmax_cpu(scores: mx.array, keep: mx.array) -> mx.array:
     """Softmax over the last axis where ``keep`` (broadcast, float 0/1) is 1; 0 elsewhere."""
-    p, bits = _softmax_parts_fused(scores, keep)
-    return _softmax_finish_fused(p, bits.view(mx.float32))
+    return masked_softmax(scores, keep > 0.5)
 
 
 def attention_cpu(q: mx.array, k: mx.array, v: mx.array, scale: float, keep: mx.array) -> mx.array:

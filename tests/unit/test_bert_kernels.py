@@ -6,8 +6,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from app.core.fast_math import exp_fast
 from app.models.bert import (
-    exp_fast,
     gelu_folded,
     gelu_rational,
     gelu_rational_fused,
