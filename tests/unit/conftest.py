@@ -32,3 +32,19 @@ def client(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         yield test_client
 
 
+@pytest.fixture(scope="module")
+def spec_tiny(tiny_llama_dir: Path):
+    """The tiny llama and the speculative tests' prompts, tokenized."""
+    from app.models.mlx_dir import load_mlx_dir
+    from tests.unit.speculation_helpers import TEXTS
+
+    loaded = load_mlx_dir(tiny_llama_dir)
+    return loaded.model, [loaded.tokenizer.encode(t) for t in TEXTS]
+
+
+@pytest.fixture
+def oracle(monkeypatch: pytest.MonkeyPatch) -> dict:
+    from tests.unit.speculation_helpers import install_draft_oracle
+
+    return install_draft_oracle(monkeypatch)
+

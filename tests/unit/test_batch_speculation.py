@@ -2,86 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlx.core as mx
 import pytest
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import BatchKVCache, KVCache
 
-from app.engine import batch_speculation, speculative
+from app.engine import batch_speculation
 from app.engine.batch_speculation import HoleyBatchKVCache, draft_width
 from app.engine.sampling import make_request_sampler
-from app.engine.speculative import PromptLookup, SpeculativeBatchGenerator
 from app.engine.types import SamplingParams
-from app.models.mlx_dir import load_mlx_dir
-
-TEXTS = [
-    "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the",
-    "Hello world! This is a tiny model. Hello world! This is",
-    "What is the capital of France?",
-    "0 1 2 3 4 5 6 7 8 9 0 1 2 3",
-]
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_llama_dir: Path):
-    loaded = load_mlx_dir(tiny_llama_dir)
-    return loaded.model, [loaded.tokenizer.encode(t) for t in TEXTS]
-
-
-def run(gen, prompts, max_tokens=24, late=None, **insert):
-    """Drive to the end; `late` = (step, prompt) inserted at that step. Checks every ended
-    sequence's returned cache holds exactly its tokens."""
-    uids = gen.insert(prompts, max_tokens=[max_tokens] * len(prompts), **insert)
-    out: dict[int, list[int]] = {uid: [] for uid in uids}
-    ended: dict[int, str] = {}
-    for step in range(10_000):
-        if late and step == late[0]:
-            uids += gen.insert([late[1]], max_tokens=[max_tokens])
-            out[uids[-1]] = []
-        if len(ended) == len(uids):
-            break
-        for r in gen.next()[1]:
-            assert r.uid not in ended, "token after the end of a sequence"
-            out[r.uid].append(r.token)
-            if r.finish_reason:
-                ended[r.uid] = r.finish_reason
-                assert r.prompt_cache[0].offset == len(r.all_tokens)
-    return [out[u] for u in uids], [ended[u] for u in uids]
-
-
-def plain(model):
-    return BatchGenerator(model, stream=mx.default_stream(mx.default_device()))
-
-
-def spec(model, **kw):
-    return SpeculativeBatchGenerator(model, stream=mx.default_stream(mx.default_device()), **kw)
-
-
-@pytest.fixture
-def oracle(monkeypatch):
-    """Drafts are each sequence's true continuation (`corrupt`: wrong from that index on)."""
-    state: dict = {"references": {}, "corrupt": None}
-
-    def propose(self: PromptLookup, k: int) -> list[int]:
-        for prompt, tokens in state["references"].items():
-            if tuple(self.tokens[: len(prompt)]) == prompt:
-                known = len(self.tokens) - len(prompt)
-                draft = tokens[known : known + k]
-                bad = state["corrupt"]
-                if bad is not None and len(draft) > bad:
-                    draft = draft[:bad] + [(t + 1) % 300 for t in draft[bad:]]
-                return draft
-        return []
-
-    monkeypatch.setattr(speculative.PromptLookup, "propose", propose)
-    return state
+from tests.unit.speculation_helpers import plain, run, spec
 
 
 @pytest.mark.parametrize("corrupt", [None, 0, 1])
-def test_greedy_batch_identical_with_drafts(tiny, oracle, corrupt):
-    model, prompts = tiny
+def test_greedy_batch_identical_with_drafts(spec_tiny, oracle, corrupt):
+    model, prompts = spec_tiny
     reference = run(plain(model), prompts, max_tokens=30)
     oracle["references"] = {tuple(p): t for p, t in zip(prompts, reference[0], strict=True)}
     oracle["corrupt"] = corrupt
@@ -95,8 +30,8 @@ def test_greedy_batch_identical_with_drafts(tiny, oracle, corrupt):
         assert stats.accepted == 0
 
 
-def test_seeded_sampling_batch_identical(tiny, oracle):
-    model, prompts = tiny
+def test_seeded_sampling_batch_identical(spec_tiny, oracle):
+    model, prompts = spec_tiny
 
     def samplers():
         return [make_request_sampler(SamplingParams(30, temperature=0.9, seed=7 + i))
@@ -109,17 +44,17 @@ def test_seeded_sampling_batch_identical(tiny, oracle):
     assert gen.spec_stats.accepted > 0
 
 
-def test_a_late_arrival_joins_the_holey_batch(tiny, oracle):
-    model, prompts = tiny
-    reference = run(plain(model), prompts[:2], max_tokens=30, late=(6, prompts[3]))
+def test_a_late_arrival_joins_the_holey_batch(spec_tiny, oracle):
+    model, prompts = spec_tiny
+    reference = run(plain(model), prompts[:2], max_tokens=30, schedule={6: [prompts[3]]})
     oracle["references"] = {
         tuple(p): t for p, t in zip(prompts[:2] + [prompts[3]], reference[0], strict=True)}
     oracle["corrupt"] = 1  # holes in the rows before the newcomer arrives
-    assert run(spec(model), prompts[:2], max_tokens=30, late=(6, prompts[3])) == reference
+    assert run(spec(model), prompts[:2], max_tokens=30, schedule={6: [prompts[3]]}) == reference
 
 
-def test_stop_tokens_inside_an_accepted_draft(tiny, oracle):
-    model, prompts = tiny
+def test_stop_tokens_inside_an_accepted_draft(spec_tiny, oracle):
+    model, prompts = spec_tiny
     reference = run(plain(model), prompts, max_tokens=30)
     stops = sorted({t[10] for t in reference[0]})  # each sequence ends on its 11th token
     gen_plain = BatchGenerator(model, stream=mx.default_stream(mx.default_device()),
@@ -131,8 +66,8 @@ def test_stop_tokens_inside_an_accepted_draft(tiny, oracle):
     assert all(reason == "stop" for reason in expected[1])
 
 
-def test_opted_out_and_processor_rows_do_not_draft(tiny, oracle):
-    model, prompts = tiny
+def test_opted_out_and_processor_rows_do_not_draft(spec_tiny, oracle):
+    model, prompts = spec_tiny
     reference = run(plain(model), prompts, max_tokens=20)
     oracle["references"] = {tuple(p): t for p, t in zip(prompts, reference[0], strict=True)}
     gen = spec(model, allow=lambda uid: False)
@@ -186,8 +121,8 @@ def test_holes_are_masked_extracted_out_and_survive_filter_and_extend():
     assert isinstance(cache.extract(0), KVCache)
 
 
-def test_compaction_drops_the_holes(tiny, monkeypatch):
-    model, prompts = tiny
+def test_compaction_drops_the_holes(spec_tiny, monkeypatch):
+    model, prompts = spec_tiny
     monkeypatch.setattr(HoleyBatchKVCache, "hole_fraction", lambda self: 0.9)
     gen = spec(model)
     assert run(gen, prompts, max_tokens=30) == run(plain(model), prompts, max_tokens=30)

@@ -6,78 +6,15 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
-from mlx_lm.generate import BatchGenerator
 from mlx_lm.sample_utils import greedy_sampler
 
-from app.engine import speculative
 from app.engine.compile import optimize_model
 from app.engine.drafting import Drafter, sample_until_mismatch
 from app.engine.sampling import make_request_sampler
-from app.engine.speculative import PromptLookup, SpeculativeBatchGenerator, accepted_prefix
+from app.engine.speculative import PromptLookup, accepted_prefix
 from app.engine.types import SamplingParams
 from app.models.mlx_dir import load_mlx_dir
-
-TEXTS = [
-    "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the",
-    "Hello world! This is a tiny model. Hello world! This is",
-    "What is the capital of France?",
-    "0 1 2 3 4 5 6 7 8 9 0 1 2 3",
-]
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_llama_dir: Path):
-    loaded = load_mlx_dir(tiny_llama_dir)
-    return loaded.model, [loaded.tokenizer.encode(t) for t in TEXTS]
-
-
-def run(gen, prompts, max_tokens=24, schedule=None, **insert):
-    """Drive a generator to the end; `schedule` maps a step number to prompts inserted then."""
-    uids = gen.insert(prompts, max_tokens=[max_tokens] * len(prompts), **insert)
-    out: dict[int, list[int]] = {uid: [] for uid in uids}
-    reasons: dict[int, str] = {}
-    for step in range(10_000):
-        for late in (schedule or {}).pop(step, []):
-            new = gen.insert([late], max_tokens=[max_tokens])
-            uids += new
-            out[new[0]] = []
-        if len(reasons) == len(uids) and not schedule:
-            break
-        for r in gen.next()[1]:
-            assert r.uid not in reasons, "token after the end of a sequence"
-            out[r.uid].append(r.token)
-            if r.finish_reason:
-                reasons[r.uid] = r.finish_reason
-                if r.prompt_cache is not None:
-                    assert r.prompt_cache[0].offset == len(r.all_tokens)
-    return [out[u] for u in uids], [reasons[u] for u in uids]
-
-
-def plain(model, **kw):
-    return BatchGenerator(model, stream=mx.default_stream(mx.default_device()), **kw)
-
-
-def spec(model, **kw):
-    return SpeculativeBatchGenerator(model, stream=mx.default_stream(mx.default_device()), **kw)
-
-
-@pytest.fixture
-def oracle(monkeypatch):
-    """Make drafts the true greedy continuation (`corrupt`: wrong from that draft index on)."""
-    state: dict = {"reference": None, "corrupt": None}
-
-    def propose(self: PromptLookup, k: int) -> list[int]:
-        ref = state["reference"]
-        known = len(self.tokens) - len(ref["prompt"])
-        draft = ref["tokens"][known : known + k]
-        bad = state["corrupt"]
-        if bad is not None and len(draft) > bad:
-            draft = draft[:bad] + [(t + 1) % 300 for t in draft[bad:]]
-        return draft
-
-    monkeypatch.setattr(speculative.PromptLookup, "propose", propose)
-    return state
-
+from tests.unit.speculation_helpers import plain, run, spec
 
 # ---- drafting ------------------------------------------------------------------------
 
@@ -153,8 +90,8 @@ def test_accepted_prefix():
 # ---- generation ----------------------------------------------------------------------
 
 
-def test_greedy_identical_alone(tiny):
-    model, prompts = tiny
+def test_greedy_identical_alone(spec_tiny):
+    model, prompts = spec_tiny
     for prompt in prompts:
         gen = spec(model)
         assert run(gen, [prompt]) == run(plain(model), [prompt])
@@ -162,11 +99,11 @@ def test_greedy_identical_alone(tiny):
 
 
 @pytest.mark.parametrize("corrupt", [None, 0, 2])
-def test_verified_drafts_identical(tiny, oracle, corrupt):
-    model, prompts = tiny
+def test_verified_drafts_identical(spec_tiny, oracle, corrupt):
+    model, prompts = spec_tiny
     for prompt in prompts[:2]:
         reference = run(plain(model), [prompt], max_tokens=30)
-        oracle.update(reference={"prompt": prompt, "tokens": reference[0][0]}, corrupt=corrupt)
+        oracle.update(references={tuple(prompt): reference[0][0]}, corrupt=corrupt)
         gen = spec(model, num_draft=5)
         assert run(gen, [prompt], max_tokens=30) == reference
         stats = gen.spec_stats
@@ -179,11 +116,11 @@ def test_verified_drafts_identical(tiny, oracle, corrupt):
             assert 0 < stats.acceptance_rate < 1 and stats.tokens_per_step > 2
 
 
-def test_stop_token_and_max_tokens_inside_a_draft(tiny, oracle):
-    model, prompts = tiny
+def test_stop_token_and_max_tokens_inside_a_draft(spec_tiny, oracle):
+    model, prompts = spec_tiny
     prompt = prompts[2]
     tokens = run(plain(model), [prompt], max_tokens=30)[0][0]
-    oracle.update(reference={"prompt": prompt, "tokens": tokens})
+    oracle.update(references={tuple(prompt): tokens})
     stop = next(t for i, t in enumerate(tokens) if i >= 3 and t not in tokens[:i])
     stops = {"stop_tokens": [[stop]]}
     expected = run(plain(model, **stops), [prompt], max_tokens=30)
@@ -194,8 +131,8 @@ def test_stop_token_and_max_tokens_inside_a_draft(tiny, oracle):
             [tokens[:limit]], ["length"])
 
 
-def test_batch_handoff_both_ways(tiny):
-    model, prompts = tiny
+def test_batch_handoff_both_ways(spec_tiny):
+    model, prompts = spec_tiny
     schedule = {4: [prompts[2]], 9: [prompts[3]]}
     expected = run(plain(model), [prompts[0]], 40, schedule=dict(schedule))
     gen = spec(model)
@@ -206,8 +143,8 @@ def test_batch_handoff_both_ways(tiny):
         assert run(plain(model), [prompt], 40)[0][0] == tokens
 
 
-def test_remove_and_extract_a_solo_sequence(tiny):
-    model, prompts = tiny
+def test_remove_and_extract_a_solo_sequence(spec_tiny):
+    model, prompts = spec_tiny
     gen = spec(model)
     uid = gen.insert([prompts[1]], max_tokens=[50])[0]
     seen = 0
@@ -223,8 +160,8 @@ def test_remove_and_extract_a_solo_sequence(tiny):
 
 
 @pytest.mark.parametrize("corrupt", [None, 1])
-def test_seeded_sampling_gives_the_batch_paths_text(tiny, oracle, corrupt):
-    model, prompts = tiny
+def test_seeded_sampling_gives_the_batch_paths_text(spec_tiny, oracle, corrupt):
+    model, prompts = spec_tiny
     params = SamplingParams(max_tokens=20, temperature=0.8, top_p=0.95, seed=11)
 
     def sampled(gen, prompt):
@@ -232,7 +169,7 @@ def test_seeded_sampling_gives_the_batch_paths_text(tiny, oracle, corrupt):
 
     for prompt in prompts[:3]:
         expected = sampled(plain(model), prompt)
-        oracle.update(reference={"prompt": prompt, "tokens": expected[0][0]}, corrupt=corrupt)
+        oracle.update(references={tuple(prompt): expected[0][0]}, corrupt=corrupt)
         gen = spec(model, num_draft=4)
         assert sampled(gen, prompt) == expected
         assert gen.spec_stats.solo_entries == 1
@@ -256,16 +193,16 @@ def test_sample_until_mismatch_calls_the_sampler_once_per_token():
     assert sample_until_mismatch(sampler, rows, [7, 8, 9]) == [7, 8, 9, 4]
 
 
-def test_logits_processors_stay_in_the_batch(tiny):
-    model, prompts = tiny
+def test_logits_processors_stay_in_the_batch(spec_tiny):
+    model, prompts = spec_tiny
     processors = [[lambda tokens, logits: logits]]
     gen = spec(model)
     assert run(gen, prompts[:1], logits_processors=processors) == run(plain(model), prompts[:1])
     assert gen.spec_stats.solo_entries == 0
 
 
-def test_compiled_and_speculative_together(tiny_llama_dir: Path, tiny):
-    model, prompts = tiny
+def test_compiled_and_speculative_together(tiny_llama_dir: Path, spec_tiny):
+    model, prompts = spec_tiny
     fast = load_mlx_dir(tiny_llama_dir).model
     optimize_model(fast)
     for prompt in prompts:
@@ -273,8 +210,8 @@ def test_compiled_and_speculative_together(tiny_llama_dir: Path, tiny):
     assert run(spec(fast), prompts) == run(plain(model), prompts)
 
 
-def test_per_sequence_opt_out(tiny):
-    model, prompts = tiny
+def test_per_sequence_opt_out(spec_tiny):
+    model, prompts = spec_tiny
     gen = spec(model, allow=lambda uid: False)
     assert run(gen, prompts[:1]) == run(plain(model), prompts[:1])
     assert gen.spec_stats.solo_entries == 0
