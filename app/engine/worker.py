@@ -344,8 +344,6 @@ class ModelEngine:
         if ended:
             self._remove(ended)
         self.stats.running = len(self._active)
-        if not self._active:
-            mx.clear_cache()
 
     def _fail_admitted(self, requests: list[GenerationRequest], message: str) -> None:
         """Requests whose insertion failed: drop whatever part of them got in, tell them."""
