@@ -32,9 +32,8 @@ from typing import TYPE_CHECKING, Any
 import mlx.core as mx
 from mlx_lm.generate import GenerationBatch, _merge_caches
 from mlx_lm.models.cache import BatchKVCache, KVCache
-from mlx_lm.sample_utils import greedy_sampler
 
-from app.engine.drafting import Drafter, accepted_prefix, row_logprobs, sample_until_mismatch
+from app.engine.drafting import Drafter, row_logprobs
 
 if TYPE_CHECKING:
     from app.engine.speculative import SpeculativeBatchGenerator
@@ -207,15 +206,9 @@ class BatchSpeculation:
         emitted_rows, logprob_rows = [], []
         for i, draft in enumerate(drafts):
             sampler = (batch.samplers[i] if batch.samplers else None) or batch.fallback_sampler
-            if sampler is greedy_sampler:
-                chosen = targets[i]
-            else:
-                chosen = sample_until_mismatch(sampler, row_logprobs(logits[i]), draft)
-            n = accepted_prefix(draft, chosen)
-            rejected.append(k - n)
             drafter = self.drafters[batch.uids[i]]
-            drafter.verified(len(draft), n)
-            drafter.lookup.extend(chosen[: n + 1])
+            chosen, n = drafter.verify(sampler, logits[i], targets[i], draft)
+            rejected.append(k - n)
             emitted_rows.append([pending[i]] + draft[:n])
             logprob_rows.append([batch._next_logprobs[i]]
                                 + [row_logprobs(logits[i, j]) for j in range(n)])

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
+from mlx_lm.sample_utils import greedy_sampler
 
 
 class PromptLookup:
@@ -158,6 +159,25 @@ class Drafter:
             self.pause -= 1
             return []
         return self.lookup.propose(k if self.ramp is None else min(k, self.ramp))
+
+    def verify(self, sampler: Any, logits: mx.array, targets: list[int] | None,
+               draft: list[int]) -> tuple[list[int], int]:
+        """The model's choices after ``[pending] + draft`` and how many draft tokens it
+        accepted; updates pacing and the lookup (which then ends with the new pending token).
+
+        ``logits``: one row per fed position; ``targets``: their argmaxes (used for greedy
+        samplers, computed by the caller, batched where it can). Other samplers draw with
+        :func:`sample_until_mismatch`.
+        """
+        if sampler is greedy_sampler:
+            assert targets is not None
+            chosen = targets
+        else:
+            chosen = sample_until_mismatch(sampler, row_logprobs(logits), draft)
+        n = accepted_prefix(draft, chosen)
+        self.verified(len(draft), n)
+        self.lookup.extend(chosen[: n + 1])
+        return chosen, n
 
     def verified(self, drafted: int, accepted: int) -> None:
         if not drafted:

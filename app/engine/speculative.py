@@ -57,7 +57,6 @@ from app.engine.drafting import (
     SpeculativeStats,
     accepted_prefix,
     row_logprobs,
-    sample_until_mismatch,
 )
 
 __all__ = ["PromptLookup", "SpeculativeBatchGenerator", "SpeculativeStats", "accepted_prefix"]
@@ -251,19 +250,12 @@ class SpeculativeBatchGenerator(BatchGenerator):
         draft = solo.drafter.draft(min(self.num_draft, room - 1))
         inputs = [solo.pending] + draft
         logits = self.model(mx.array([inputs]), cache=solo.cache)[0]
-        if solo.sampler is greedy_sampler:
-            targets = mx.argmax(logits, axis=-1)
-            mx.eval(targets)
-            chosen = targets.tolist()
-        else:
-            chosen = sample_until_mismatch(solo.sampler, row_logprobs(logits), draft)
-        n = accepted_prefix(draft, chosen)
-        solo.drafter.verified(len(draft), n)
+        targets = mx.argmax(logits, axis=-1).tolist() if solo.sampler is greedy_sampler else None
+        chosen, n = solo.drafter.verify(solo.sampler, logits, targets, draft)
         if n < len(draft):
             for c in solo.cache:
                 c.trim(len(draft) - n)
         solo.tokens += inputs[: n + 1]  # now in the cache
-        solo.drafter.lookup.extend(chosen[: n + 1])
         stats = self.spec_stats
         stats.solo_steps += 1
         stats.drafted += len(draft)
