@@ -10,6 +10,8 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -323,6 +325,24 @@ class ManagedServer:
         self.name, self.cmd, self.port, self.log_path = name, cmd, port, log_path
         self.base_url = f"http://127.0.0.1:{port}/v1"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def spawn_ours(cls, serve_args: str, log_prefix: str, api_key: str | None = None,
+                   timeout: float = 900) -> ManagedServer:
+        """Start ``python -m app serve`` on a free loopback port and wait until it is ready."""
+        port = free_port()
+        log = Path(tempfile.mkdtemp(prefix=log_prefix)) / "server.log"
+        cmd = (f"{shlex.quote(sys.executable)} -m app serve --host 127.0.0.1 --port {port} "
+               f"{serve_args}")
+        server = cls("server", cmd, port, log)
+        server.start()
+        server.wait_ready(timeout, api_key=api_key)
+        print(f"spawned server pid {server.proc.pid}, log {log}", file=sys.stderr)
+        return server
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         with open(self.log_path, "wb") as log:

@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-from bench_common import ManagedServer, build_prompt, free_port, percentile
+from bench_common import ManagedServer, build_prompt, percentile
 from load_test import loopback_only, rss_mb, wait_idle
 
 
@@ -103,15 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
     server, base_url, pid = None, args.base_url.rstrip("/"), args.server_pid
     if args.spawn:
-        port = free_port()
-        log = Path(tempfile.mkdtemp(prefix="bench-prefix-")) / "server.log"
-        cmd = (f"{shlex.quote(sys.executable)} -m app serve --host 127.0.0.1 --port {port} "
-               f"{args.serve_args}")
-        server = ManagedServer("server", cmd, port, log)
-        server.start()
-        server.wait_ready(900)
-        base_url, pid = f"http://127.0.0.1:{port}", server.proc.pid
-        print(f"spawned server pid {pid}, log {log}", file=sys.stderr)
+        server = ManagedServer.spawn_ours(args.serve_args, "bench-prefix-")
+        base_url, pid = server.root_url, server.proc.pid
     loopback_only(base_url)
     try:
         asyncio.run(run(args, base_url, 1, 10_000))  # warm-up conversation

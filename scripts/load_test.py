@@ -23,10 +23,8 @@ import asyncio
 import ipaddress
 import json
 import random
-import shlex
 import socket
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,7 +33,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import httpx
-from bench_common import ManagedServer, free_port, percentile
+from bench_common import ManagedServer, percentile
 
 PROMPTS = [
     "What is the capital of France?",
@@ -254,15 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     server: ManagedServer | None = None
     base_url, pid = args.base_url.rstrip("/"), args.server_pid
     if args.spawn:
-        port = free_port()
-        log = Path(tempfile.mkdtemp(prefix="load-test-")) / "server.log"
-        cmd = (f"{shlex.quote(sys.executable)} -m app serve --host 127.0.0.1 --port {port} "
-               f"{args.serve_args}")
-        server = ManagedServer("server", cmd, port, log)
-        server.start()
-        server.wait_ready(900, api_key=args.api_key)
-        base_url, pid = f"http://127.0.0.1:{port}", server.proc.pid
-        print(f"spawned server pid {pid}, log {log}", file=sys.stderr)
+        server = ManagedServer.spawn_ours(args.serve_args, "load-test-", args.api_key)
+        base_url, pid = server.root_url, server.proc.pid
     loopback_only(base_url)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     try:
