@@ -28,7 +28,6 @@ gemma, ...), are left untouched; :func:`optimize_model` says what it did.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -39,21 +38,11 @@ from mlx_lm.models import gemma3_text, llama
 from mlx_lm.models.cache import make_prompt_cache
 
 from app.core.fast_math import geglu_tanh, swiglu
+from app.core.shape_compile import serialized
 from app.engine.attention import attend
 
 MAX_COMPILED_TOKENS = 16  # longer inputs (prefill chunks) take the original code path
 
-# mx.compile keeps one process-wide trace cache; engines of different models run in their own
-# threads, so tracing (a cache miss) must not race. Held only while a graph is being built.
-_TRACE_LOCK = threading.Lock()
-
-
-def _serialized(fn: Callable) -> Callable:
-    def call(*args: Any) -> Any:
-        with _TRACE_LOCK:
-            return fn(*args)
-
-    return call
 
 
 # ---- weight fusion -------------------------------------------------------------------
@@ -328,9 +317,9 @@ def _block_functions(
     if key not in _BLOCK_FUNCTIONS:
         proj, down = make_post(layer)
         _BLOCK_FUNCTIONS[key] = _Parts(
-            _serialized(mx.compile(make_pre(layer))),
-            _serialized(mx.compile(proj)),
-            _serialized(mx.compile(down)),
+            serialized(mx.compile(make_pre(layer))),
+            serialized(mx.compile(proj)),
+            serialized(mx.compile(down)),
         )
     return _BLOCK_FUNCTIONS[key]
 

@@ -21,6 +21,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from app.core.fast_math import masked_softmax
+from app.core.shape_compile import PerShapeCompiled
 
 # float32 erf as a rational function (Eigen's generic_fast_erf_float): |err| < 5e-7.
 # MLX's CPU backend evaluates erf/exp/tanh with scalar code (~20-50 ns per element);
@@ -60,35 +61,38 @@ def gelu_rational(x: mx.array) -> mx.array:
     return x * (1.0 + erf_rational(x * (1.0 / math.sqrt(2.0)))) * 0.5
 
 
-# gelu_rational with the constants folded in: 0.5 * erf(x / sqrt(2)) = x * P(x^2) / Q(x^2)
-# for |x| <= 4 sqrt(2) (erf's clip point), so GELU(x) = x * (xc * P(xc^2) / Q(xc^2) + 0.5).
+# gelu_rational with the constants folded in: 0.5 * erf(x / sqrt(2)) = xc * P(xc^2) / Q(xc^2)
+# with xc = x clipped to +-4 sqrt(2) (erf's clip point).  Written in u = 2 xc and s = u^2,
+# the polynomials take the factors 1/2 and 1/4 into their coefficients (lowest degree first).
 _GELU_CLIP = 4.0 * math.sqrt(2.0)
 _GELU_P = tuple(
     a * 0.5 ** (len(_ERF_ALPHA) - 1 - i) * 0.5 / math.sqrt(2.0) for i, a in enumerate(_ERF_ALPHA)
-)
-_GELU_Q = tuple(b * 0.5 ** (len(_ERF_BETA) - 1 - i) for i, b in enumerate(_ERF_BETA))
+)[::-1]
+_GELU_Q = tuple(b * 0.5 ** (len(_ERF_BETA) - 1 - i) for i, b in enumerate(_ERF_BETA))[::-1]
+_GELU_PU = tuple(c * 0.5 * 0.25**i for i, c in enumerate(_GELU_P))
+_GELU_QU = tuple(c * 0.25**i for i, c in enumerate(_GELU_Q))
 
 
 def gelu_folded(x: mx.array) -> mx.array:
-    """Same function as :func:`gelu_rational` (|difference| ~2e-6) in ~25% fewer operations.
+    """:func:`gelu_rational` shaped for one vectorised CPU kernel (|difference| ~1e-6 + 1e-7|x|).
 
-    The clip is two ``where``s: MLX's ``clip``/``minimum`` carry a NaN branch per element
-    that slows the fused CPU kernel down.
+    The clip is ``u = |x + c| - |x - c|`` (twice the clipped x, exact for finite x): MLX's
+    ``where``/``minimum`` compile to branches that stop GCC vectorising the kernel.  The
+    polynomials use Estrin's scheme so the graph stays under MLX's fusion depth limit (11).
     """
-    xc = mx.where(x > _GELU_CLIP, _GELU_CLIP, mx.where(x < -_GELU_CLIP, -_GELU_CLIP, x))
-    x2 = xc * xc
-    p = x2 * _GELU_P[0] + _GELU_P[1]
-    for a in _GELU_P[2:]:
-        p = p * x2 + a
-    q = x2 * _GELU_Q[0] + _GELU_Q[1]
-    for b in _GELU_Q[2:]:
-        q = q * x2 + b
-    return x * (xc * p / q + 0.5)
+    p, q = _GELU_PU, _GELU_QU
+    u = mx.abs(x + _GELU_CLIP) - mx.abs(x - _GELU_CLIP)
+    s = u * u
+    s2 = s * s
+    s4 = s2 * s2
+    num = (p[0] + p[1] * s) + (p[2] + p[3] * s) * s2 + ((p[4] + p[5] * s) + p[6] * s2) * s4
+    den = (q[0] + q[1] * s) + (q[2] + q[3] * s) * s2 + q[4] * s4
+    return (x * u) * num / den + 0.5 * x
 
 
-# One fused elementwise kernel (shapeless: traced once for every shape) is ~3x faster than
-# the ~20 separate eager passes; costs one JIT build on a fresh machine.
-gelu_rational_fused = mx.compile(gelu_folded, shapeless=True)
+# One fused, vectorised C++ kernel per input shape (see app.core.shape_compile): ~3x faster
+# than the same function compiled shapeless, ~6x faster than eager.
+gelu_rational_fused = PerShapeCompiled(gelu_folded)
 
 
 def masked_softmax_cpu(scores: mx.array, keep: mx.array) -> mx.array:
