@@ -81,6 +81,17 @@ class Settings(BaseSettings):
     # Engine
     max_batch_size: int = Field(32, ge=1, description="sequences decoded together")
     prefill_step_size: int = Field(512, ge=16)
+    split_phases: bool = Field(
+        True,
+        description="decode steps and prompt prefills as separate engine steps, so decoded "
+        "tokens (first tokens too) are not held back by other prompts' prefill",
+    )
+    admission_gap_ms: float = Field(
+        50.0,
+        ge=0,
+        description="an idle engine starts once no request arrived for this long (bursts are "
+        "prefilled together); 0: at once",
+    )
     mlx_cache_limit_bytes: int | None = Field(
         256 * 1024 * 1024, ge=0, description="MLX's pool of freed buffers kept for reuse"
     )

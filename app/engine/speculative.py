@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.generate import BatchGenerator, GenerationBatch, StopSequences, _merge_caches
+from mlx_lm.generate import GenerationBatch, StopSequences, _merge_caches
 from mlx_lm.models.cache import BatchKVCache, KVCache
 from mlx_lm.sample_utils import greedy_sampler
 
@@ -58,6 +58,7 @@ from app.engine.drafting import (
     accepted_prefix,
     row_logprobs,
 )
+from app.engine.phases import PhasedBatchGenerator
 
 __all__ = ["PromptLookup", "SpeculativeBatchGenerator", "SpeculativeStats", "accepted_prefix"]
 
@@ -78,8 +79,9 @@ class _Solo:
     drafter: Drafter
 
 
-class SpeculativeBatchGenerator(BatchGenerator):
-    """A ``BatchGenerator`` that decodes a lone sequence with prompt-lookup drafts."""
+class SpeculativeBatchGenerator(PhasedBatchGenerator):
+    """A ``BatchGenerator`` that decodes a lone sequence with prompt-lookup drafts (and runs
+    decode steps and prefills as separate calls: :mod:`app.engine.phases`)."""
 
     def __init__(
         self,
@@ -97,7 +99,7 @@ class SpeculativeBatchGenerator(BatchGenerator):
         whether that sequence may speculate (per-request opt-out); ``stats``: counters to add
         to (kept by the caller across generator replacements); ``batched``: speculate in
         batches of two or more too (:mod:`app.engine.batch_speculation`); other arguments as
-        ``BatchGenerator``."""
+        ``PhasedBatchGenerator`` (``split_phases``) and ``BatchGenerator``."""
         super().__init__(model, **kwargs)
         self.num_draft = num_draft
         self.ngrams = (ngram_max, ngram_min)
@@ -109,15 +111,19 @@ class SpeculativeBatchGenerator(BatchGenerator):
             self._generation_batch.speculation = BatchSpeculation(self)
 
     # ---- public API overrides -------------------------------------------------------
+    def _has_decode_work(self) -> bool:
+        return self._solo is not None or super()._has_decode_work()
+
     def _next(self) -> tuple[list, list]:
+        phase = self.choose_phase()
         solo_responses: list[GenerationBatch.Response] = []
-        if self._solo is not None:
+        if self._solo is not None and phase != "prompt":
             tic = time.perf_counter()
             solo_responses = self._solo_step()
             self._counters.decode_time += time.perf_counter() - tic
             self._counters.generation_tokens += len(solo_responses)
             self._counters.generation_steps += 1
-        prompt_responses, generation_responses = super()._next()
+        prompt_responses, generation_responses = self.run_phase(phase)
         if self._solo is not None and len(self._generation_batch) > 0:
             self._leave_solo()  # others finished their prefill: batch again
         elif self._solo is None and self._eligible():

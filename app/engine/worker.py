@@ -35,13 +35,16 @@ from app.engine.types import Failed, GenerationRequest, PrefillProgress
 
 log = logging.getLogger(__name__)
 
+PREFILL_BATCH = 8  # prompts prefilled together in one pass
+MAX_GATHER_S = 0.25  # longest an idle engine waits to gather a burst (see _gather_burst)
+
 
 def _vocab_size(loaded: Any) -> int:
     """Rows of the output layer (may exceed the tokenizer's vocabulary)."""
     config = getattr(loaded, "model_config", None) or {}
     if config.get("vocab_size"):
         return int(config["vocab_size"])
-    return len(loaded.tokenizer.vocab)
+    return loaded.tokenizer_vocab_size
 
 
 class QueueFullError(RuntimeError):
@@ -73,6 +76,8 @@ class ModelEngine:
         queue_depth: int = 256,
         queue_timeout_s: float = 600.0,
         prefill_step_size: int = 512,
+        admission_gap_s: float = 0.0,
+        split_phases: bool = True,
         prefix_cache_bytes: int = 0,
         mlx_cache_limit: int | None = None,
         name: str = "model",
@@ -87,6 +92,8 @@ class ModelEngine:
         self.queue_depth = queue_depth
         self.queue_timeout_s = queue_timeout_s
         self.prefill_step_size = prefill_step_size
+        self.admission_gap_s = admission_gap_s
+        self.split_phases = split_phases
         self.name = name
         self.stats = EngineStats()
         self._blas = blas_governor()  # OpenBLAS threads: all cores while the machine is idle
@@ -137,6 +144,7 @@ class ModelEngine:
             self._waiting.append(request)
             self.stats.waiting = len(self._waiting)
             self._cond.notify_all()
+        log.debug("engine %s: request queued, %d waiting", self.name, len(self._waiting))
 
     def cancel(self, request: GenerationRequest) -> None:
         """Mark a request cancelled; the worker drops it before its next step."""
@@ -151,10 +159,11 @@ class ModelEngine:
             stream=mx.default_stream(mx.default_device()),
             stop_tokens=[[t] for t in sorted(self.eos_token_ids)],
             completion_batch_size=self.max_batch_size,
-            prefill_batch_size=min(8, self.max_batch_size),
+            prefill_batch_size=min(PREFILL_BATCH, self.max_batch_size),
             prefill_step_size=self.prefill_step_size,
             allow=self._may_speculate,
             stats=self.spec_stats,
+            split_phases=self.split_phases,
         )
 
     def _may_speculate(self, uid: int) -> bool:
@@ -192,6 +201,8 @@ class ModelEngine:
                     self._cond.wait(timeout=1.0)
                 if self._stopping:
                     break
+                if not self._active:
+                    self._gather_burst()
                 admitted = self._take_admissible()
             with self._blas.computing(self) if self._blas else contextlib.nullcontext():
                 if self._blas is not None:
@@ -216,6 +227,21 @@ class ModelEngine:
         except Exception as exc:  # noqa: BLE001 - one bad step must not kill the thread
             log.exception("engine %s step failed", self.name)
             self._fail_all(f"generation failed: {type(exc).__name__}")
+
+    def _gather_burst(self) -> None:
+        """Idle engine, first request(s) in: wait while more keep arriving (each within
+        ``admission_gap_s`` of the last, at most ``MAX_GATHER_S`` in all) so that a burst of
+        clients is prefilled in shared passes rather than the first one alone. Lock held."""
+        deadline = time.monotonic() + MAX_GATHER_S
+        full = min(self.max_batch_size, PREFILL_BATCH)
+        while not self._stopping and 0 < len(self._waiting) < full:
+            remaining = min(self.admission_gap_s, deadline - time.monotonic())
+            if remaining <= 0:
+                return
+            seen = len(self._waiting)
+            self._cond.wait(remaining)
+            if len(self._waiting) <= seen:
+                return  # nothing new within the gap
 
     def _take_admissible(self) -> list[GenerationRequest]:
         """Pop waiting requests that fit in the batch; expire the ones waiting too long."""
@@ -309,8 +335,15 @@ class ModelEngine:
 
     def _step(self) -> None:
         assert self._generator is not None
+        started = time.perf_counter()
         prompt_responses, generation_responses = self._generator.next()
         self.stats.steps += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "engine %s step %d: %.0f ms, %d running, %d tokens out, %d prompts in progress",
+                self.name, self.stats.steps, (time.perf_counter() - started) * 1e3,
+                len(self._active), len(generation_responses), len(prompt_responses),
+            )
         for response in prompt_responses:
             seq = self._active.get(response.uid)
             if seq is not None and not response.end_of_prompt:

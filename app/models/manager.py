@@ -343,6 +343,8 @@ class ModelManager:
             queue_depth=s.queue_depth,
             queue_timeout_s=s.queue_timeout_s,
             prefill_step_size=s.prefill_step_size,
+            admission_gap_s=s.admission_gap_ms / 1000.0,
+            split_phases=s.split_phases,
             prefix_cache_bytes=s.prefix_cache_bytes,
             mlx_cache_limit=s.mlx_cache_limit_bytes,
             name=spec.id,
