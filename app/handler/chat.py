@@ -119,7 +119,7 @@ class ChatHandler:
         prompt = await loop.run_in_executor(None, _render_prompt, managed, body, plan)
         requested = body.max_completion_tokens or body.max_tokens
         max_tokens = resolve_max_tokens(requested, len(prompt), managed, self.settings)
-        vocab = len(managed.loaded.tokenizer.vocab)
+        vocab = managed.loaded.tokenizer_vocab_size
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
         params = sampling_params(body, max_tokens, vocab, logprobs)
         schema = schema_for(body.response_format) if body.response_format else None

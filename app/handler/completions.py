@@ -113,7 +113,7 @@ class CompletionsHandler:
     ) -> tuple[list[Submission], list[str]]:
         ctx.model = managed.spec.id
         tokenizer = managed.loaded.tokenizer
-        vocab = len(tokenizer.vocab)
+        vocab = managed.loaded.tokenizer_vocab_size
         loop = asyncio.get_running_loop()
         prompts = await loop.run_in_executor(None, _prompts, body, tokenizer, vocab)
         if len(prompts) * body.n > self.settings.max_n * 16:

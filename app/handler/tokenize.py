@@ -77,7 +77,11 @@ class TokenizeHandler:
     async def _detokenize(
         self, body: DetokenizeRequest, ctx: RequestContext, managed: Any, tokenizer: Any
     ) -> dict[str, Any]:
-        vocab = len(tokenizer.vocab) if managed.spec.type == "lm" else managed.loaded.vocab_size
+        vocab = (
+            managed.loaded.tokenizer_vocab_size
+            if managed.spec.type == "lm"
+            else managed.loaded.vocab_size
+        )
         if any(not 0 <= t < vocab for t in body.tokens):
             raise errors.invalid_request(
                 f"tokens must be within [0, {vocab}).", param="tokens"
