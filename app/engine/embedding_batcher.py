@@ -7,9 +7,11 @@ queued), sorts all their sequences by length, and runs one padded forward pass p
 sub-batch.  Results go back to the event loop with ``loop.call_soon_threadsafe``.
 
 The window closes early once as many requests are gathered as the previous pass served
-plus those that were already queued when it ended (the clients that are likely to come
-back).  So a lone client's request runs as soon as it arrives (waiting ``max_wait_ms``
-for company that never comes cost a one-sentence request ~20% of its latency), and N
+plus those that were already queued when its forward pass ended, before any result went
+out (the clients that are likely to come back; counted later, a lone client's next
+request would look like company).  So a lone client's request runs as soon as it
+arrives (waiting ``max_wait_ms`` for company that never comes cost a one-sentence
+request ~20% of its latency), and N
 clients that each wait for their answer are gathered into one pass without waiting out
 the window.
 
@@ -106,6 +108,7 @@ class EmbeddingBatcher:
         self._lifecycle = threading.Lock()
         self._stopping = False
         self._expected_requests = 1  # worker thread only: see the module docstring
+        self._queued_at_results = 0  # worker thread only: queue size when results went out
         self._blas = blas_governor()  # told when a pass runs (its two streams fill the cores)
 
     @classmethod
@@ -217,7 +220,7 @@ class EmbeddingBatcher:
                     self._finish_error(req, exc)
             if stop_after:
                 return
-            self._expected_requests = max(1, len(pending) + self._queue.qsize())
+            self._expected_requests = max(1, len(pending) + self._queued_at_results)
 
     def _process(self, pending: list[_Request]) -> None:
         live = []
@@ -259,6 +262,7 @@ class EmbeddingBatcher:
                 for req in requests:
                     self._finish_error(req, exc)
             return
+        self._queued_at_results = self._queue.qsize()  # before our clients can send again
         with self._stats_lock:
             s = self.stats
             s.forward_passes += 1
