@@ -144,6 +144,8 @@ class BatchSpeculation:
     def _eligible(self, batch: GenerationBatch) -> bool:
         if self.generator.num_draft <= 0 or len(batch) < 2 or batch._next_tokens is None:
             return False
+        if self.generator.prompts_waiting():
+            return False  # plain steps, so the waiting prompts' prefill comes sooner
         if batch.logits_processors and any(batch.logits_processors):
             return False
         return all(type(c) in (BatchKVCache, HoleyBatchKVCache) for c in batch.prompt_cache)

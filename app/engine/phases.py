@@ -43,9 +43,12 @@ class PhasedBatchGenerator(BatchGenerator):
     def _has_decode_work(self) -> bool:
         return len(self._generation_batch) > 0
 
+    def prompts_waiting(self) -> bool:
+        """Prompts inserted and not yet decoding (waiting for or in their prefill)."""
+        return bool(self._unprocessed_sequences) or len(self._prompt_batch) > 0
+
     def _has_prompt_work(self) -> bool:
-        waiting = bool(self._unprocessed_sequences) or len(self._prompt_batch) > 0
-        return waiting and len(self._generation_batch) < self.completion_batch_size
+        return self.prompts_waiting() and len(self._generation_batch) < self.completion_batch_size
 
     def _prefills_done(self) -> bool:
         """Whether some prompt-batch sequence has only its last token left (ready to decode)."""
