@@ -70,7 +70,7 @@ class PhasedBatchGenerator(BatchGenerator):
         batch, saved = self._generation_batch, (self.completion_batch_size, self.prefill_batch_size)
         if phase == "decode":
             self.completion_batch_size = 0  # stock next() returns right after the decode step
-        else:
+        elif self.split_phases:
             if phase == "prompt":
                 batch.next = _no_step  # instance attribute: this call does not step the batch
             if self._prefills_done():
