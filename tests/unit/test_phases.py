@@ -49,10 +49,9 @@ def test_running_sequence_is_not_stepped_with_a_prefill(spec_tiny) -> None:
     assert any(generated and prompting for generated, prompting, _ in stock[3:])
 
 
-def test_first_tokens_come_before_the_next_prompts_prefill(spec_tiny) -> None:
-    """B finished its prefill while C waits: B's first token is returned before C's prefill."""
-    model, prompts = spec_tiny
-    gen = spec(model, num_draft=0, prefill_batch_size=1)  # one prompt per prefill pass
+def _first_calls(gen, prompts: list[list[int]]) -> tuple[dict[int, int], dict[int, int], list]:
+    """Run prompts[0] alone, insert prompts[1:3] at call 3; per uid, the call of its first
+    generated token and of its first prompt progress, and the uids in insertion order."""
     first_token: dict[int, int] = {}
     first_progress: dict[int, int] = {}
     uids = gen.insert([prompts[0]], max_tokens=[16])
@@ -64,20 +63,20 @@ def test_first_tokens_come_before_the_next_prompts_prefill(spec_tiny) -> None:
             first_token.setdefault(r.uid, call)
         for r in prompt_responses:
             first_progress.setdefault(r.uid, call)
-    b, c = uids[1], uids[2]
-    assert first_token[b] < first_progress[c]
-    stock = spec(model, num_draft=0, prefill_batch_size=1, split_phases=False)
-    first_token.clear()
-    first_progress.clear()
-    uids = stock.insert([prompts[0]], max_tokens=[16])
-    for call in range(60):
-        if call == 3:
-            uids += stock.insert([prompts[1], prompts[2]], max_tokens=[16, 16])
-        prompt_responses, generated = stock.next()
-        for r in generated:
-            first_token.setdefault(r.uid, call)
-        for r in prompt_responses:
-            first_progress.setdefault(r.uid, call)
+    return first_token, first_progress, uids
+
+
+def test_first_tokens_come_before_the_next_prompts_prefill(spec_tiny) -> None:
+    """B finished its prefill while C waits: B's first token is returned before C's prefill."""
+    model, prompts = spec_tiny
+    # one prompt per prefill pass
+    first_token, first_progress, uids = _first_calls(
+        spec(model, num_draft=0, prefill_batch_size=1), prompts
+    )
+    assert first_token[uids[1]] < first_progress[uids[2]]
+    first_token, first_progress, uids = _first_calls(
+        spec(model, num_draft=0, prefill_batch_size=1, split_phases=False), prompts
+    )
     assert first_token[uids[1]] >= first_progress[uids[2]]  # the stock order this fixes
 
 
