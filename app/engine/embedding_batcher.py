@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from app.core.blas_threads import blas_governor
+from app.core.threads import join_fully
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class EmbeddingBatcher:
                 return
             self._stopping = True
             self._queue.put(_STOP)
-        thread.join(timeout)
+        join_fully(thread, timeout)
         if thread.is_alive():  # still in a forward pass; it exits at the stop marker
             logger.warning("%s batcher did not stop within %ss", self.name, timeout)
             return

@@ -22,6 +22,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences
 
 from app.core.blas_threads import blas_governor
+from app.core.threads import join_fully
 from app.engine.compile import optimize_model
 from app.engine.detokenizer import make_detokenizer
 from app.engine.grammar import GrammarFactory
@@ -129,7 +130,7 @@ class ModelEngine:
             self._stopping = True
             self._cond.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout)
+            join_fully(self._thread, timeout)
 
     def submit(self, request: GenerationRequest) -> None:
         """Queue a request, or raise at once when the queue is full."""

@@ -230,3 +230,44 @@ def test_a_request_that_cannot_be_admitted_fails_alone(engine: ModelEngine, monk
     event, (text, reason) = asyncio.run(main())
     assert isinstance(event, Failed)
     assert reason == "length" and text
+
+
+_EXIT_SCRIPT = """
+import asyncio, sys
+from app.engine.types import Finished, GenerationRequest, SamplingParams
+from app.engine.worker import ModelEngine
+from app.models.mlx_dir import load_mlx_dir
+
+engine = ModelEngine(lambda: load_mlx_dir(sys.argv[1]), name="tiny")
+engine.start().result(timeout=60)
+
+async def main():
+    params = SamplingParams(max_tokens=4, temperature=0)
+    loop = asyncio.get_running_loop()
+    requests = [GenerationRequest([1, 2, 3, i], params, loop) for i in range(3)]
+    for request in requests:
+        engine.submit(request)
+    for request in requests:
+        while not isinstance(await asyncio.wait_for(request.events.get(), 60), Finished):
+            pass
+
+asyncio.run(main())
+engine.stop()
+print("finished")
+"""
+
+
+def test_process_exits_cleanly_after_an_engine_ran(tiny_llama_dir: Path):
+    """The engine thread frees its MLX compile traces before it ends: freed later, during
+    interpreter shutdown, they aborted the process ("terminate called without an active
+    exception", exit status 134)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", _EXIT_SCRIPT, str(tiny_llama_dir)],
+        cwd=root, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "finished" in result.stdout
