@@ -154,13 +154,18 @@ class ModelEngine:
             self._cond.notify_all()
 
     # ---- worker side -------------------------------------------------------
+    @property
+    def prefill_batch_size(self) -> int:
+        """Prompts prefilled together in one pass (and the burst an idle engine gathers)."""
+        return min(PREFILL_BATCH, self.max_batch_size)
+
     def _new_generator(self) -> BatchGenerator:
         return SpeculativeBatchGenerator(  # prompt-lookup drafts while one sequence runs
             self.model,
             stream=mx.default_stream(mx.default_device()),
             stop_tokens=[[t] for t in sorted(self.eos_token_ids)],
             completion_batch_size=self.max_batch_size,
-            prefill_batch_size=min(PREFILL_BATCH, self.max_batch_size),
+            prefill_batch_size=self.prefill_batch_size,
             prefill_step_size=self.prefill_step_size,
             allow=self._may_speculate,
             stats=self.spec_stats,
@@ -234,8 +239,7 @@ class ModelEngine:
         ``admission_gap_s`` of the last, at most ``MAX_GATHER_S`` in all) so that a burst of
         clients is prefilled in shared passes rather than the first one alone. Lock held."""
         deadline = time.monotonic() + MAX_GATHER_S
-        full = min(self.max_batch_size, PREFILL_BATCH)
-        while not self._stopping and 0 < len(self._waiting) < full:
+        while not self._stopping and 0 < len(self._waiting) < self.prefill_batch_size:
             remaining = min(self.admission_gap_s, deadline - time.monotonic())
             if remaining <= 0:
                 return
