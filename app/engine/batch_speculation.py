@@ -146,6 +146,8 @@ class BatchSpeculation:
             return False
         if self.generator.prompts_waiting():
             return False  # plain steps, so the waiting prompts' prefill comes sooner
+        if 0 in batch._num_tokens:
+            return False  # a row's first token is ready: a plain step returns it at once
         if batch.logits_processors and any(batch.logits_processors):
             return False
         return all(type(c) in (BatchKVCache, HoleyBatchKVCache) for c in batch.prompt_cache)

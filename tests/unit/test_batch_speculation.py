@@ -127,3 +127,23 @@ def test_compaction_drops_the_holes(spec_tiny, monkeypatch):
     gen = spec(model)
     assert run(gen, prompts, max_tokens=30) == run(plain(model), prompts, max_tokens=30)
     assert batch_speculation.DRAFT_BUDGET > 0
+
+
+def test_first_tokens_come_from_a_plain_step(spec_tiny, oracle):
+    """Rows that just left their prefill get their first token alone, at once, not after a
+    verify pass of everyone's drafts (which would return it together with accepted drafts)."""
+    model, prompts = spec_tiny
+    reference = run(plain(model), prompts, max_tokens=30)
+    oracle["references"] = {tuple(p): t for p, t in zip(prompts, reference[0], strict=True)}
+    gen = spec(model)
+    uids = gen.insert(prompts, max_tokens=[30] * len(prompts))
+    first_call: dict[int, list[int]] = {}
+    for _ in range(40):
+        per_uid: dict[int, list[int]] = {}
+        for r in gen.next()[1]:
+            per_uid.setdefault(r.uid, []).append(r.token)
+        for uid, tokens in per_uid.items():
+            first_call.setdefault(uid, tokens)
+    assert set(first_call) == set(uids)
+    assert all(len(tokens) == 1 for tokens in first_call.values()), first_call
+    assert gen.spec_stats.accepted > 0  # drafts were accepted in the steps after

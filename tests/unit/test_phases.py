@@ -108,3 +108,16 @@ def test_idle_engine_gathers_a_burst() -> None:
         assert 0.1 < time.monotonic() - started < 0.5  # a lone request waits one gap only
     finally:
         loop.close()
+
+
+def test_finished_prefills_join_the_batch_before_the_next_decode_step(spec_tiny) -> None:
+    """A prefill that ends while others decode: the next call moves those sequences into the
+    batch (no decode step of the others first), and the call after returns their first tokens."""
+    model, prompts = spec_tiny
+    calls = _drive(spec(model, num_draft=0), prompts[0], prompts[1:3], at_step=3, max_tokens=20)
+    late = set(calls[-1][2][1:])
+    prefill = next(i for i, (_, prompting, _) in enumerate(calls) if late <= prompting)
+    assert calls[prefill + 1][0] == set()  # the move: nobody steps
+    first = next(i for i, (generated, _, _) in enumerate(calls) if late & generated)
+    assert first == prefill + 2
+    assert late <= calls[first][0]
