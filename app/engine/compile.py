@@ -128,7 +128,18 @@ def _llama_pre(layer: llama.TransformerBlock) -> Callable:
     return pre
 
 
-def _swiglu_post(layer: llama.TransformerBlock) -> tuple[Callable, Callable]:
+def _gate_up(x: mx.array, gu_w: mx.array, gu_b: mx.array | None, hidden: int,
+             separate: bool) -> tuple[mx.array, mx.array]:
+    """Gate and up projections from the fused weight. ``separate``: two matmuls, whose outputs
+    are contiguous, where slices of one fused output are strided views that the activation
+    kernel then reads on MLX's strided path (a 150-token batch of 8: 47 -> 40 ms per layer)."""
+    if not separate:
+        return tuple(mx.split(_linear(x, gu_w, gu_b), [hidden], axis=-1))
+    biases = (None, None) if gu_b is None else (gu_b[:hidden], gu_b[hidden:])
+    return _linear(x, gu_w[:hidden], biases[0]), _linear(x, gu_w[hidden:], biases[1])
+
+
+def _swiglu_post(layer: llama.TransformerBlock, separate: bool) -> tuple[Callable, Callable]:
     """(proj, down): the MLP's activation runs between them (:mod:`app.core.fast_math`)."""
     norm_eps = layer.post_attention_layernorm.eps
     hidden = layer.mlp.gate_proj.weight.shape[0]
@@ -138,8 +149,7 @@ def _swiglu_post(layer: llama.TransformerBlock) -> tuple[Callable, Callable]:
              gu_b: mx.array | None) -> tuple[mx.array, mx.array, mx.array]:
         b, _, length, _ = attn_out.shape
         h = x + _linear(attn_out.transpose(0, 2, 1, 3).reshape(b, length, -1), o_w, o_b)
-        gate, up = mx.split(_linear(mx.fast.rms_norm(h, norm_w, norm_eps), gu_w, gu_b),
-                            [hidden], axis=-1)
+        gate, up = _gate_up(mx.fast.rms_norm(h, norm_w, norm_eps), gu_w, gu_b, hidden, separate)
         return h, gate, up
 
     def down(h: mx.array, act: mx.array, down_w: mx.array, down_b: mx.array | None) -> mx.array:
@@ -167,7 +177,8 @@ def _gemma3_pre(layer: gemma3_text.TransformerBlock) -> Callable:
     return pre
 
 
-def _gemma3_post(layer: gemma3_text.TransformerBlock) -> tuple[Callable, Callable]:
+def _gemma3_post(layer: gemma3_text.TransformerBlock,
+                 separate: bool) -> tuple[Callable, Callable]:
     eps = layer.post_attention_layernorm.eps
     hidden = layer.mlp.gate_proj.weight.shape[0]
 
@@ -177,8 +188,7 @@ def _gemma3_post(layer: gemma3_text.TransformerBlock) -> tuple[Callable, Callabl
         b, _, length, _ = attn_out.shape
         r = _linear(attn_out.transpose(0, 2, 1, 3).reshape(b, length, -1), o_w, o_b)
         h = gemma3_text.clip_residual(x, mx.fast.rms_norm(r, 1.0 + n1_w, eps))
-        gate, up = mx.split(_linear(mx.fast.rms_norm(h, 1.0 + n2_w, eps), gu_w, gu_b),
-                            [hidden], axis=-1)
+        gate, up = _gate_up(mx.fast.rms_norm(h, 1.0 + n2_w, eps), gu_w, gu_b, hidden, separate)
         return h, gate, up
 
     def down(h: mx.array, act: mx.array, n3_w: mx.array, down_w: mx.array,
@@ -311,11 +321,11 @@ def _block_signature(family: str, layer: nn.Module) -> tuple:
 def _block_functions(
     family: str, layer: nn.Module, make_pre: Callable, make_post: Callable, compiled: bool
 ) -> _Parts:
-    if not compiled:
-        return _Parts(make_pre(layer), *make_post(layer))
+    if not compiled:  # prefill chunks: many rows, so gate and up as separate matmuls
+        return _Parts(make_pre(layer), *make_post(layer, True))
     key = _block_signature(family, layer)
     if key not in _BLOCK_FUNCTIONS:
-        proj, down = make_post(layer)
+        proj, down = make_post(layer, False)
         _BLOCK_FUNCTIONS[key] = _Parts(
             serialized(mx.compile(make_pre(layer))),
             serialized(mx.compile(proj)),
