@@ -40,6 +40,7 @@ from mlx_lm.models.cache import make_prompt_cache
 from app.core.fast_math import geglu_tanh, swiglu
 from app.core.shape_compile import serialized
 from app.engine.attention import attend
+from app.engine.rope import table_rope
 
 MAX_COMPILED_TOKENS = 16  # longer inputs (prefill chunks) take the original code path
 
@@ -112,11 +113,16 @@ def _split_heads(x: mx.array, heads: int) -> mx.array:
     return x.reshape(b, length, heads, -1).transpose(0, 2, 1, 3)
 
 
-def _llama_pre(layer: llama.TransformerBlock) -> Callable:
+def _rope_for(attn: nn.Module, eager: bool) -> Callable:
+    """Prefill chunks (``eager``) share cos/sin tables across layers (:mod:`app.engine.rope`)."""
+    return (table_rope(attn.rope) if eager else None) or attn.rope
+
+
+def _llama_pre(layer: llama.TransformerBlock, eager: bool) -> Callable:
     attn = layer.self_attn
     norm_eps = layer.input_layernorm.eps
     nq, nkv, hd = attn.n_heads, attn.n_kv_heads, attn.head_dim
-    rope = attn.rope
+    rope = _rope_for(attn, eager)
 
     def pre(x: mx.array, offset: mx.array, norm_w: mx.array, qkv_w: mx.array,
             qkv_b: mx.array | None) -> tuple[mx.array, mx.array, mx.array]:
@@ -158,11 +164,11 @@ def _swiglu_post(layer: llama.TransformerBlock, separate: bool) -> tuple[Callabl
     return proj, down
 
 
-def _gemma3_pre(layer: gemma3_text.TransformerBlock) -> Callable:
+def _gemma3_pre(layer: gemma3_text.TransformerBlock, eager: bool) -> Callable:
     attn = layer.self_attn
     eps = layer.input_layernorm.eps
     nq, nkv, hd = attn.n_heads, attn.n_kv_heads, attn.head_dim
-    q_eps, k_eps, rope = attn.q_norm.eps, attn.k_norm.eps, attn.rope
+    q_eps, k_eps, rope = attn.q_norm.eps, attn.k_norm.eps, _rope_for(attn, eager)
 
     def pre(x: mx.array, offset: mx.array, norm_w: mx.array, qkv_w: mx.array,
             qkv_b: mx.array | None, qn_w: mx.array,
@@ -321,13 +327,13 @@ def _block_signature(family: str, layer: nn.Module) -> tuple:
 def _block_functions(
     family: str, layer: nn.Module, make_pre: Callable, make_post: Callable, compiled: bool
 ) -> _Parts:
-    if not compiled:  # prefill chunks: many rows, so gate and up as separate matmuls
-        return _Parts(make_pre(layer), *make_post(layer, True))
+    if not compiled:  # prefill chunks: shared RoPE tables, gate and up as separate matmuls
+        return _Parts(make_pre(layer, True), *make_post(layer, True))
     key = _block_signature(family, layer)
     if key not in _BLOCK_FUNCTIONS:
         proj, down = make_post(layer, False)
         _BLOCK_FUNCTIONS[key] = _Parts(
-            serialized(mx.compile(make_pre(layer))),
+            serialized(mx.compile(make_pre(layer, False))),
             serialized(mx.compile(proj)),
             serialized(mx.compile(down)),
         )
