@@ -105,6 +105,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "SDK does); counted in connect_retries, time included in TTFT/e2e",
     )
     p.add_argument("--warmup", type=int, default=2, help="sequential warm-up requests")
+    p.add_argument("--settle-s", type=float, default=2.0,
+                   help="pause before each level, so that neither server starts one while "
+                        "the machine is still busy with the other's (compare mode alternates)")
     p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout (s)")
     p.add_argument("--json", dest="json_out", default=None, help="write results JSON here")
     p.add_argument(
@@ -292,6 +295,7 @@ async def bench(
         for i, t in plan:
             c = args.levels[i]
             n = args.num_requests or max(8, 2 * c)
+            await asyncio.sleep(args.settle_s)  # each level starts on a quiet machine
             print(f"  {t.name}: concurrency {c}, {n} requests ...", flush=True)
             spec_before = await spec_counters(client, t)
             res, wall = await run_level(

@@ -94,3 +94,18 @@ def test_a_two_stream_pass_runs_with_one_thread():
     with gov.computing(embeddings, 2):  # a batch split over two streams: one thread each
         assert gov.tick(embeddings, machine.sync) == 1
     assert machine.applied == [2, 1]
+
+
+def test_idle_samples_keep_the_judgement_recent():
+    """Others were busy while our engine idled, then stopped: the next burst gets both cores."""
+    machine, clock = Machine(), [0.0]
+    gov = machine.governor(clock)
+    engine = object()
+    gov.rest(engine, machine.sync)
+    for _ in range(20):  # 20 s idle: others busy for 19 s, then quiet for 1 s
+        machine.run(1.0, ours=0.0, others=1.5 if clock[0] < 19 else 0.0)
+        clock[0] += 1.0
+        gov.rest(engine, machine.sync)
+    with gov.computing(engine):
+        clock[0] += 0.5
+        assert gov.tick(engine, machine.sync) == 2
