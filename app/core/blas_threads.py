@@ -105,16 +105,19 @@ class BlasThreadGovernor:
                     self.threads = want
             return self.threads
 
-    def rest(self, who: object, sync: Callable[[], object]) -> None:
-        """Engine ``who`` has run out of work (called about once a second while it stays
-        idle): back to one thread if nobody else computes. It also takes a sample, so that
-        the first ``tick`` of the next burst judges the last second, not the whole idle
-        stretch (another process busy a minute ago would otherwise cost that burst's
-        prefill the second core)."""
+    def observe(self) -> None:
+        """Take a sample if one is due. Idle engines call this about once a second, so that
+        the first ``tick`` of the next burst judges the last second rather than the whole
+        idle stretch (another process busy half a minute ago would otherwise cost that
+        burst's first prefill the second core)."""
         with self._lock:
             now = self.clock()
             if self._last is None or now - self._last[0] >= self.interval_s:
                 self._measure(now)
+
+    def rest(self, who: object, sync: Callable[[], object]) -> None:
+        """Engine ``who`` has run out of work: back to one thread if nobody else computes."""
+        with self._lock:
             if self.threads != 1 and set(self._busy) <= {who}:
                 sync()
                 if self.apply(1):

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 PREFILL_BATCH = 8  # prompts prefilled together in one pass
 MAX_GATHER_S = 0.25  # longest an idle engine waits to gather a burst (see _gather_burst)
+IDLE_WAKE_S = 1.0  # an idle engine wakes this often (stop checks, load samples)
 
 
 def _vocab_size(loaded: Any) -> int:
@@ -204,7 +205,9 @@ class ModelEngine:
                     self._blas.rest(self, mx.synchronize)
             with self._cond:
                 while not self._stopping and not self._waiting and not self._active:
-                    self._cond.wait(timeout=1.0)
+                    self._cond.wait(timeout=IDLE_WAKE_S)
+                    if self._blas is not None:
+                        self._blas.observe()  # keeps the load judgement a second fresh
                 if self._stopping:
                     break
                 if not self._active:

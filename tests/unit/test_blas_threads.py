@@ -105,7 +105,7 @@ def test_idle_samples_keep_the_judgement_recent():
     for _ in range(20):  # 20 s idle: others busy for 19 s, then quiet for 1 s
         machine.run(1.0, ours=0.0, others=1.5 if clock[0] < 19 else 0.0)
         clock[0] += 1.0
-        gov.rest(engine, machine.sync)
+        gov.observe()
     with gov.computing(engine):
         clock[0] += 0.5
         assert gov.tick(engine, machine.sync) == 2

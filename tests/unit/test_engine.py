@@ -271,3 +271,37 @@ def test_process_exits_cleanly_after_an_engine_ran(tiny_llama_dir: Path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "finished" in result.stdout
+
+
+def test_an_idle_engine_keeps_sampling_the_machine_load(tiny_llama_dir: Path, monkeypatch) -> None:
+    """The BLAS governor judges a burst by the last second, so an idle engine must keep
+    feeding it samples (it used to take none between its last step and the next burst)."""
+    import contextlib
+
+    from app.engine import worker
+    from app.models.mlx_dir import load_mlx_dir
+
+    class Governor:
+        observed = 0
+
+        def computing(self, who, weight=1):
+            return contextlib.nullcontext()
+
+        def tick(self, who, sync):
+            return 1
+
+        def rest(self, who, sync):
+            pass
+
+        def observe(self):
+            self.observed += 1
+
+    monkeypatch.setattr(worker, "IDLE_WAKE_S", 0.02)
+    engine = ModelEngine(lambda: load_mlx_dir(tiny_llama_dir), name="tiny")
+    engine._blas = Governor()
+    engine.start().result(timeout=60)
+    try:
+        time.sleep(0.5)
+        assert engine._blas.observed >= 5
+    finally:
+        engine.stop()
