@@ -34,6 +34,7 @@ from mlx_lm.generate import GenerationBatch, _merge_caches
 from mlx_lm.models.cache import BatchKVCache, KVCache
 
 from app.engine.drafting import Drafter, row_logprobs
+from app.engine.eager_tokens import EagerTokenBatch
 
 if TYPE_CHECKING:
     from app.engine.speculative import SpeculativeBatchGenerator
@@ -266,7 +267,7 @@ class BatchSpeculation:
         return responses
 
 
-class SpeculativeGenerationBatch(GenerationBatch):
+class SpeculativeGenerationBatch(EagerTokenBatch):
     """``GenerationBatch`` whose ``next()`` tries a speculative step first."""
 
     speculation: BatchSpeculation | None = None

@@ -24,7 +24,10 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from mlx_lm.generate import BatchGenerator
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator, GenerationBatch
+
+from app.engine.eager_tokens import EagerTokenBatch
 
 Phase = Literal["decode", "prompt", "both"]
 
@@ -36,10 +39,18 @@ def _no_step() -> list:
 class PhasedBatchGenerator(BatchGenerator):
     """A ``BatchGenerator`` whose ``next()`` does a decode step or a prefill, not both."""
 
-    def __init__(self, *args: Any, split_phases: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, split_phases: bool = True, eager_tokens: bool | None = None,
+                 **kwargs: Any) -> None:
+        """``eager_tokens``: decode steps return tokens as soon as they are computed
+        (:mod:`app.engine.eager_tokens`); default: when the generator's stream is the CPU's."""
         super().__init__(*args, **kwargs)
         self.split_phases = split_phases
         self._last_phase: Phase = "both"
+        if type(self._generation_batch) is GenerationBatch:
+            self._generation_batch.__class__ = EagerTokenBatch
+        if eager_tokens is None:
+            eager_tokens = self.stream.device == mx.cpu
+        self._generation_batch.eager = eager_tokens
 
     def _has_decode_work(self) -> bool:
         return len(self._generation_batch) > 0
