@@ -85,15 +85,18 @@ class BlasThreadGovernor:
             others = (sample[0] - last[1]) - (sample[1] - last[2])
             self.others = max(0.0, others / _TICK / (now - last[0]))
 
+    def _measure_if_due(self) -> None:
+        now = self.clock()
+        if self._last is None or now - self._last[0] >= self.interval_s:
+            self._measure(now)
+
     def tick(self, who: object, sync: Callable[[], object]) -> int:
         """Called by ``who`` (registered with :meth:`computing`) before its MLX work; returns
         the thread count in force. All cores only when ``who`` computes alone on one stream
         and the machine is otherwise quiet; the count changes only while nobody else
         computes, after ``sync`` (``who``'s own queued MLX work) has returned."""
-        now = self.clock()
         with self._lock:
-            if self._last is None or now - self._last[0] >= self.interval_s:
-                self._measure(now)
+            self._measure_if_due()
             solo = set(self._busy) == {who}
             quiet = self.others < (0.5 if self.threads == 1 else 0.8)  # some hysteresis
             want = self.cores if solo and self._busy[who] == 1 and quiet else 1
@@ -111,9 +114,7 @@ class BlasThreadGovernor:
         idle stretch (another process busy half a minute ago would otherwise cost that
         burst's first prefill the second core)."""
         with self._lock:
-            now = self.clock()
-            if self._last is None or now - self._last[0] >= self.interval_s:
-                self._measure(now)
+            self._measure_if_due()
 
     def rest(self, who: object, sync: Callable[[], object]) -> None:
         """Engine ``who`` has run out of work: back to one thread if nobody else computes."""

@@ -45,7 +45,6 @@ from app.engine.rope import table_rope
 MAX_COMPILED_TOKENS = 16  # longer inputs (prefill chunks) take the original code path
 
 
-
 # ---- weight fusion -------------------------------------------------------------------
 
 
