@@ -222,6 +222,12 @@ class ModelEngine:
             for request in self._waiting:
                 request.push(Failed("server is shutting down", 503, "shutting_down"))
             self._waiting.clear()
+        # The engine object may outlive its thread (a reference cycle, a late reader); the
+        # model and its caches must not.
+        self._close_generator()
+        self.loaded = self.model = self.grammars = None
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
 
     def _admit_and_step(self, admitted: list[GenerationRequest]) -> None:
         try:
@@ -408,4 +414,11 @@ class ModelEngine:
         self._active.clear()
         self.stats.running = 0
         if not self._stopping:
+            self._close_generator()
             self._generator = self._new_generator()
+
+    def _close_generator(self) -> None:
+        """Drop the generator; ``close`` gives back the wired-memory limit it set on Metal."""
+        if self._generator is not None:
+            self._generator.close()
+            self._generator = None

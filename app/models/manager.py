@@ -319,11 +319,10 @@ class ModelManager:
     async def _unload(self, managed: ManagedModel) -> None:
         if managed.leases or managed.state != "loaded" or managed.engine is None:
             return
-        engine, managed.engine, managed.loaded = managed.engine, None, None
+        held = [managed.engine]
+        managed.engine, managed.loaded = None, None
         managed.state = "unloaded"
-        await asyncio.to_thread(engine.stop)
-        del engine
-        await asyncio.to_thread(_release_memory)
+        await asyncio.to_thread(_stop_and_release, held)
         log.info("model %s unloaded", managed.spec.id)
 
     async def _reap_forever(self, interval: float = 1.0) -> None:
@@ -385,10 +384,19 @@ def _active_memory() -> int:
     return int(mx.get_active_memory())
 
 
-def _release_memory() -> None:
+def _stop_and_release(held: list[Any]) -> None:
+    """Stop the engine in ``held`` and give its memory back, in one executor call.
+
+    The engine comes in a list that is emptied here, so nothing this call was handed still
+    reaches it when ``gc.collect`` runs: with the stop and the collection as two calls, the
+    executor thread that ran the stop could still hold it when the next call collected.
+    """
     import gc
 
     from app.engine.memory import release_memory
 
+    engine = held.pop()
+    engine.stop()
+    del engine
     gc.collect()
     release_memory()  # MLX's buffer pool, then free heap pages back to the OS (glibc)

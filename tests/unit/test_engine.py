@@ -305,3 +305,22 @@ def test_an_idle_engine_keeps_sampling_the_machine_load(tiny_llama_dir: Path, mo
         assert engine._blas.observed >= 5
     finally:
         engine.stop()
+
+
+def test_a_stopped_engine_lets_go_of_its_model(tiny_llama_dir: Path) -> None:
+    """Whoever still holds a stopped engine (a late reader, a handler finishing) must not
+    keep the model's weights and KV caches alive."""
+    import gc
+    import weakref
+
+    import mlx.core as mx
+
+    before = mx.get_active_memory()
+    engine = _engine(tiny_llama_dir, prefix_cache_bytes=1 << 20)
+    asyncio.run(_run(engine, _prompts(engine)[0], SamplingParams(max_tokens=4, temperature=0)))
+    assert engine.prefix_cache.stats.entries > 0
+    model = weakref.ref(engine.model)
+    engine.stop()
+    gc.collect()
+    assert model() is None, "the stopped engine still keeps its model alive"
+    assert mx.get_active_memory() <= before + 64 * 1024
