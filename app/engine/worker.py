@@ -364,6 +364,7 @@ class ModelEngine:
                 done, total = response.progress
                 seq.request.push(PrefillProgress(done, total))
         ended: list[int] = []
+        finished: list[tuple[list[int], Any]] = []
         for response in generation_responses:
             seq = self._active.get(response.uid)
             if seq is None:
@@ -386,8 +387,12 @@ class ModelEngine:
             if response.finish_reason is None:  # we ended it (stop string, error, cancel)
                 ended.append(response.uid)
             elif self.prefix_cache is not None and response.prompt_cache is not None:
-                self.prefix_cache.store(response.all_tokens, response.prompt_cache)
+                finished.append((response.all_tokens, response.prompt_cache))
             self._active.pop(response.uid, None)
+        # Stored only once every row's token is out: storing evaluates the cache, and with
+        # eager tokens that runs the batch's next pass, which would hold back the rows after it.
+        for tokens, cache in finished:
+            self.prefix_cache.store(tokens, cache)
         if ended:
             self._remove(ended)
         self.stats.running = len(self._active)

@@ -171,6 +171,38 @@ def test_prefix_cache_hit_on_second_turn_gives_same_text(tiny_llama_dir: Path):
         engine.stop()
 
 
+def test_a_finishing_sequence_does_not_hold_back_the_others_tokens(tiny_llama_dir: Path):
+    """Storing a finished sequence's KV cache evaluates it (with eager tokens: the batch's next
+    pass); it waits until every row's token of that step has been handed out."""
+    engine = _engine(tiny_llama_dir, max_batch_size=4, prefix_cache_bytes=64 << 20)
+    log: list[tuple[str, int]] = []
+    store = engine.prefix_cache.store
+    engine.fault_hook = lambda request, n: log.append(("token", engine.stats.steps))
+
+    def logged_store(tokens, cache):
+        log.append(("store", engine.stats.steps))
+        store(tokens, cache)
+
+    engine.prefix_cache.store = logged_store
+    try:
+        short, long = _prompts(engine)[:2]
+
+        async def main():
+            return await asyncio.gather(
+                _run(engine, short, SamplingParams(max_tokens=3, temperature=0)),
+                _run(engine, long, SamplingParams(max_tokens=12, temperature=0)),
+            )
+
+        asyncio.run(main())
+        stores = [i for i, (kind, _) in enumerate(log) if kind == "store"]
+        assert stores, "no cache was stored"
+        for i in stores:
+            step = log[i][1]
+            assert ("token", step) not in log[i + 1:], f"a token of step {step} came after a store"
+    finally:
+        engine.stop()
+
+
 def test_exception_in_one_request_fails_only_that_request(engine: ModelEngine):
     prompts = _prompts(engine)
     params = SamplingParams(max_tokens=10, temperature=0)
