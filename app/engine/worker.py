@@ -424,6 +424,9 @@ class ModelEngine:
 
     def _close_generator(self) -> None:
         """Drop the generator; ``close`` gives back the wired-memory limit it set on Metal."""
-        if self._generator is not None:
-            self._generator.close()
-            self._generator = None
+        generator, self._generator = self._generator, None
+        if generator is not None:
+            try:
+                generator.close()
+            except Exception:  # noqa: BLE001 - a broken generator must not block its successor
+                log.exception("engine %s: closing the generator failed", self.name)
