@@ -194,13 +194,13 @@ def test_a_finishing_sequence_does_not_hold_back_the_others_tokens(tiny_llama_di
             )
 
         asyncio.run(main())
-        stores = [i for i, (kind, _) in enumerate(log) if kind == "store"]
-        assert stores, "no cache was stored"
-        for i in stores:
-            step = log[i][1]
-            assert ("token", step) not in log[i + 1:], f"a token of step {step} came after a store"
     finally:
-        engine.stop()
+        engine.stop()  # the last store may follow the last reply's events; stop waits for it
+    stores = [i for i, (kind, _) in enumerate(log) if kind == "store"]
+    assert stores, "no cache was stored"
+    for i in stores:
+        step = log[i][1]
+        assert ("token", step) not in log[i + 1:], f"a token of step {step} came after a store"
 
 
 def test_exception_in_one_request_fails_only_that_request(engine: ModelEngine):
@@ -350,6 +350,9 @@ def test_a_stopped_engine_lets_go_of_its_model(tiny_llama_dir: Path) -> None:
     before = mx.get_active_memory()
     engine = _engine(tiny_llama_dir, prefix_cache_bytes=1 << 20)
     asyncio.run(_run(engine, _prompts(engine)[0], SamplingParams(max_tokens=4, temperature=0)))
+    deadline = time.monotonic() + 10  # the cache is stored after the reply's last event
+    while engine.prefix_cache.stats.entries == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert engine.prefix_cache.stats.entries > 0
     model = weakref.ref(engine.model)
     engine.stop()
