@@ -12,6 +12,7 @@ from app.config import Settings
 from app.main import create_app
 from app.models.registry import ModelRegistry, ModelSpec
 from tests.unit.live_server import live_server
+from tests.unit.waiting import wait_until
 
 LONG = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 900, "temperature": 0,
         "ignore_eos": True}
@@ -31,23 +32,16 @@ def _engine(app):
     return app.state.manager.models["tiny"].engine
 
 
-def _wait(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_queue_full_is_429_at_once_for_stream_and_non_stream(tmp_path, tiny_llama_dir):
     with _server(tmp_path, tiny_llama_dir, max_batch_size=1, queue_depth=1) as (app, client):
         with client.stream("POST", "/v1/chat/completions",
                            json={"model": "tiny", "stream": True, **LONG}) as running:
             lines = running.iter_lines()
             next(lines)
-            _wait(lambda: _engine(app).stats.running == 1)
+            wait_until(lambda: _engine(app).stats.running == 1)
             with client.stream("POST", "/v1/chat/completions",
                                json={"model": "tiny", "stream": True, **LONG}) as queued:
-                _wait(lambda: _engine(app).stats.waiting == 1)
+                wait_until(lambda: _engine(app).stats.waiting == 1)
                 for stream in (False, True):
                     started = time.monotonic()
                     resp = client.post("/v1/chat/completions",
@@ -58,7 +52,7 @@ def test_queue_full_is_429_at_once_for_stream_and_non_stream(tmp_path, tiny_llam
                     assert int(resp.headers["retry-after"]) >= 1
                 assert queued.status_code == 200
             # leaving the block closes the queued stream: it never started, it is dropped
-            _wait(lambda: _engine(app).stats.waiting == 0)
+            wait_until(lambda: _engine(app).stats.waiting == 0)
 
 
 def test_disconnected_stream_frees_its_slot(tmp_path, tiny_llama_dir):
@@ -68,8 +62,8 @@ def test_disconnected_stream_frees_its_slot(tmp_path, tiny_llama_dir):
             lines = stream.iter_lines()
             next(lines)
             next(lines)
-            _wait(lambda: _engine(app).stats.running == 1)
-        _wait(lambda: _engine(app).stats.running == 0)  # the hang-up cancelled it
+            wait_until(lambda: _engine(app).stats.running == 1)
+        wait_until(lambda: _engine(app).stats.running == 0)  # the hang-up cancelled it
         started = time.monotonic()
         quick = client.post("/v1/chat/completions", json={
             "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
@@ -81,5 +75,5 @@ def test_disconnected_non_stream_request_is_cancelled(tmp_path, tiny_llama_dir):
     with _server(tmp_path, tiny_llama_dir, max_batch_size=1) as (app, client):
         with contextlib.suppress(httpx.TimeoutException):
             client.post("/v1/chat/completions", json={"model": "tiny", **LONG}, timeout=0.5)
-        _wait(lambda: _engine(app).stats.running == 0)
+        wait_until(lambda: _engine(app).stats.running == 0)
         assert _engine(app).stats.generated_tokens < 900

@@ -11,6 +11,7 @@ import pytest
 
 from app.engine.types import Failed, Finished, GenerationRequest, SamplingParams, TextDelta
 from app.engine.worker import ModelEngine, QueueFullError
+from tests.unit.waiting import wait_until
 
 
 def _engine(model_dir: Path, **kwargs) -> ModelEngine:
@@ -350,10 +351,7 @@ def test_a_stopped_engine_lets_go_of_its_model(tiny_llama_dir: Path) -> None:
     before = mx.get_active_memory()
     engine = _engine(tiny_llama_dir, prefix_cache_bytes=1 << 20)
     asyncio.run(_run(engine, _prompts(engine)[0], SamplingParams(max_tokens=4, temperature=0)))
-    deadline = time.monotonic() + 10  # the cache is stored after the reply's last event
-    while engine.prefix_cache.stats.entries == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine.prefix_cache.stats.entries > 0
+    wait_until(lambda: engine.prefix_cache.stats.entries > 0)  # stored after the last event
     model = weakref.ref(engine.model)
     engine.stop()
     gc.collect()

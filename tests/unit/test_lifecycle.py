@@ -17,6 +17,7 @@ from app.main import create_app
 from app.models.registry import ModelRegistry, ModelSpec
 from app.models.residency import files_size
 from tests.unit.live_server import live_server
+from tests.unit.waiting import wait_until
 
 
 def _spec(model_id: str, path: Path, **extra) -> ModelSpec:
@@ -40,13 +41,6 @@ def _chat(client: httpx.Client, model: str, **extra):
 
 def _state(client: httpx.Client, model: str) -> dict:
     return client.get(f"/v1/models/{model}").json()["metadata"]
-
-
-def _wait(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -79,10 +73,10 @@ def test_keep_alive_zero_and_expiry(tmp_path, tiny_llama_dir):
                                                                   keep_alive=1)]
     with _client(tmp_path, specs) as client:
         assert _chat(client, "now").status_code == 200
-        _wait(lambda: _state(client, "now")["state"] == "unloaded")
+        wait_until(lambda: _state(client, "now")["state"] == "unloaded")
         assert _chat(client, "soon").status_code == 200
         assert _state(client, "soon")["state"] == "loaded"
-        _wait(lambda: _state(client, "soon")["state"] == "unloaded", timeout=6)
+        wait_until(lambda: _state(client, "soon")["state"] == "unloaded", timeout=6)
         assert _chat(client, "soon").status_code == 200  # and it comes back on demand
 
 
