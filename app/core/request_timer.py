@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.engine.types import Failed, Finished, TextDelta
+from app.engine.lm.types import Failed, Finished, TextDelta
 
 
 class MetricsSink(Protocol):

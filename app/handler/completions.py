@@ -11,7 +11,7 @@ from typing import Any
 from app.config import Settings
 from app.core import errors
 from app.core.context import RequestContext
-from app.engine.types import Failed, Finished, PrefillProgress, TextDelta, TokenLogprob
+from app.engine.lm.types import Failed, Finished, PrefillProgress, TextDelta, TokenLogprob
 from app.handler.generation import (
     KEEP_ALIVE,
     Submission,

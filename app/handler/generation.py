@@ -9,7 +9,7 @@ from typing import Any
 
 from app.config import Settings
 from app.core import errors
-from app.engine.types import (
+from app.engine.lm.types import (
     Failed,
     Finished,
     GenerationRequest,
@@ -17,7 +17,7 @@ from app.engine.types import (
     SamplingParams,
     TextDelta,
 )
-from app.engine.worker import EngineStoppedError, QueueFullError
+from app.engine.lm.worker import EngineStoppedError, QueueFullError
 from app.models.manager import ManagedModel
 from app.schemas.openai import SamplingFields
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.core import errors
-from app.engine.grammar import GrammarError, json_schema_grammar
+from app.engine.lm.grammar import GrammarError, json_schema_grammar
 from app.models.manager import ManagedModel
 from app.schemas.openai import ResponseFormat
 

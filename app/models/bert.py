@@ -20,8 +20,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from app.core.fast_math import masked_softmax
-from app.core.shape_compile import PerShapeCompiled
+from app.kernels.fast_math import masked_softmax
+from app.kernels.shape_compile import PerShapeCompiled
 
 # float32 erf as a rational function (Eigen's generic_fast_erf_float): |err| < 5e-7.
 # MLX's CPU backend evaluates erf/exp/tanh with scalar code (~20-50 ns per element);
@@ -90,7 +90,7 @@ def gelu_folded(x: mx.array) -> mx.array:
     return (x * u) * num / den + 0.5 * x
 
 
-# One fused, vectorised C++ kernel per input shape (see app.core.shape_compile): ~3x faster
+# One fused, vectorised C++ kernel per input shape (see app.kernels.shape_compile): ~3x faster
 # than the same function compiled shapeless, ~6x faster than eager.
 gelu_rational_fused = PerShapeCompiled(gelu_folded)
 

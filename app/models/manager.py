@@ -333,7 +333,7 @@ class ModelManager:
 
 
     async def _start_language_model(self, spec: ModelSpec) -> tuple[Any, Any]:
-        from app.engine.worker import ModelEngine
+        from app.engine.lm.worker import ModelEngine
 
         s = self.settings
         engine = ModelEngine(
@@ -353,7 +353,7 @@ class ModelManager:
         return engine, loaded
 
     async def _start_embedding_model(self, spec: ModelSpec) -> tuple[Any, Any]:
-        from app.engine.embedding_batcher import EmbeddingBatcher
+        from app.engine.embedding.batcher import EmbeddingBatcher
         from app.models.embedding import load_embedding_model
 
         def load() -> Any:

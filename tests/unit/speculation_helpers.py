@@ -7,8 +7,8 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 
-from app.engine import speculative
-from app.engine.speculative import PromptLookup, SpeculativeBatchGenerator
+from app.engine.lm import speculative
+from app.engine.lm.speculative import PromptLookup, SpeculativeBatchGenerator
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the",

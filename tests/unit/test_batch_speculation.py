@@ -7,10 +7,10 @@ import pytest
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import BatchKVCache, KVCache
 
-from app.engine import batch_speculation
-from app.engine.batch_speculation import HoleyBatchKVCache, draft_width
-from app.engine.sampling import make_request_sampler
-from app.engine.types import SamplingParams
+from app.engine.lm import batch_speculation
+from app.engine.lm.batch_speculation import HoleyBatchKVCache, draft_width
+from app.engine.lm.sampling import make_request_sampler
+from app.engine.lm.types import SamplingParams
 from tests.unit.speculation_helpers import plain, run, spec
 
 

@@ -6,8 +6,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from app.core.fast_math import exp_fast
-from app.core.shape_compile import PerShapeCompiled
+from app.kernels.fast_math import exp_fast
+from app.kernels.shape_compile import PerShapeCompiled
 from app.models.bert import (
     gelu_folded,
     gelu_rational,

@@ -1,4 +1,4 @@
-"""app.engine.compile: fused + compiled blocks give the same logits and greedy text."""
+"""app.kernels.compile: fused + compiled blocks give the same logits and greedy text."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from mlx_lm.models import gemma3_text
 from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
-from app.engine import compile as engine_compile
-from app.engine.attention import sdpa
-from app.engine.compile import MAX_COMPILED_TOKENS, optimize_model
-from app.engine.sampling import make_request_sampler
-from app.engine.types import SamplingParams
+from app.engine.lm.sampling import make_request_sampler
+from app.engine.lm.types import SamplingParams
+from app.kernels import compile as engine_compile
+from app.kernels.attention import sdpa
+from app.kernels.compile import MAX_COMPILED_TOKENS, optimize_model
 from app.models.mlx_dir import load_mlx_dir
 
 TEXTS = ["The quick brown fox", "What is the capital of France?", "Hello world! This", "0 1 2 3"]

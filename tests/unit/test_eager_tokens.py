@@ -1,4 +1,4 @@
-"""app.engine.eager_tokens: on the CPU a decode step returns its tokens without first starting
+"""app.engine.lm.eager_tokens: on the CPU a decode step returns its tokens without first starting
 the next forward pass, and the tokens are exactly mlx-lm's."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import importlib
 import mlx.core as mx
 import pytest
 
-from app.engine.eager_tokens import EagerTokenBatch
-from app.engine.phases import PhasedBatchGenerator
-from app.engine.processors import make_processors
-from app.engine.sampling import make_request_sampler
-from app.engine.types import SamplingParams
+from app.engine.lm.eager_tokens import EagerTokenBatch
+from app.engine.lm.phases import PhasedBatchGenerator
+from app.engine.lm.processors import make_processors
+from app.engine.lm.sampling import make_request_sampler
+from app.engine.lm.types import SamplingParams
 from tests.unit.speculation_helpers import plain, run
 
 mlx_generate = importlib.import_module("mlx_lm.generate")

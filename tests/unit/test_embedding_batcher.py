@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.engine.embedding_batcher import EmbeddingBatcher
+from app.engine.embedding.batcher import EmbeddingBatcher
 from app.models.embedding import load_embedding_model
 from tests.unit.test_embedding_model import make_tiny_bert
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from app.engine.types import Failed, Finished, GenerationRequest, SamplingParams, TextDelta
-from app.engine.worker import ModelEngine, QueueFullError
+from app.engine.lm.types import Failed, Finished, GenerationRequest, SamplingParams, TextDelta
+from app.engine.lm.worker import ModelEngine, QueueFullError
 from tests.unit.waiting import wait_until
 
 
@@ -267,8 +267,8 @@ def test_a_request_that_cannot_be_admitted_fails_alone(engine: ModelEngine, monk
 
 _EXIT_SCRIPT = """
 import asyncio, sys
-from app.engine.types import Finished, GenerationRequest, SamplingParams
-from app.engine.worker import ModelEngine
+from app.engine.lm.types import Finished, GenerationRequest, SamplingParams
+from app.engine.lm.worker import ModelEngine
 from app.models.mlx_dir import load_mlx_dir
 
 engine = ModelEngine(lambda: load_mlx_dir(sys.argv[1]), name="tiny")
@@ -311,7 +311,7 @@ def test_an_idle_engine_keeps_sampling_the_machine_load(tiny_llama_dir: Path, mo
     feeding it samples (it used to take none between its last step and the next burst)."""
     import contextlib
 
-    from app.engine import worker
+    from app.engine.lm import worker
     from app.models.mlx_dir import load_mlx_dir
 
     class Governor:

@@ -13,9 +13,9 @@ import pytest
 from mlx_lm.models.cache import BatchKVCache
 
 from app.engine import memory
-from app.engine.prefix_cache import PrefixCache
-from app.engine.types import Failed, Finished, GenerationRequest, SamplingParams
-from app.engine.worker import ModelEngine
+from app.engine.lm.prefix_cache import PrefixCache
+from app.engine.lm.types import Failed, Finished, GenerationRequest, SamplingParams
+from app.engine.lm.worker import ModelEngine
 
 MiB = 2**20
 

@@ -6,8 +6,8 @@ import asyncio
 import threading
 import time
 
-from app.engine.types import GenerationRequest, SamplingParams
-from app.engine.worker import ModelEngine
+from app.engine.lm.types import GenerationRequest, SamplingParams
+from app.engine.lm.worker import ModelEngine
 from tests.unit.speculation_helpers import plain, run, spec
 
 

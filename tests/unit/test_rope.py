@@ -1,4 +1,4 @@
-"""app.engine.rope: table RoPE gives mx.fast.rope's values and builds its tables once."""
+"""app.kernels.rope: table RoPE gives mx.fast.rope's values and builds its tables once."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import mlx.nn as nn
 import pytest
 from mlx_lm.models.cache import BatchKVCache
 
-from app.engine.compile import optimize_model
-from app.engine.rope import TableRoPE, table_rope
+from app.kernels.compile import optimize_model
+from app.kernels.rope import TableRoPE, table_rope
 from app.models.mlx_dir import load_mlx_dir
 
 

@@ -1,4 +1,4 @@
-"""app.engine.speculative: prompt-lookup drafts never change greedy output."""
+"""app.engine.lm.speculative: prompt-lookup drafts never change greedy output."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import mlx.core as mx
 import pytest
 from mlx_lm.sample_utils import greedy_sampler
 
-from app.engine.compile import optimize_model
-from app.engine.drafting import Drafter, sample_until_mismatch
-from app.engine.sampling import make_request_sampler
-from app.engine.speculative import PromptLookup, accepted_prefix
-from app.engine.types import SamplingParams
+from app.engine.lm.drafting import Drafter, sample_until_mismatch
+from app.engine.lm.sampling import make_request_sampler
+from app.engine.lm.speculative import PromptLookup, accepted_prefix
+from app.engine.lm.types import SamplingParams
+from app.kernels.compile import optimize_model
 from app.models.mlx_dir import load_mlx_dir
 from tests.unit.speculation_helpers import plain, run, spec
 

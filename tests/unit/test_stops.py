@@ -1,4 +1,4 @@
-from app.engine.stops import StopStringMatcher
+from app.engine.lm.stops import StopStringMatcher
 
 
 def feed_all(matcher: StopStringMatcher, pieces: list[str]) -> tuple[str, bool]:

@@ -1,6 +1,6 @@
 """``exp``, SiLU, tanh-GELU gates and softmax without MLX's scalar ``exp``, for the CPU backend.
 
-Used by the language models' blocks (:mod:`app.engine.compile`, :mod:`app.engine.attention`)
+Used by the language models' blocks (:mod:`app.kernels.compile`, :mod:`app.kernels.attention`)
 and by the BERT encoder's CPU kernels (:mod:`app.models.bert`).
 
 MLX's CPU backend evaluates ``exp`` (so ``sigmoid``, ``silu``, ``tanh``, ``softmax``) as scalar
@@ -10,7 +10,7 @@ instead as ``2**n * p(f)`` with ``y = x / ln 2 = n + f``: ``n`` rounded with the
 trick (MLX's JIT builds CPU kernels without SSE4.1, so ``floor`` would be a libm call too),
 ``p`` a degree-7 polynomial for ``2**f`` (relative error ~1e-7, float32 rounding), and
 ``2**n`` from its exponent bits. Each function is compiled per input shape
-(:mod:`app.core.shape_compile`; the bit cast ``view`` cannot be traced shapeless anyway).
+(:mod:`app.kernels.shape_compile`; the bit cast ``view`` cannot be traced shapeless anyway).
 Every backend runs the same arithmetic, so results agree across them.
 """
 
@@ -20,7 +20,7 @@ import math
 
 import mlx.core as mx
 
-from app.core.shape_compile import PerShapeCompiled
+from app.kernels.shape_compile import PerShapeCompiled
 
 _LOG2E = 1.0 / math.log(2.0)
 _ROUND_MAGIC = 12582912.0  # 1.5 * 2**23: (y + M) - M rounds float32 |y| < 2**22
@@ -75,7 +75,7 @@ def _masked_softmax(scores: mx.array, keep: mx.array) -> mx.array:
     return w / mx.where(total > 0.0, total, 1.0)  # a row with nothing kept: all zeros
 
 
-# Each traced per input shape (app.core.shape_compile): the fused kernels are vectorised.
+# Each traced per input shape (app.kernels.shape_compile): the fused kernels are vectorised.
 exp_fast = PerShapeCompiled(_exp)
 exp_fast.__doc__ = "``exp`` for float32 (relative error ~1e-7 where the result is a normal float)."
 swiglu = PerShapeCompiled(_swiglu)

@@ -1,8 +1,8 @@
 """Prompt-lookup speculative decoding for a running batch of two or more sequences.
 
-The solo path (:mod:`app.engine.speculative`) covers one sequence. With several, each decode
+The solo path (:mod:`app.engine.lm.speculative`) covers one sequence. With several, each decode
 step of mlx-lm's ``GenerationBatch`` feeds one token per row; here a step feeds each row its
-pending token plus up to ``K`` draft tokens (prompt lookup, :mod:`app.engine.drafting`) in
+pending token plus up to ``K`` draft tokens (prompt lookup, :mod:`app.engine.lm.drafting`) in
 one ``(B, 1 + K)`` forward pass, and every row keeps the prefix of its draft that the model
 agrees with plus the model's own next token. On the CPU a ``(16, 3)`` pass costs ~1.6x a
 ``(16, 1)`` one, so rows that copy from their context (RAG answers, quoted code, rewrites)
@@ -21,7 +21,7 @@ A batch runs this path only when no row has logits processors (penalties, bias, 
 their token context would need the rejected tokens undone) and all caches are plain batch
 caches; otherwise, or when no row has a draft, the stock step runs. Outputs: greedy rows
 take the argmax at each position, sampled rows draw with their own sampler position by
-position until a draw differs from the draft (:func:`app.engine.drafting.sample_until_mismatch`),
+position until a draw differs from the draft (:func:`app.engine.lm.drafting.sample_until_mismatch`),
 so texts are those of non-speculative decoding up to floating-point ties.
 """
 
@@ -33,11 +33,11 @@ import mlx.core as mx
 from mlx_lm.generate import GenerationBatch, _merge_caches
 from mlx_lm.models.cache import BatchKVCache, KVCache
 
-from app.engine.drafting import Drafter, row_logprobs
-from app.engine.eager_tokens import EagerTokenBatch
+from app.engine.lm.drafting import Drafter, row_logprobs
+from app.engine.lm.eager_tokens import EagerTokenBatch
 
 if TYPE_CHECKING:
-    from app.engine.speculative import SpeculativeBatchGenerator
+    from app.engine.lm.speculative import SpeculativeBatchGenerator
 
 DRAFT_BUDGET = 40  # draft tokens per step over the whole batch: K <= DRAFT_BUDGET // B
 

@@ -37,10 +37,10 @@ from mlx.utils import tree_flatten
 from mlx_lm.models import gemma3_text, llama
 from mlx_lm.models.cache import make_prompt_cache
 
-from app.core.fast_math import geglu_tanh, swiglu
-from app.core.shape_compile import serialized
-from app.engine.attention import attend
-from app.engine.rope import table_rope
+from app.kernels.attention import attend
+from app.kernels.fast_math import geglu_tanh, swiglu
+from app.kernels.rope import table_rope
+from app.kernels.shape_compile import serialized
 
 MAX_COMPILED_TOKENS = 16  # longer inputs (prefill chunks) take the original code path
 
@@ -113,7 +113,7 @@ def _split_heads(x: mx.array, heads: int) -> mx.array:
 
 
 def _rope_for(attn: nn.Module, eager: bool) -> Callable:
-    """Prefill chunks (``eager``) share cos/sin tables across layers (:mod:`app.engine.rope`)."""
+    """Prefill chunks (``eager``) share cos/sin tables across layers (:mod:`app.kernels.rope`)."""
     return (table_rope(attn.rope) if eager else None) or attn.rope
 
 
@@ -145,7 +145,7 @@ def _gate_up(x: mx.array, gu_w: mx.array, gu_b: mx.array | None, hidden: int,
 
 
 def _swiglu_post(layer: llama.TransformerBlock, separate: bool) -> tuple[Callable, Callable]:
-    """(proj, down): the MLP's activation runs between them (:mod:`app.core.fast_math`)."""
+    """(proj, down): the MLP's activation runs between them (:mod:`app.kernels.fast_math`)."""
     norm_eps = layer.post_attention_layernorm.eps
     hidden = layer.mlp.gate_proj.weight.shape[0]
 

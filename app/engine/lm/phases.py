@@ -27,7 +27,7 @@ from typing import Any, Literal
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, GenerationBatch
 
-from app.engine.eager_tokens import EagerTokenBatch
+from app.engine.lm.eager_tokens import EagerTokenBatch
 
 Phase = Literal["decode", "prompt", "both"]
 
@@ -42,7 +42,7 @@ class PhasedBatchGenerator(BatchGenerator):
     def __init__(self, *args: Any, split_phases: bool = True, eager_tokens: bool | None = None,
                  **kwargs: Any) -> None:
         """``eager_tokens``: decode steps return tokens as soon as they are computed
-        (:mod:`app.engine.eager_tokens`); default: when the generator's stream is the CPU's."""
+        (:mod:`app.engine.lm.eager_tokens`); default: when the generator's stream is the CPU's."""
         super().__init__(*args, **kwargs)
         self.split_phases = split_phases
         self._last_phase: Phase = "both"

@@ -7,8 +7,8 @@ from typing import Any
 
 import mlx.core as mx
 
-from app.engine.stops import StopStringMatcher
-from app.engine.types import Finished, GenerationRequest, TextDelta, TokenLogprob
+from app.engine.lm.stops import StopStringMatcher
+from app.engine.lm.types import Finished, GenerationRequest, TextDelta, TokenLogprob
 
 
 def token_logprob(row: mx.array, token: int, top: int) -> TokenLogprob:

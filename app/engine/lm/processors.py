@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import mlx.core as mx
 
-from app.engine.types import SamplingParams
+from app.engine.lm.types import SamplingParams
 
 Processor = Callable[[mx.array, mx.array], mx.array]
 

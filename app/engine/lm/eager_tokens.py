@@ -11,7 +11,7 @@ request's first token ~100-250 ms late at 8-16 rows here, every later token too.
 evaluates the pass that the previous step built, returns its tokens, and leaves the next
 pass built and not yet started: the next step (or whoever reads ``_next_tokens`` first, as
 batched speculation does) runs it. The generator turns this on for the CPU only
-(:class:`app.engine.phases.PhasedBatchGenerator`); elsewhere the stock step runs.
+(:class:`app.engine.lm.phases.PhasedBatchGenerator`); elsewhere the stock step runs.
 """
 
 from __future__ import annotations

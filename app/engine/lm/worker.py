@@ -23,16 +23,16 @@ from mlx_lm.generate import BatchGenerator, StopSequences
 
 from app.core.blas_threads import blas_governor
 from app.core.threads import join_fully
-from app.engine.compile import optimize_model
-from app.engine.detokenizer import make_detokenizer
-from app.engine.grammar import GrammarFactory
+from app.engine.lm.detokenizer import make_detokenizer
+from app.engine.lm.grammar import GrammarFactory
+from app.engine.lm.prefix_cache import PrefixCache
+from app.engine.lm.processors import make_processors
+from app.engine.lm.sampling import make_request_sampler
+from app.engine.lm.sequence import SequenceState
+from app.engine.lm.speculative import SpeculativeBatchGenerator, SpeculativeStats
+from app.engine.lm.types import Failed, GenerationRequest, PrefillProgress
 from app.engine.memory import IdleRelease
-from app.engine.prefix_cache import PrefixCache
-from app.engine.processors import make_processors
-from app.engine.sampling import make_request_sampler
-from app.engine.sequence import SequenceState
-from app.engine.speculative import SpeculativeBatchGenerator, SpeculativeStats
-from app.engine.types import Failed, GenerationRequest, PrefillProgress
+from app.kernels.compile import optimize_model
 
 log = logging.getLogger(__name__)
 

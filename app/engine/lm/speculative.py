@@ -1,7 +1,7 @@
 """Prompt-lookup speculative decoding; this module: the latency-bound case, one sequence.
 
 (Two or more running sequences speculate together through
-:mod:`app.engine.batch_speculation`, hooked into the same generator.)
+:mod:`app.engine.lm.batch_speculation`, hooked into the same generator.)
 
 :class:`SpeculativeBatchGenerator` is a drop-in :class:`mlx_lm.generate.BatchGenerator`. While
 exactly one sequence is decoding, nothing waits to be prefilled and the sequence is eligible
@@ -46,19 +46,19 @@ from mlx_lm.generate import GenerationBatch, StopSequences, _merge_caches
 from mlx_lm.models.cache import BatchKVCache, KVCache
 from mlx_lm.sample_utils import greedy_sampler
 
-from app.engine.batch_speculation import (
+from app.engine.lm.batch_speculation import (
     BatchSpeculation,
     HoleyBatchKVCache,
     SpeculativeGenerationBatch,
 )
-from app.engine.drafting import (
+from app.engine.lm.drafting import (
     Drafter,
     PromptLookup,
     SpeculativeStats,
     accepted_prefix,
     row_logprobs,
 )
-from app.engine.phases import PhasedBatchGenerator
+from app.engine.lm.phases import PhasedBatchGenerator
 
 __all__ = ["PromptLookup", "SpeculativeBatchGenerator", "SpeculativeStats", "accepted_prefix"]
 
@@ -81,7 +81,7 @@ class _Solo:
 
 class SpeculativeBatchGenerator(PhasedBatchGenerator):
     """A ``BatchGenerator`` that decodes a lone sequence with prompt-lookup drafts (and runs
-    decode steps and prefills as separate calls: :mod:`app.engine.phases`)."""
+    decode steps and prefills as separate calls: :mod:`app.engine.lm.phases`)."""
 
     def __init__(
         self,
@@ -98,7 +98,7 @@ class SpeculativeBatchGenerator(PhasedBatchGenerator):
         """``num_draft``: most draft tokens per step (0: never speculate); ``allow(uid)``:
         whether that sequence may speculate (per-request opt-out); ``stats``: counters to add
         to (kept by the caller across generator replacements); ``batched``: speculate in
-        batches of two or more too (:mod:`app.engine.batch_speculation`); other arguments as
+        batches of two or more too (:mod:`app.engine.lm.batch_speculation`); other arguments as
         ``PhasedBatchGenerator`` (``split_phases``) and ``BatchGenerator``."""
         super().__init__(model, **kwargs)
         self.num_draft = num_draft

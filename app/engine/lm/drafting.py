@@ -1,7 +1,7 @@
 """Drafting for speculative decoding: prompt lookup, pacing, and the acceptance rules.
 
-Shared by the solo path (:mod:`app.engine.speculative`) and the batched path
-(:mod:`app.engine.batch_speculation`).
+Shared by the solo path (:mod:`app.engine.lm.speculative`) and the batched path
+(:mod:`app.engine.lm.batch_speculation`).
 """
 
 from __future__ import annotations

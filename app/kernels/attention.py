@@ -1,7 +1,7 @@
 """Attention for the optimized blocks: KV-cache update, then grouped-query SDPA on the CPU.
 
 :func:`sdpa` computes what ``mx.fast.scaled_dot_product_attention``'s CPU fallback computes,
-without its copies and with the softmax of :mod:`app.core.fast_math` (no scalar ``exp``).
+without its copies and with the softmax of :mod:`app.kernels.fast_math` (no scalar ``exp``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.base import scaled_dot_product_attention
 
-from app.core.fast_math import masked_softmax
+from app.kernels.fast_math import masked_softmax
 
 _ALL = mx.array(True)
 # Score tensors up to this many entries (256 MiB of float32) take the exp-free softmax: 2-3x
@@ -27,7 +27,7 @@ def sdpa(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: Any) -> mx.a
     The fallback broadcasts K and V over the query heads of a group (a 5-D matmul that
     materializes them ``n_heads / n_kv_heads`` times); here the group's queries become rows
     of one 4-D matmul instead (~1.5x faster), and up to :data:`FAST_SOFTMAX_MAX` scores the
-    softmax is :func:`app.core.fast_math.masked_softmax` (~2x faster than MLX's on the
+    softmax is :func:`app.kernels.fast_math.masked_softmax` (~2x faster than MLX's on the
     CPU there): results agree to float rounding (a query row with no visible key, left
     padding, gets zeros there). Masks it does not know go to ``mx.fast``.
     """

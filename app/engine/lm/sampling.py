@@ -17,7 +17,7 @@ from mlx_lm.sample_utils import (
     greedy_sampler,
 )
 
-from app.engine.types import SamplingParams
+from app.engine.lm.types import SamplingParams
 
 Sampler = Callable[[mx.array], mx.array]
 

@@ -19,7 +19,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from app.core.shape_compile import PerShapeCompiled
+from app.kernels.shape_compile import PerShapeCompiled
 
 TABLES_KEPT = 4  # one forward pass needs one; a few cover chunks and two engines' models
 
