@@ -94,9 +94,9 @@ def cmd_serve(settings: Settings) -> int:
 
 
 def cmd_pull(settings: Settings, ids: list[str]) -> int:
-    from app.models.manager import resolve_model_path
-    from app.models.registry import ModelRegistry
-    from app.models.sources import ModelSourceError
+    from app.lifecycle.manager import resolve_model_path
+    from app.lifecycle.registry import ModelRegistry
+    from app.models.sources.resolve import ModelSourceError
 
     registry = ModelRegistry.load(settings.models_file)
     specs = [s for s in registry if not ids or s.id in ids or set(ids) & set(s.aliases)]
@@ -116,7 +116,7 @@ def cmd_pull(settings: Settings, ids: list[str]) -> int:
 
 
 def cmd_models(settings: Settings) -> int:
-    from app.models.registry import ModelRegistry
+    from app.lifecycle.registry import ModelRegistry
 
     for spec in ModelRegistry.load(settings.models_file):
         print(f"{spec.id:28} {spec.type:10} {','.join(spec.capabilities):22} {spec.source_name}")
@@ -137,8 +137,8 @@ def cmd_convert(settings: Settings, args: argparse.Namespace) -> int:
     _configure_backend(settings)
     import shutil
 
-    from app.models.convert import ConvertError, convert
-    from app.models.sources import ModelSourceError
+    from app.lifecycle.convert import ConvertError, convert
+    from app.models.sources.resolve import ModelSourceError
 
     if args.force and out.is_dir() and (out / "config.json").is_file():
         shutil.rmtree(out)  # only ever an earlier mlx-lm directory

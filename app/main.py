@@ -24,8 +24,8 @@ from app.handler.chat import ChatHandler
 from app.handler.completions import CompletionsHandler
 from app.handler.embeddings import EmbeddingsHandler
 from app.handler.tokenize import TokenizeHandler
-from app.models.manager import ModelManager
-from app.models.registry import ModelRegistry
+from app.lifecycle.manager import ModelManager
+from app.lifecycle.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 

@@ -72,7 +72,7 @@ PARTS = {
 
 def load(path: Path) -> Any:
     if path.suffix == ".gguf":
-        from app.models.gguf import load_gguf_model
+        from app.models.gguf.loader import load_gguf_model
 
         return load_gguf_model(path)
     from app.models.mlx_dir import load_mlx_dir

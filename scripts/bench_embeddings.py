@@ -210,7 +210,7 @@ def setup_blas(library: str | None) -> str:
 
 class MlxBench:
     def __init__(self, args: argparse.Namespace) -> None:
-        from app.models.embedding import load_embedding_model
+        from app.models.sentence.embedding import load_embedding_model
 
         self.args = args
         self.model = load_embedding_model(

@@ -14,8 +14,8 @@ from pydantic import BaseModel
 
 from app.api.errors import request_context
 from app.core import errors
-from app.models.manager import ManagedModel, ModelManager
-from app.models.registry import ModelRegistry, RegistryError
+from app.lifecycle.manager import ManagedModel, ModelManager
+from app.lifecycle.registry import ModelRegistry, RegistryError
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/admin")

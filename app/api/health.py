@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from app.api.errors import error_response
 from app.api.openapi import error_responses
 from app.core import errors
-from app.models.manager import ModelManager
+from app.lifecycle.manager import ModelManager
 
 router = APIRouter()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from app.core import errors
-from app.models.manager import ManagedModel, ModelManager
+from app.lifecycle.manager import ManagedModel, ModelManager
 from app.schemas.openai import ModelCard, ModelList
 
 router = APIRouter()

@@ -35,7 +35,7 @@ from app.handler.tools import (
     plan_tools,
     template_supports_tools,
 )
-from app.models.manager import ManagedModel, ModelManager
+from app.lifecycle.manager import ManagedModel, ModelManager
 from app.schemas.openai import ChatCompletionRequest
 
 

@@ -24,7 +24,7 @@ from app.handler.generation import (
     usage,
 )
 from app.handler.logprobs import TokenTexts
-from app.models.manager import ManagedModel, ModelManager
+from app.lifecycle.manager import ManagedModel, ModelManager
 from app.schemas.openai import CompletionRequest
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for legacy completions

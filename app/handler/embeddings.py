@@ -11,7 +11,7 @@ import numpy as np
 from app.config import Settings
 from app.core import errors
 from app.core.context import RequestContext
-from app.models.manager import ModelManager
+from app.lifecycle.manager import ModelManager
 from app.schemas.embeddings import EmbeddingRequest
 
 

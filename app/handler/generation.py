@@ -18,7 +18,7 @@ from app.engine.lm.types import (
     TextDelta,
 )
 from app.engine.lm.worker import EngineStoppedError, QueueFullError
-from app.models.manager import ManagedModel
+from app.lifecycle.manager import ManagedModel
 from app.schemas.openai import SamplingFields
 
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's default

@@ -6,7 +6,7 @@ from typing import Any
 
 from app.core import errors
 from app.engine.lm.grammar import GrammarError, json_schema_grammar
-from app.models.manager import ManagedModel
+from app.lifecycle.manager import ManagedModel
 from app.schemas.openai import ResponseFormat
 
 

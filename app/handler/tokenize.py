@@ -8,7 +8,7 @@ from typing import Any
 from app.core import errors
 from app.core.context import RequestContext
 from app.handler.logprobs import TokenTexts
-from app.models.manager import ModelManager
+from app.lifecycle.manager import ModelManager
 from app.schemas.tokenize import DetokenizeRequest, TokenizeRequest
 
 

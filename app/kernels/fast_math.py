@@ -1,7 +1,7 @@
 """``exp``, SiLU, tanh-GELU gates and softmax without MLX's scalar ``exp``, for the CPU backend.
 
 Used by the language models' blocks (:mod:`app.kernels.compile`, :mod:`app.kernels.attention`)
-and by the BERT encoder's CPU kernels (:mod:`app.models.bert`).
+and by the BERT encoder's CPU kernels (:mod:`app.models.sentence.bert`).
 
 MLX's CPU backend evaluates ``exp`` (so ``sigmoid``, ``silu``, ``tanh``, ``softmax``) as scalar
 libm calls, ~20 ns per element here: at batch 16 a SmolLM2 decode step spent ~16 ms in SiLU

@@ -1,6 +1,6 @@
 """A language model ready to serve, plus the weight-dtype policy shared by its loaders.
 
-Loaders (:mod:`app.models.gguf`, :mod:`app.models.mlx_dir`) build an mlx-lm model and a
+Loaders (:mod:`app.models.gguf.loader`, :mod:`app.models.mlx_dir`) build an mlx-lm model and a
 :class:`~mlx_lm.tokenizer_utils.TokenizerWrapper` and hand them over as a
 :class:`LoadedLanguageModel`. The ``weights`` knob they take picks what runs:
 

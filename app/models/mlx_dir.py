@@ -3,7 +3,7 @@
 Loading goes through mlx-lm's own ``load_model``/``load_tokenizer`` on a path that is
 checked to exist first (given a missing path, mlx-lm would try the Hugging Face Hub).
 Saving writes what ``mlx_lm.load`` / ``mlx_lm.server --model DIR`` expect, so a GGUF
-loaded by :mod:`app.models.gguf` can be served by stock mlx-lm for comparison.
+loaded by :mod:`app.models.gguf.loader` can be served by stock mlx-lm for comparison.
 """
 
 from __future__ import annotations

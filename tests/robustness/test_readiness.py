@@ -10,8 +10,8 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from app.config import Settings
+from app.lifecycle.registry import ModelRegistry, ModelSpec
 from app.main import create_app
-from app.models.registry import ModelRegistry, ModelSpec
 from tests.robustness.conftest import assert_envelope, chat_body
 
 

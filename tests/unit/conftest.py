@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
+from app.lifecycle.registry import ModelRegistry, ModelSpec
 from app.main import create_app
-from app.models.registry import ModelRegistry, ModelSpec
 
 
 @pytest.fixture(scope="module")

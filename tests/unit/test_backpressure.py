@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 
 from app.config import Settings
+from app.lifecycle.registry import ModelRegistry, ModelSpec
 from app.main import create_app
-from app.models.registry import ModelRegistry, ModelSpec
 from tests.unit.live_server import live_server
 from tests.unit.waiting import wait_until
 

@@ -1,4 +1,4 @@
-"""The arithmetic-only CPU kernels of app.models.bert agree with MLX's exact ones."""
+"""The arithmetic-only CPU kernels of app.models.sentence.bert agree with MLX's exact ones."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 
 from app.kernels.fast_math import exp_fast
 from app.kernels.shape_compile import PerShapeCompiled
-from app.models.bert import (
+from app.models.sentence.bert import (
     gelu_folded,
     gelu_rational,
     gelu_rational_fused,

@@ -16,9 +16,9 @@ from mlx_lm import stream_generate
 from mlx_lm.sample_utils import make_sampler
 
 from app.config import Settings
-from app.models import gguf_convert
-from app.models.convert import ConvertError, convert
-from app.models.gguf import load_gguf_model
+from app.lifecycle.convert import ConvertError, convert
+from app.models.gguf import convert as gguf_convert
+from app.models.gguf.loader import load_gguf_model
 from tests.unit.tiny_gemma_gguf import TinyGemma, write_tiny_gemma
 from tests.unit.tiny_gguf import CHAT_TEMPLATE, write_tiny_gguf
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from app.engine.embedding.batcher import EmbeddingBatcher
-from app.models.embedding import load_embedding_model
+from app.models.sentence.embedding import load_embedding_model
 from tests.unit.test_embedding_model import make_tiny_bert
 
 POISON = 666

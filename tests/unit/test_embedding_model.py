@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-from app.models.embedding import (
+from app.models.sentence.embedding import (
     LoadedEmbeddingModel,
     load_embedding_model,
     read_pooling_modes,

@@ -10,8 +10,8 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import dequantize, quantize
 
-from app.models.gguf_file import GGUFFile
-from app.models.gguf_repack import AFFINE, affine_codes, mlx_bits, pack_bits
+from app.models.gguf.reader import GGUFFile
+from app.models.gguf.repack import AFFINE, affine_codes, mlx_bits, pack_bits
 from tests.unit.gguf_reference import read_reference
 from tests.unit.tiny_gemma_gguf import TinyGemma, random_kquant, write_tiny_gemma
 

@@ -9,9 +9,9 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from app.models import gguf_convert
-from app.models.gguf import load_gguf_model
-from app.models.gguf_convert import file_sha256
+from app.models.gguf import convert as gguf_convert
+from app.models.gguf.convert import file_sha256
+from app.models.gguf.loader import load_gguf_model
 from app.models.loaded import LoadedLanguageModel
 from tests.unit.gguf_reference import gemma3_logits, read_reference, spm_tokenize
 from tests.unit.tiny_gemma_gguf import HEAD_DIM, LAYERS, WINDOW, TinyGemma, write_tiny_gemma
@@ -178,7 +178,7 @@ def _meta(**extra: object) -> dict:
 
 
 def test_gemma3_config_rules() -> None:
-    from app.models.gguf_arch import gemma3_config
+    from app.models.gguf.arch import gemma3_config
 
     weights = {"model.embed_tokens.weight": np.zeros((8, 1))}
     big = gemma3_config(_meta(), weights, Path("x.gguf"))

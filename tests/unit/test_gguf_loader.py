@@ -12,8 +12,8 @@ from gguf import GGMLQuantizationType as Q
 from gguf import GGUFWriter
 from mlx_lm.models import llama
 
-from app.models.gguf import load_gguf_model, read_header
-from app.models.gguf_tokenizer import build_hf_tokenizer
+from app.models.gguf.loader import load_gguf_model, read_header
+from app.models.gguf.tokenizer import build_hf_tokenizer
 from app.models.loaded import LoadedLanguageModel
 from tests.unit.tiny_gguf import (
     CONTEXT,

@@ -11,11 +11,11 @@ import httpx
 import pytest
 import yaml
 
-import app.models.manager as manager_module
+import app.lifecycle.manager as manager_module
 from app.config import Settings
+from app.lifecycle.registry import ModelRegistry, ModelSpec
+from app.lifecycle.residency import files_size
 from app.main import create_app
-from app.models.registry import ModelRegistry, ModelSpec
-from app.models.residency import files_size
 from tests.unit.live_server import live_server
 from tests.unit.waiting import wait_until
 

@@ -13,7 +13,7 @@ from mlx_lm import load as mlx_lm_load
 from mlx_lm import stream_generate
 from mlx_lm.sample_utils import make_sampler
 
-from app.models.gguf import load_gguf_model
+from app.models.gguf.loader import load_gguf_model
 from app.models.loaded import LoadedLanguageModel
 from app.models.mlx_dir import load_mlx_dir, save_mlx_dir
 from tests.unit.tiny_gguf import TinyGGUF, write_tiny_gguf

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from app.models.registry import ModelRegistry, ModelSpec, RegistryError
+from app.lifecycle.registry import ModelRegistry, ModelSpec, RegistryError
 
 
 def test_defaults_have_chat_and_embedding_models():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.models.sources import ModelSourceError, resolve_source
+from app.models.sources.resolve import ModelSourceError, resolve_source
 
 
 def _make_wheel(folder: Path, payload: bytes) -> Path:

@@ -14,8 +14,8 @@ from typing import Any
 from app.config import Settings
 from app.core import errors
 from app.core.faults import fault_hook_from_env
-from app.models.registry import ModelRegistry, ModelSpec
-from app.models.residency import (
+from app.lifecycle.registry import ModelRegistry, ModelSpec
+from app.lifecycle.residency import (
     default_memory_budget,
     estimate_bytes,
     eviction_order,
@@ -23,7 +23,7 @@ from app.models.residency import (
     files_size,
     keep_alive_of,
 )
-from app.models.sources import resolve_source
+from app.models.sources.resolve import resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def load_language_model(spec: ModelSpec, settings: Settings) -> Any:
     path = resolve_model_path(spec, settings)
     started = time.perf_counter()
     if path.is_file() and path.suffix == ".gguf":
-        from app.models.gguf import load_gguf_model
+        from app.models.gguf.loader import load_gguf_model
 
         loaded = load_gguf_model(path, weights=settings.weights_dtype, cache_dir=settings.cache_dir)
     elif path.is_dir() and (path / "config.json").exists():
@@ -354,7 +354,7 @@ class ModelManager:
 
     async def _start_embedding_model(self, spec: ModelSpec) -> tuple[Any, Any]:
         from app.engine.embedding.batcher import EmbeddingBatcher
-        from app.models.embedding import load_embedding_model
+        from app.models.sentence.embedding import load_embedding_model
 
         def load() -> Any:
             path = resolve_model_path(spec, self.settings)

@@ -27,7 +27,7 @@ class ModelLimits(BaseModel):
 
 
 class ModelSpec(BaseModel):
-    """One servable model. ``source`` is resolved by :mod:`app.models.sources`.
+    """One servable model. ``source`` is resolved by :mod:`app.models.sources.resolve`.
 
     ``source`` is one source string, or a list of them: the parts of one file, joined in
     order and checked against ``file_sha256`` (the joined file's hash). ``sha256`` pins
@@ -73,7 +73,7 @@ class ModelSpec(BaseModel):
     def source_name(self) -> str:
         """The name of the file or folder the source gives (a multi-part one: the joined file)."""
         if isinstance(self.source, list):
-            from app.models.multipart import joined_name
+            from app.models.sources.multipart import joined_name
 
             return joined_name(self.source)
         return self.source

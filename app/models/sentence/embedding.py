@@ -25,7 +25,7 @@ import mlx.core as mx
 import numpy as np
 from tokenizers import Tokenizer
 
-from app.models.bert import BertConfig, BertModel, build_bert
+from app.models.sentence.bert import BertConfig, BertModel, build_bert
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 # Legacy boolean keys in 1_Pooling/config.json, in sentence-transformers' concatenation order.

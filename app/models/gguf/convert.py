@@ -1,13 +1,13 @@
 """GGUF files that ``mx.load`` cannot read (K-quants, other families): dequantize, cache, load.
 
-Every tensor is dequantized to float32 with ``gguf-py`` (:mod:`app.models.gguf_file`),
-renamed and fixed for the mlx-lm model (:mod:`app.models.gguf_arch`), checked by loading
+Every tensor is dequantized to float32 with ``gguf-py`` (:mod:`app.models.gguf.reader`),
+renamed and fixed for the mlx-lm model (:mod:`app.models.gguf.arch`), checked by loading
 it into that model, and written once as a standard mlx-lm directory (``config.json``,
 safetensors, ``tokenizer.json``...) under ``<cache_dir>/converted/<sha256 of the GGUF>/``.
 Later loads read that directory: no re-parsing of a 262k-token vocabulary, no
 dequantization. ``gguf_source.json`` there records each layer's GGUF tensor and type, so
 that the ``quantized`` weight mode (the GPU default) can rebuild MLX quantized layers from
-the GGUF's own blocks (:mod:`app.models.gguf_repack`: exact for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/
+the GGUF's own blocks (:mod:`app.models.gguf.repack`: exact for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/
 Q4_K/Q5_K, 8-bit otherwise), group size 32, scales in float32.
 """
 
@@ -30,10 +30,10 @@ import mlx.nn as nn
 from gguf import GGMLQuantizationType
 from tqdm import tqdm
 
-from app.models.gguf import _source_quantization
-from app.models.gguf_arch import family_for, model_class
-from app.models.gguf_file import DEQUANT_TYPES, GGUFFile
-from app.models.gguf_repack import AFFINE, FALLBACK_BITS, GROUP_SIZE, affine_codes, mlx_bits
+from app.models.gguf.arch import family_for, model_class
+from app.models.gguf.loader import _source_quantization
+from app.models.gguf.reader import DEQUANT_TYPES, GGUFFile
+from app.models.gguf.repack import AFFINE, FALLBACK_BITS, GROUP_SIZE, affine_codes, mlx_bits
 from app.models.loaded import LoadedLanguageModel, apply_weight_mode, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def convert_gguf(path: Path, out_dir: Path, *, progress: bool | None = None) -> 
     """
     from mlx_lm.utils import save_config, save_model
 
-    from app.models.gguf_tokenizer import build_hf_tokenizer, eos_token_ids
+    from app.models.gguf.tokenizer import build_hf_tokenizer, eos_token_ids
 
     path, out_dir = Path(path), Path(out_dir)
     started = time.perf_counter()
@@ -191,7 +191,7 @@ def requantize(
     gguf_path: Path | None,
 ) -> None:
     """Quantize the layers the GGUF held quantized (dense ones stay dense), from the GGUF's
-    own blocks where :mod:`app.models.gguf_repack` can (``gguf_path`` given), else 8-bit."""
+    own blocks where :mod:`app.models.gguf.repack` can (``gguf_path`` given), else 8-bit."""
     plan: dict[str, int] = {}
     for name, module in model.named_modules():
         entry = layers.get(name)

