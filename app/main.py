@@ -20,6 +20,7 @@ from app.api.openapi import install_openapi
 from app.config import Settings
 from app.core.lifecycle import Lifecycle
 from app.core.metrics import ServerMetrics
+from app.generation.core import GenerationCore
 from app.handler.chat import ChatHandler
 from app.handler.completions import CompletionsHandler
 from app.handler.embeddings import EmbeddingsHandler
@@ -82,8 +83,9 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.manager = manager
     app.state.lifecycle = lifecycle
     app.state.metrics = server_metrics
-    app.state.chat = ChatHandler(manager, settings)
-    app.state.completions = CompletionsHandler(manager, settings)
+    core = GenerationCore(manager, settings)
+    app.state.chat = ChatHandler(core)
+    app.state.completions = CompletionsHandler(core)
     app.state.embeddings = EmbeddingsHandler(manager, settings)
     app.state.tokenize = TokenizeHandler(manager)
     app.state.started_at = int(time.time())

@@ -18,13 +18,13 @@ router = APIRouter()
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     handler: ChatHandler = request.app.state.chat
     ctx = request_context(request)
-    submission = await handler.prepare(body, ctx)
+    run = await handler.prepare(body, ctx)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(handler.stream(submission, ctx, include_usage), ctx)
+        return sse_response(handler.stream(run, ctx, include_usage), ctx)
     try:
-        result = await unless_disconnected(request, handler.complete(submission, ctx))
+        result = await unless_disconnected(request, handler.complete(run, ctx))
     except ClientDisconnected:
-        submission.close()
+        run.close()
         return Response(status_code=499)
     return JSONResponse(result)

@@ -18,14 +18,13 @@ router = APIRouter()
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     handler: CompletionsHandler = request.app.state.completions
     ctx = request_context(request)
-    submissions, echoes = await handler.prepare(body, ctx)
+    run, echoes = await handler.prepare(body, ctx)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(handler.stream(submissions, echoes, ctx, include_usage), ctx)
+        return sse_response(handler.stream(run, echoes, ctx, include_usage), ctx)
     try:
-        result = await unless_disconnected(request, handler.complete(submissions, echoes, ctx))
+        result = await unless_disconnected(request, handler.complete(run, echoes, ctx))
     except ClientDisconnected:
-        for submission in submissions:
-            submission.close()
+        run.close()
         return Response(status_code=499)
     return JSONResponse(result)

@@ -32,6 +32,7 @@ from app.core.context import (
 from app.core.errors import APIError, envelope, internal_error
 from app.core.limits import check_json_body, is_json_content
 from app.core.request_log import access_record, log_access, prompt_text
+from app.generation.timing import RequestTimer
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,8 @@ class HTDIMiddleware:
             request_id=header_id or new_request_id(),
             house_id=sane_id(headers.get(HOUSE_ID_HEADER)),
             request_id_from_header=header_id is not None,
+            timer=RequestTimer(sink=self.metrics),
         )
-        ctx.timer.sink = self.metrics
         scope.setdefault("state", {})["ctx"] = ctx
         status = 500
         started = False

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from app.core.context import RequestContext
 from app.core.errors import APIError, envelope
-from app.handler.generation import KEEP_ALIVE
+from app.generation.events import KEEP_ALIVE
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

@@ -8,8 +8,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.core.request_timer import RequestTimer
-
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -35,10 +33,13 @@ class RequestContext:
     model: str | None = None
     request_id_from_header: bool = False
     started: float = field(default_factory=time.perf_counter)
-    timer: RequestTimer = field(default_factory=RequestTimer)  # fed by the handlers
+    # The request's app.generation.timing.RequestTimer: attached by the middleware, fed by
+    # the generation core, read by the request log (core does not import the layer above).
+    timer: Any = None
 
     def __post_init__(self) -> None:
-        self.timer.started = self.started
+        if self.timer is not None:
+            self.timer.started = self.started
 
     def apply_body_metadata(self, metadata: dict[str, Any] | None) -> None:
         """Body ``metadata`` fills what the headers did not set (headers win)."""

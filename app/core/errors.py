@@ -57,13 +57,15 @@ def model_not_capable(name: str, capability: str) -> APIError:
     )
 
 
-def context_length_exceeded(prompt_tokens: int, max_tokens: int, context: int) -> APIError:
+def context_length_exceeded(
+    prompt_tokens: int, max_tokens: int, context: int, *, param: str = "messages"
+) -> APIError:
     return APIError(
         400,
         f"This model's maximum context length is {context} tokens. However, you requested "
         f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} for "
         f"the completion). Please reduce the prompt or max_tokens.",
-        param="messages",
+        param=param,
         code="context_length_exceeded",
     )
 

@@ -2,7 +2,7 @@
 
 Each app owns a :class:`ServerMetrics` with its own ``CollectorRegistry`` (several apps can
 live in one test process). Request-level series are fed by the middleware and by each
-request's :class:`~app.core.request_timer.RequestTimer`; engine state (running, waiting,
+request's :class:`~app.generation.timing.RequestTimer`; engine state (running, waiting,
 token totals, prefix cache, embedding batcher, loaded models) is read at scrape time by
 :class:`_EngineCollector`, so a scrape always sees the engines' current numbers.
 """
@@ -31,7 +31,7 @@ MODEL = ("model_name",)
 
 
 class ServerMetrics:
-    """All series of one server; also the :class:`~app.core.request_timer.MetricsSink`."""
+    """All series of one server; also the :class:`~app.generation.timing.MetricsSink`."""
 
     def __init__(self, manager: Any = None, lifecycle: Any = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)

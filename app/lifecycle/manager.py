@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +69,33 @@ class ManagedModel:
         if callable(stats):  # embedding micro-batcher: shows that batching happens
             meta["batching"] = stats()
         return meta
+
+
+class ModelLease:
+    """One request's hold on a model: while held, the model is neither unloaded nor evicted.
+    Released exactly once, however many times :meth:`release` is called."""
+
+    def __init__(self, manager: ModelManager, name: str, capability: str) -> None:
+        self._manager = manager
+        self._name = name
+        self._capability = capability
+        self.managed: ManagedModel | None = None
+        self._released = False
+
+    async def acquire(self) -> ManagedModel:
+        self.managed = await self._manager.acquire(self._name, self._capability)
+        return self.managed
+
+    def release(self) -> None:
+        if self.managed is not None and not self._released:
+            self._released = True
+            self._manager.release(self.managed)
+
+    async def __aenter__(self) -> ManagedModel:
+        return await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
 
 
 def resolve_model_path(spec: ModelSpec, settings: Settings) -> Path:
@@ -155,7 +180,8 @@ class ModelManager:
     # ---- request path --------------------------------------------------------
     async def acquire(self, name: str, capability: str) -> ManagedModel:
         """Find a model by id or alias, check its capability, make sure it is loaded, and
-        lease it: the caller must :meth:`release` it when its response is complete."""
+        lease it: the caller must :meth:`release` it when its response is complete
+        (request paths go through :meth:`lease`, which releases exactly once)."""
         spec = self.registry.get(name)
         if spec is None:
             raise errors.model_not_found(name)
@@ -175,14 +201,11 @@ class ModelManager:
         managed.last_used = time.time()
         return managed
 
-    @contextlib.asynccontextmanager
-    async def lease(self, name: str, capability: str) -> AsyncIterator[ManagedModel]:
-        """:meth:`acquire` for the length of a ``with`` block (requests answered in one go)."""
-        managed = await self.acquire(name, capability)
-        try:
-            yield managed
-        finally:
-            self.release(managed)
+    def lease(self, name: str, capability: str) -> ModelLease:
+        """A lease on a model: ``async with manager.lease(...) as managed`` for requests
+        answered in one go, or :meth:`ModelLease.acquire` / :meth:`ModelLease.release` for
+        responses that outlive the handler's call (streams)."""
+        return ModelLease(self, name, capability)
 
     def release(self, managed: ManagedModel) -> None:
         managed.leases = max(0, managed.leases - 1)

@@ -8,8 +8,8 @@ import pytest
 
 from app.api.auth import ApiKeyGuard
 from app.core.limits import check_json_body, is_json_content
-from app.core.request_timer import RequestTimer
 from app.engine.lm.types import Failed, Finished, TextDelta
+from app.generation.timing import RequestTimer
 
 
 def nested(depth: int) -> bytes:

@@ -7,8 +7,8 @@ import json
 import jsonschema
 from fastapi.testclient import TestClient
 
-from app.handler.tools import ToolPlan, parse_calls
-from app.schemas.openai import ToolSpec
+from app.generation.request import FunctionTool
+from app.generation.tools import ToolPlan, parse_calls
 
 WEATHER = {
     "type": "function",
@@ -103,16 +103,17 @@ def test_bad_tool_requests_are_400(client: TestClient):
 
 
 def test_auto_mode_parses_tagged_and_bare_calls():
-    plan = ToolPlan("auto", [ToolSpec(**WEATHER), ToolSpec(**ADD)], {"get_weather", "add"})
+    tools = [FunctionTool(**WEATHER["function"]), FunctionTool(**ADD["function"])]
+    plan = ToolPlan("auto", tools, {"get_weather", "add"})
     tagged = 'Sure.<tool_call>{"name": "add", "arguments": {"a": 1, "b": 3}}</tool_call>'
     calls = parse_calls(tagged, plan, tokenizer=None)
-    assert calls and calls[0]["function"]["name"] == "add"
-    assert json.loads(calls[0]["function"]["arguments"]) == {"a": 1, "b": 3}
+    assert calls and calls[0].name == "add"
+    assert json.loads(calls[0].arguments) == {"a": 1, "b": 3}
     two = ('<tool_call>{"name": "add", "arguments": {"a": 2, "b": 4}}</tool_call>'
            '<tool_call>{"name": "get_weather", "arguments": {"unit": "f", "days": 2}}</tool_call>')
-    assert [c["function"]["name"] for c in parse_calls(two, plan, None)] == ["add", "get_weather"]
+    assert [c.name for c in parse_calls(two, plan, None)] == ["add", "get_weather"]
     bare = '{"name": "get_weather", "arguments": {"unit": "c", "days": 3}}'
-    assert parse_calls(bare, plan, None)[0]["function"]["name"] == "get_weather"
+    assert parse_calls(bare, plan, None)[0].name == "get_weather"
     assert parse_calls("It is sunny in Paris.", plan, None) is None
     unknown = '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>'
     assert parse_calls(unknown, plan, None) is None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.core import errors
-from app.schemas.openai import ChatCompletionRequest, NamedToolChoice, ToolSpec
+from app.generation.request import FunctionTool, GenerationSpec, Message, ToolCall
 
 TOOL_CALL_START = "<tool_call>"
 TOOL_CALL_END = "</tool_call>"
@@ -28,33 +28,37 @@ TOOL_CALL_END = "</tool_call>"
 @dataclass
 class ToolPlan:
     mode: str  # "auto" | "required" | "named"
-    tools: list[ToolSpec]
+    tools: list[FunctionTool]
     names: set[str]
 
 
-def plan_tools(body: ChatCompletionRequest) -> ToolPlan | None:
+def plan_tools(spec: GenerationSpec) -> ToolPlan | None:
     """What the request asks of tools; 400 for contradictions. None: no tools in play."""
-    choice = body.tool_choice
-    if not body.tools:
-        if choice not in (None, "none"):
+    choice, names_of = spec.tool_choice, spec.names
+    if not spec.tools:
+        if choice not in (None, "none") or spec.tool_name is not None:
             raise errors.invalid_request(
-                "tool_choice needs a non-empty tools list.", param="tool_choice"
+                f"{names_of.tool_choice} needs a non-empty tools list.",
+                param=names_of.tool_choice,
             )
         return None
-    names = [tool.function.name for tool in body.tools]
+    names = [tool.name for tool in spec.tools]
     if len(set(names)) != len(names):
-        raise errors.invalid_request("tools contains duplicate function names.", param="tools")
+        raise errors.invalid_request(
+            f"{names_of.tools} contains duplicate function names.", param=names_of.tools
+        )
     if choice == "none":
         return None
-    if isinstance(choice, NamedToolChoice):
-        if choice.function.name not in names:
+    if spec.tool_name is not None:
+        if spec.tool_name not in names:
             raise errors.invalid_request(
-                f"tool_choice names {choice.function.name!r}, which is not in tools.",
-                param="tool_choice",
+                f"{names_of.tool_choice} names {spec.tool_name!r}, which is not in "
+                f"{names_of.tools}.",
+                param=names_of.tool_choice,
             )
-        allowed = [t for t in body.tools if t.function.name == choice.function.name]
-        return ToolPlan("named", allowed, {choice.function.name})
-    return ToolPlan(choice or "auto", list(body.tools), set(names))
+        allowed = [t for t in spec.tools if t.name == spec.tool_name]
+        return ToolPlan("named", allowed, {spec.tool_name})
+    return ToolPlan(choice or "auto", list(spec.tools), set(names))
 
 
 def _closed(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -72,8 +76,8 @@ def call_schema(plan: ToolPlan) -> dict[str, Any]:
         {
             "type": "object",
             "properties": {
-                "name": {"const": tool.function.name},
-                "arguments": _closed(tool.function.parameters),
+                "name": {"const": tool.name},
+                "arguments": _closed(tool.parameters),
             },
             "required": ["name", "arguments"],
             "additionalProperties": False,
@@ -87,8 +91,8 @@ def template_supports_tools(chat_template: str | None) -> bool:
     return bool(chat_template) and "tools" in chat_template
 
 
-def fallback_system_prompt(tools: list[ToolSpec]) -> str:
-    described = json.dumps([t.function.model_dump(exclude_none=True) for t in tools])
+def fallback_system_prompt(tools: list[FunctionTool]) -> str:
+    described = json.dumps([t.template_entry()["function"] for t in tools])
     return (
         "You can call these functions:\n"
         f"{described}\n"
@@ -98,10 +102,9 @@ def fallback_system_prompt(tools: list[ToolSpec]) -> str:
     )
 
 
-def history_message(message: Any) -> dict[str, Any]:
-    """A request message as the chat template sees it (tool calls and results included)."""
-    role = "system" if message.role == "developer" else message.role
-    entry: dict[str, Any] = {"role": role, "content": message.text()}
+def template_message(message: Message) -> dict[str, Any]:
+    """A conversation turn as the chat template sees it (tool calls and results included)."""
+    entry: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.name:
         entry["name"] = message.name
     if message.tool_calls:
@@ -109,17 +112,14 @@ def history_message(message: Any) -> dict[str, Any]:
             {
                 "id": call.id,
                 "type": "function",
-                "function": {
-                    "name": call.function.name,
-                    "arguments": _loads(call.function.arguments),
-                },
+                "function": {"name": call.name, "arguments": _loads(call.arguments)},
             }
             for call in message.tool_calls
         ]
         if not entry["content"]:  # templates without tool support still show the call
             entry["content"] = "".join(
                 TOOL_CALL_START
-                + json.dumps({"name": c.function.name, "arguments": _loads(c.function.arguments)})
+                + json.dumps({"name": c.name, "arguments": _loads(c.arguments)})
                 + TOOL_CALL_END
                 for c in message.tool_calls
             )
@@ -135,27 +135,24 @@ def _loads(text: str) -> Any:
         return text
 
 
-def openai_call(name: str, arguments: Any) -> dict[str, Any]:
+def new_call(name: str, arguments: Any) -> ToolCall:
+    """A call the model made; its id is unique, the dialect decides its prefix."""
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)
-    return {
-        "id": f"call_{uuid.uuid4().hex[:24]}",
-        "type": "function",
-        "function": {"name": name, "arguments": arguments},
-    }
+    return ToolCall(id=uuid.uuid4().hex[:24], name=name, arguments=arguments)
 
 
-def parse_calls(text: str, plan: ToolPlan, tokenizer: Any) -> list[dict[str, Any]] | None:
+def parse_calls(text: str, plan: ToolPlan, tokenizer: Any) -> list[ToolCall] | None:
     """Tool calls in a finished output, or None when it is an ordinary answer."""
     if plan.mode in ("required", "named"):
         parsed = _loads(text)
         if isinstance(parsed, dict) and parsed.get("name") in plan.names:
-            return [openai_call(parsed["name"], parsed.get("arguments", {}))]
+            return [new_call(parsed["name"], parsed.get("arguments", {}))]
         return None
     start = getattr(tokenizer, "tool_call_start", None) or TOOL_CALL_START
     end = getattr(tokenizer, "tool_call_end", None) or TOOL_CALL_END
     parser = getattr(tokenizer, "tool_parser", None)
-    raw_tools = [t.model_dump() for t in plan.tools]
+    raw_tools = [t.template_entry() for t in plan.tools]
     calls = []
     pattern = re.compile(re.escape(start) + r"(.*?)(?:" + re.escape(end) + r"|$)", re.S)
     for body in pattern.findall(text):
@@ -165,9 +162,9 @@ def parse_calls(text: str, plan: ToolPlan, tokenizer: Any) -> list[dict[str, Any
             continue
         for item in parsed if isinstance(parsed, list) else [parsed]:
             if isinstance(item, dict) and item.get("name") in plan.names:
-                calls.append(openai_call(item["name"], item.get("arguments", {})))
+                calls.append(new_call(item["name"], item.get("arguments", {})))
     if not calls:  # a bare JSON call without the markers
         parsed = _loads(text.strip())
         if isinstance(parsed, dict) and parsed.get("name") in plan.names:
-            calls.append(openai_call(parsed["name"], parsed.get("arguments", {})))
+            calls.append(new_call(parsed["name"], parsed.get("arguments", {})))
     return calls or None

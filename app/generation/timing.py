@@ -1,7 +1,7 @@
 """Per-request measurements taken on the event loop: TTFT, inter-token gaps, tokens, queue.
 
 A :class:`RequestTimer` lives on each request's :class:`~app.core.context.RequestContext`.
-Handlers feed it every engine event (``ctx.timer.observe(item, submission)``); the
+The generation core feeds it every engine event (``timer.observe(item, submission)``); the
 middleware attaches a :class:`MetricsSink` (Prometheus) before the request runs and calls
 :meth:`RequestTimer.close` when the response is complete, then logs the totals.
 """

@@ -1,0 +1,218 @@
+"""One generation path for every dialect: a neutral spec in, a neutral event stream out.
+
+:meth:`GenerationCore.start` validates a :class:`~app.generation.request.GenerationSpec`,
+leases the model, renders and tokenizes the prompt(s), compiles grammars, and queues every
+choice; errors surface as :class:`~app.core.errors.APIError` before any byte is sent.
+:meth:`Run.events` then turns the engine's per-sequence events into
+:mod:`app.generation.events`: text (held back while it may still be a tool call), tool
+calls, choice ends, keep-alives and a final usage event. It also feeds the request's
+timer (metrics and the request log), so no dialect touches engine events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from app.config import Settings
+from app.core import errors
+from app.core.context import RequestContext
+from app.engine.lm.types import (
+    Failed,
+    Finished,
+    PrefillProgress,
+    TextDelta,
+    TokenLogprob,
+)
+from app.generation.events import (
+    KEEP_ALIVE,
+    ChoiceEnd,
+    OutputEvent,
+    TextOut,
+    ToolCallsOut,
+    Usage,
+)
+from app.generation.limits import check_request_limits, resolve_max_tokens, sampling_params
+from app.generation.prompt import prompt_tokens
+from app.generation.request import GenerationSpec
+from app.generation.structured import compile_schema
+from app.generation.submission import Submission, failure_error, merged_events, submit
+from app.generation.tools import ToolPlan, call_schema, parse_calls, plan_tools
+from app.lifecycle.manager import ManagedModel, ModelLease, ModelManager
+
+
+@dataclass
+class _HeldChoice:
+    """A choice's text while it may still turn out to be a tool call."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """A queued request: its submissions (one per prompt) and the lease on its model."""
+
+    spec: GenerationSpec
+    lease: ModelLease
+    prompts: list[list[int]]
+    submissions: list[Submission]
+    tool_plan: ToolPlan | None
+    timer: Any
+
+    @property
+    def managed(self) -> ManagedModel:
+        assert self.lease.managed is not None  # a run exists only once its model is leased
+        return self.lease.managed
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.managed.loaded.tokenizer
+
+    @property
+    def choices(self) -> int:
+        return len(self.prompts) * self.spec.n
+
+    async def events(self) -> AsyncIterator[OutputEvent]:
+        """Neutral events until every choice has ended, then :class:`Usage`. A failed
+        sequence raises its :class:`~app.core.errors.APIError`."""
+        n = self.spec.n
+        held = {i: _HeldChoice() for i in range(self.choices)} if self.tool_plan else None
+        prompt_tokens = [0] * len(self.submissions)
+        cached_tokens = [0] * len(self.submissions)
+        completion_tokens = 0
+        async for item in merged_events(*self.submissions):
+            self.timer.observe(item, self.submissions[item.source])  # metrics + request log
+            choice, event = item.source * n + item.index, item.event
+            if isinstance(event, TextDelta):
+                if held is None:
+                    yield TextOut(choice, event.text, event.logprobs)
+                else:
+                    held[choice].text += event.text
+                    held[choice].logprobs += event.logprobs or []
+            elif isinstance(event, PrefillProgress):
+                yield KEEP_ALIVE
+            elif isinstance(event, Failed):
+                raise failure_error(event)
+            elif isinstance(event, Finished):
+                prompt_tokens[item.source] = event.prompt_tokens
+                cached_tokens[item.source] = event.cached_tokens
+                completion_tokens += event.completion_tokens
+                if held is None:
+                    yield ChoiceEnd(choice, event.finish_reason, event.logprobs)
+                else:
+                    for out in self._release_held(choice, held.pop(choice), event):
+                        yield out
+        yield Usage(sum(prompt_tokens), completion_tokens, sum(cached_tokens))
+
+    def _release_held(
+        self, choice: int, held: _HeldChoice, event: Finished
+    ) -> list[OutputEvent]:
+        """A finished choice's held text: its tool calls, or the text after all."""
+        assert self.tool_plan is not None
+        logprobs = held.logprobs + (event.logprobs or [])
+        if event.finish_reason == "stop":
+            calls = parse_calls(held.text, self.tool_plan, self.tokenizer)
+            if calls:
+                return [ToolCallsOut(choice, calls), ChoiceEnd(choice, "tool_calls", logprobs)]
+        out: list[OutputEvent] = []
+        if held.text:
+            out.append(TextOut(choice, held.text, held.logprobs))
+        out.append(ChoiceEnd(choice, event.finish_reason, event.logprobs))
+        return out
+
+    def close(self) -> None:
+        """The response is complete (or abandoned): stop generating, give the model back."""
+        for submission in self.submissions:
+            submission.cancel()
+        self.lease.release()
+
+
+class GenerationCore:
+    """Turns neutral specs into queued runs on the right model's engine."""
+
+    def __init__(self, manager: ModelManager, settings: Settings) -> None:
+        self.manager = manager
+        self.settings = settings
+
+    async def start(self, spec: GenerationSpec, ctx: RequestContext) -> Run:
+        """Validate, lease, render, tokenize and queue; raises APIError before any byte."""
+        ctx.model = spec.model
+        check_request_limits(spec, self.settings)
+        plan = plan_tools(spec)
+        if plan is not None and plan.mode != "auto" and spec.output_schema is not None:
+            raise errors.invalid_request(
+                f"A forced {spec.names.tool_choice} cannot be combined with a JSON "
+                f"{spec.names.output_format}.",
+                param=spec.names.tool_choice,
+            )
+        lease = self.manager.lease(spec.model, spec.capability)
+        managed = await lease.acquire()
+        try:
+            ctx.model = managed.spec.id
+            return await self._queue(spec, ctx, lease, plan)
+        except BaseException:
+            lease.release()
+            raise
+
+    async def _queue(
+        self, spec: GenerationSpec, ctx: RequestContext, lease: ModelLease, plan: ToolPlan | None
+    ) -> Run:
+        managed = lease.managed
+        assert managed is not None
+        loop = asyncio.get_running_loop()
+        prompts = await loop.run_in_executor(None, prompt_tokens, managed, spec, plan)
+        if len(prompts) * spec.n > self.settings.max_n * 16:
+            raise errors.invalid_request(
+                f"{len(prompts)} prompts × n={spec.n} is more choices than allowed "
+                f"({self.settings.max_n * 16}).",
+                param=spec.names.prompt,
+            )
+        vocab = managed.loaded.tokenizer_vocab_size
+        params = [
+            sampling_params(
+                spec.sampling,
+                resolve_max_tokens(
+                    spec.max_tokens, len(prompt), managed, self.settings, spec.names
+                ),
+                vocab,
+                spec.logprobs,
+            )
+            for prompt in prompts
+        ]
+        grammar = await self._grammar(spec, managed, plan)
+        if grammar is not None:
+            params = [replace(p, grammar=grammar) for p in params]
+        submissions: list[Submission] = []
+        try:
+            for prompt, choice_params in zip(prompts, params, strict=True):
+                submissions.append(
+                    submit(managed, prompt, choice_params, spec.n, ctx.request_id)
+                )
+        except errors.APIError:
+            for submission in submissions:
+                submission.cancel()
+            raise
+        return Run(spec, lease, prompts, submissions, plan, ctx.timer)
+
+    async def _grammar(
+        self, spec: GenerationSpec, managed: ManagedModel, plan: ToolPlan | None
+    ) -> str | None:
+        """The grammar decoding must follow: the output schema, or a forced tool call.
+        Every tool's parameter schema is compiled (and so validated) either way."""
+        loop = asyncio.get_running_loop()
+        grammar = None
+        if spec.output_schema is not None:
+            grammar = await loop.run_in_executor(
+                None, compile_schema, managed, spec.output_schema, spec.names.output_format
+            )
+        if plan is not None:
+            call_grammar = await loop.run_in_executor(
+                None, compile_schema, managed, call_schema(plan), spec.names.tools
+            )
+            if plan.mode in ("required", "named"):
+                grammar = call_grammar
+        return grammar
+

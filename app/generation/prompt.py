@@ -1,0 +1,87 @@
+"""Prompts as token ids: a conversation through the model's chat template, or raw prompts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.core import errors
+from app.generation.limits import check_token_ids
+from app.generation.request import GenerationSpec
+from app.generation.tools import (
+    ToolPlan,
+    fallback_system_prompt,
+    template_message,
+    template_supports_tools,
+)
+from app.lifecycle.manager import ManagedModel
+
+
+def apply_template(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    *,
+    add_generation_prompt: bool = True,
+    param: str = "messages",
+    **kwargs: Any,
+) -> list[int]:
+    """Render ``messages`` with the tokenizer's chat template; a refusal is a 400."""
+    try:
+        text = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=False, **kwargs
+        )
+    except Exception as exc:  # noqa: BLE001 - a template refusing the messages is a 400
+        raise errors.invalid_request(
+            f"The chat template could not render these messages: {exc}", param=param
+        ) from exc
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def conversation_tokens(
+    managed: ManagedModel, spec: GenerationSpec, plan: ToolPlan | None
+) -> list[int]:
+    """The conversation with the tools shown the way this model's template can show them."""
+    assert spec.messages is not None
+    tokenizer = managed.loaded.tokenizer
+    messages = [template_message(message) for message in spec.messages]
+    kwargs: dict[str, Any] = {}
+    if plan is not None:
+        template = managed.loaded.chat_template or getattr(tokenizer, "chat_template", None)
+        if template_supports_tools(template):
+            kwargs["tools"] = [tool.template_entry() for tool in plan.tools]
+        else:
+            note = fallback_system_prompt(plan.tools)
+            if messages and messages[0]["role"] == "system":
+                messages[0] = {**messages[0], "content": messages[0]["content"] + "\n\n" + note}
+            else:
+                messages.insert(0, {"role": "system", "content": note})
+    return apply_template(tokenizer, messages, param=spec.names.prompt, **kwargs)
+
+
+def raw_prompt_tokens(managed: ManagedModel, spec: GenerationSpec) -> list[list[int]]:
+    """Raw prompts (text or token ids) as token ids, each checked against the vocabulary."""
+    assert spec.prompts is not None
+    param = spec.names.prompt
+    tokenizer = managed.loaded.tokenizer
+    vocab = managed.loaded.tokenizer_vocab_size
+    if not spec.prompts:
+        raise errors.invalid_request(f"{param} must not be empty.", param=param)
+    if all(isinstance(p, str) for p in spec.prompts):
+        if any(not p for p in spec.prompts):
+            raise errors.invalid_request(f"{param} must not be empty.", param=param)
+        ids = [tokenizer.encode(p, add_special_tokens=True) for p in spec.prompts]
+    else:
+        ids = [list(p) for p in spec.prompts]  # type: ignore[arg-type]
+    for prompt in ids:
+        if not prompt:
+            raise errors.invalid_request(f"{param} must not be empty.", param=param)
+        check_token_ids(prompt, vocab, param, f"{param} token ids")
+    return ids
+
+
+def prompt_tokens(
+    managed: ManagedModel, spec: GenerationSpec, plan: ToolPlan | None
+) -> list[list[int]]:
+    """One token list per submission (runs in an executor: templates and BPE take ms)."""
+    if spec.messages is not None:
+        return [conversation_tokens(managed, spec, plan)]
+    return raw_prompt_tokens(managed, spec)
