@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.engine.lm.types import TokenLogprob
+from app.engine.lm.types import TokenLogprob  # dialects format it; re-exported here
 from app.generation.request import ToolCall
 
 
@@ -52,5 +52,10 @@ class KeepAlive:
 
 
 KEEP_ALIVE = KeepAlive()
+
+__all__ = [
+    "KEEP_ALIVE", "ChoiceEnd", "KeepAlive", "OutputEvent", "TextOut", "TokenLogprob",
+    "ToolCallsOut", "Usage",
+]
 
 OutputEvent = TextOut | ToolCallsOut | ChoiceEnd | Usage | KeepAlive

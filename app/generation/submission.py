@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from app.core import errors
+from app.engine.base import EngineStoppedError, QueueFullError
 from app.engine.lm.types import (
     Failed,
     Finished,
@@ -15,7 +16,6 @@ from app.engine.lm.types import (
     SamplingParams,
     TextDelta,
 )
-from app.engine.lm.worker import EngineStoppedError, QueueFullError
 from app.generation.limits import choice_params
 from app.lifecycle.manager import ManagedModel
 

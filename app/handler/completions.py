@@ -10,9 +10,8 @@ from typing import Any
 
 from app.core import errors
 from app.core.context import RequestContext
-from app.engine.lm.types import TokenLogprob
 from app.generation.core import GenerationCore, Run
-from app.generation.events import KEEP_ALIVE, ChoiceEnd, TextOut, Usage
+from app.generation.events import KEEP_ALIVE, ChoiceEnd, TextOut, TokenLogprob, Usage
 from app.generation.request import FieldNames, GenerationSpec
 from app.handler.logprobs import TokenTexts
 from app.handler.openai_common import StreamEnding, sampling_of, usage_dict

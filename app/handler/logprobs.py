@@ -7,7 +7,7 @@ from typing import Any
 
 from mlx_lm.tokenizer_utils import _byte_decoder
 
-from app.engine.lm.types import TokenLogprob
+from app.generation.events import TokenLogprob
 
 _BYTE_DECODER: dict[str, int] = _byte_decoder()
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from app.core.blas_threads import blas_governor
-from app.core.threads import join_fully
+from app.engine.base import STOP, QueueWorker, deliver
 
 logger = logging.getLogger(__name__)
 
@@ -63,21 +62,10 @@ class _Request:
         self.error: BaseException | None = None
 
 
-def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
-
-
-def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
-
-
-_STOP = object()
-
-
-class EmbeddingBatcher:
+class EmbeddingBatcher(QueueWorker):
     """Gathers concurrent embedding requests into padded forward passes on one thread."""
+
+    thread_suffix = "batcher"
 
     def __init__(
         self,
@@ -95,19 +83,13 @@ class EmbeddingBatcher:
         ``warmup`` (optional) runs first on the worker thread; requests wait for it."""
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        super().__init__(name=name, warmup=warmup)
         self._forward = forward
         self._validate = validate
-        self._warmup = warmup
-        self.ready = threading.Event()  # set once warm-up has finished (or failed)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
-        self.name = name
         self.stats = EmbeddingBatcherStats()
         self._stats_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lifecycle = threading.Lock()
-        self._stopping = False
         self._expected_requests = 1  # worker thread only: see the module docstring
         self._queued_at_results = 0  # worker thread only: queue size when results went out
         self._blas = blas_governor()  # told when a pass runs (its two streams fill the cores)
@@ -118,45 +100,6 @@ class EmbeddingBatcher:
         kwargs.setdefault("validate", model.validate_token_ids)
         kwargs.setdefault("warmup", model.warmup)
         return cls(model.embed_token_ids, **kwargs)
-
-    # -- lifecycle -----------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stopping
-
-    def start(self) -> None:
-        with self._lifecycle:
-            old = self._thread
-            if old is not None and old.is_alive() and not self._stopping:
-                return
-        if old is not None:
-            old.join()  # a stop() that timed out: let that worker finish first
-        with self._lifecycle:
-            if self._thread is not old:  # another start() won the race
-                return
-            self._stopping = False
-            self.ready.clear()
-            self._thread = threading.Thread(
-                target=self._run, name=f"{self.name}-batcher", daemon=True
-            )
-            self._thread.start()
-
-    def stop(self, timeout: float | None = 30.0) -> None:
-        """Stop the worker after the work already queued; later ``embed`` calls fail."""
-        with self._lifecycle:
-            thread = self._thread
-            if thread is None:
-                return
-            self._stopping = True
-            self._queue.put(_STOP)
-        join_fully(thread, timeout)
-        if thread.is_alive():  # still in a forward pass; it exits at the stop marker
-            logger.warning("%s batcher did not stop within %ss", self.name, timeout)
-            return
-        with self._lifecycle:
-            if self._thread is thread:
-                self._thread = None
-        self._fail_queued(RuntimeError(f"{self.name} batcher stopped"))
 
     def stats_snapshot(self) -> dict[str, int]:
         with self._stats_lock:
@@ -172,56 +115,39 @@ class EmbeddingBatcher:
             self._validate(batch)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[list[float]]] = loop.create_future()
-        with self._lifecycle:  # so that no request lands behind the stop marker
-            if not self.running:
-                raise RuntimeError(f"{self.name} batcher is not running")
-            self._queue.put(_Request(batch, future, loop))
+        self._put(_Request(batch, future, loop))
         return await future
 
     # -- worker thread -------------------------------------------------------------------
-    def _run(self) -> None:
-        if self._warmup is not None:
-            started = time.perf_counter()
-            try:
-                self._warmup()
-                logger.info("%s warm-up took %.2fs", self.name, time.perf_counter() - started)
-            except Exception:
-                logger.exception("%s batcher: warm-up failed (serving anyway)", self.name)
-        self.ready.set()
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            pending: list[_Request] = [item]
-            queued = len(item.token_ids)
-            stop_after = False
-            deadline = time.monotonic() + self.max_wait_s
-            while queued < self.max_batch_size:
-                if len(pending) >= self._expected_requests:
-                    remaining = 0.0  # take only what is already queued
-                else:
-                    remaining = deadline - time.monotonic()
-                try:
-                    if remaining > 0:
-                        item = self._queue.get(timeout=remaining)
-                    else:
-                        item = self._queue.get_nowait()  # only what is already queued
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop_after = True
-                    break
-                pending.append(item)
-                queued += len(item.token_ids)
-            try:
-                self._process(pending)
-            except Exception as exc:  # never let the worker die
-                logger.exception("%s batcher: unexpected error", self.name)
-                for req in pending:
-                    self._finish_error(req, exc)
-            if stop_after:
-                return
-            self._expected_requests = max(1, len(pending) + self._queued_at_results)
+    def _serve(self, item: _Request) -> object | None:
+        """Gather requests into one pass (see the module docstring), then run it."""
+        pending: list[_Request] = [item]
+        queued = len(item.token_ids)
+        stop_after = False
+        deadline = time.monotonic() + self.max_wait_s
+        while queued < self.max_batch_size:
+            if len(pending) >= self._expected_requests:
+                remaining = 0.0  # take only what is already queued
+            else:
+                remaining = deadline - time.monotonic()
+            item = self._take(remaining)
+            if item is None:
+                break
+            if item is STOP:
+                stop_after = True
+                break
+            pending.append(item)
+            queued += len(item.token_ids)
+        try:
+            self._process(pending)
+        except Exception as exc:  # never let the worker die
+            logger.exception("%s batcher: unexpected error", self.name)
+            for req in pending:
+                self._fail(req, exc)
+        if stop_after:
+            return STOP
+        self._expected_requests = max(1, len(pending) + self._queued_at_results)
+        return None
 
     def _process(self, pending: list[_Request]) -> None:
         live = []
@@ -261,7 +187,7 @@ class EmbeddingBatcher:
                     self._run_pass([it for it in items if it[0] is req], retry=False)
             else:
                 for req in requests:
-                    self._finish_error(req, exc)
+                    self._fail(req, exc)
             return
         self._queued_at_results = self._queue.qsize()  # before our clients can send again
         with self._stats_lock:
@@ -275,32 +201,16 @@ class EmbeddingBatcher:
             req.remaining -= 1
             if req.remaining == 0:
                 self._count(requests_served=1)
-                self._deliver(req, _set_result, req.results)
+                deliver(req.loop, req.future, req.results)
 
-    def _finish_error(self, req: _Request, exc: BaseException) -> None:
+    def _fail(self, req: _Request, exc: BaseException) -> None:
         if req.error is not None:
             return
         req.error = exc
         self._count(requests_failed=1)
-        self._deliver(req, _set_exception, exc)
-
-    @staticmethod
-    def _deliver(req: _Request, setter: Callable[..., None], value: Any) -> None:
-        try:
-            req.loop.call_soon_threadsafe(setter, req.future, value)
-        except RuntimeError:  # event loop already closed; nobody is waiting
-            pass
+        deliver(req.loop, req.future, exc, error=True)
 
     def _count(self, **deltas: int) -> None:
         with self._stats_lock:
             for key, delta in deltas.items():
                 setattr(self.stats, key, getattr(self.stats, key) + delta)
-
-    def _fail_queued(self, exc: BaseException) -> None:
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item is not _STOP:
-                self._finish_error(item, exc)

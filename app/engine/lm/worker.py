@@ -23,6 +23,7 @@ from mlx_lm.generate import BatchGenerator, StopSequences
 
 from app.core.blas_threads import blas_governor
 from app.core.threads import join_fully
+from app.engine.base import EngineStoppedError, QueueFullError
 from app.engine.lm.detokenizer import make_detokenizer
 from app.engine.lm.grammar import GrammarFactory
 from app.engine.lm.prefix_cache import PrefixCache
@@ -36,6 +37,8 @@ from app.kernels.compile import optimize_model
 
 log = logging.getLogger(__name__)
 
+__all__ = ["EngineStoppedError", "ModelEngine", "QueueFullError"]
+
 PREFILL_BATCH = 8  # prompts prefilled together in one pass
 MAX_GATHER_S = 0.25  # longest an idle engine waits to gather a burst (see _gather_burst)
 IDLE_WAKE_S = 1.0  # an idle engine wakes this often (stop checks, load samples)
@@ -47,14 +50,6 @@ def _vocab_size(loaded: Any) -> int:
     if config.get("vocab_size"):
         return int(config["vocab_size"])
     return loaded.tokenizer_vocab_size
-
-
-class QueueFullError(RuntimeError):
-    """The model's admission queue is at its configured depth."""
-
-
-class EngineStoppedError(RuntimeError):
-    """The engine no longer accepts work (model unloading or server draining)."""
 
 
 @dataclass
