@@ -45,6 +45,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -782,24 +783,24 @@ def _symbol_owner(symbol: str) -> str | None:
     return None
 
 
-def _openblas_call_int(handle: ctypes.CDLL, name: str) -> int | None:
+def _openblas_call(handle: ctypes.CDLL, name: str, restype: type) -> Any:
+    """``handle.name()`` (no arguments) returning ``restype``; None where it lacks ``name``."""
     try:
         fn = getattr(handle, name)
     except AttributeError:
         return None
-    fn.restype = ctypes.c_int
+    fn.restype = restype
     fn.argtypes = []
-    return int(fn())
+    return fn()
+
+
+def _openblas_call_int(handle: ctypes.CDLL, name: str) -> int | None:
+    value = _openblas_call(handle, name, ctypes.c_int)
+    return None if value is None else int(value)
 
 
 def _openblas_call_str(handle: ctypes.CDLL, name: str) -> str | None:
-    try:
-        fn = getattr(handle, name)
-    except AttributeError:
-        return None
-    fn.restype = ctypes.c_char_p
-    fn.argtypes = []
-    value = fn()
+    value = _openblas_call(handle, name, ctypes.c_char_p)
     return value.decode("ascii", "replace") if value else None
 
 
