@@ -21,7 +21,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences
 
-from app.core.blas_threads import blas_governor
+from app.core.blas.governor import blas_governor
 from app.core.threads import join_fully
 from app.engine.compile import optimize_model
 from app.engine.detokenizer import make_detokenizer
