@@ -2,7 +2,7 @@
 """MLX CPU matmul / mat-vec speed with the reference BLAS vs OpenBLAS (1 and 2 threads).
 
 Each configuration runs in its own subprocess, since the BLAS is chosen once per
-process, before ``mlx.core`` is imported (see ``app/core/blas.py``).
+process, before ``mlx.core`` is imported (see ``app/core/blas/``).
 
     python scripts/bench_blas.py                 # off, openblas x1, openblas x2
     python scripts/bench_blas.py --threads 1 2 4 --dtypes float32 bfloat16 --json

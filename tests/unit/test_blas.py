@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
 import json, sys
 from app.core import blas
+from app.core.blas import symbols
 imported_mlx_early = "mlx.core" in sys.modules or "numpy" in sys.modules
 report = blas.configure_blas(MODE)
 import numpy as np
@@ -44,7 +45,7 @@ out = {
     "openblas_mapped": [p for p in maps if "libopenblas" in os.path.basename(p)],
     "gfortran_mapped": [p for p in maps if "gfortran" in p],
     "refblas_mapped": [p for p in maps if os.path.basename(p).startswith("libblas")],
-    "sgemm_owner": blas._symbol_owner("cblas_sgemm"),
+    "sgemm_owner": symbols._symbol_owner("cblas_sgemm"),
 }
 if report.backend != "openblas" and MODE != "off":
     out["candidates"] = [
@@ -125,26 +126,26 @@ def test_too_late_after_mlx_import_does_not_crash(tmp_path: Path) -> None:
 
 
 def test_soname_patch_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.core import blas
+    from app.core.blas import elf, loader, runtime_deps
 
-    src = next(blas._bundled_copies("gfortran", "5", blas._find_libmlx()), None)
+    src = next(runtime_deps._bundled_copies("gfortran", "5", loader._find_libmlx()), None)
     if src is None:
         pytest.skip("no wheel-bundled libgfortran here")
-    info = blas._read_elf(src)
+    info = elf._read_elf(src)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    path = Path(blas._cached_copy(src, info, "libgfortran.so.5"))
+    path = Path(runtime_deps._cached_copy(src, info, "libgfortran.so.5"))
     assert path.is_relative_to(tmp_path / "mlx-openai-server-lab" / "blas")
-    patched = blas._read_elf(str(path))
+    patched = elf._read_elf(str(path))
     assert patched.soname == "libgfortran.so.5"
     assert patched.needed == info.needed
     assert patched.verdefs == info.verdefs
     assert path.stat().st_size == os.path.getsize(src)
     mtime = path.stat().st_mtime_ns
-    assert blas._cached_copy(src, info, "libgfortran.so.5") == str(path)  # reused
+    assert runtime_deps._cached_copy(src, info, "libgfortran.so.5") == str(path)  # reused
     assert path.stat().st_mtime_ns == mtime
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
     with pytest.raises(ValueError):
-        blas._patched_bytes(src, info, "lib" + "x" * len(info.soname or ""))
+        elf._patched_bytes(src, info, "lib" + "x" * len(info.soname or ""))
 
 
 def test_cpu_target_check() -> None:
@@ -163,11 +164,12 @@ def test_cpu_target_check() -> None:
 
 def test_thread_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     from app.core import blas
+    from app.core.blas import loader
 
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
-    assert blas._resolve_threads(None) == (blas.DEFAULT_THREADS, "default")
-    assert blas._resolve_threads(3) == (3, "argument")
-    assert blas._resolve_threads(0)[1] == "default"
+    assert loader._resolve_threads(None) == (blas.DEFAULT_THREADS, "default")
+    assert loader._resolve_threads(3) == (3, "argument")
+    assert loader._resolve_threads(0)[1] == "default"
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
-    assert blas._resolve_threads(None) == (4, "$OPENBLAS_NUM_THREADS")
-    assert blas._resolve_threads(2) == (2, "argument")
+    assert loader._resolve_threads(None) == (4, "$OPENBLAS_NUM_THREADS")
+    assert loader._resolve_threads(2) == (2, "argument")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from app.core import blas, blas_threads
-from app.core.blas_threads import BlasThreadGovernor
+from app.core import blas
+from app.core.blas import governor as blas_threads
+from app.core.blas.governor import BlasThreadGovernor
 
 
 class Machine:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from app.core.blas_threads import blas_governor
+from app.core.blas.governor import blas_governor
 from app.engine.base import STOP, QueueWorker, deliver
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from typing import Any
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, StopSequences
 
-from app.core.blas_threads import blas_governor
+from app.core.blas.governor import blas_governor
 from app.core.threads import join_fully
 from app.engine.base import EngineStoppedError, QueueFullError
 from app.engine.lm.detokenizer import make_detokenizer

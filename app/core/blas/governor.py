@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from app.core.blas import get_blas_report, set_openblas_threads
+from .loader import get_blas_report, set_openblas_threads
 
 log = logging.getLogger(__name__)
 
