@@ -36,7 +36,7 @@ from app.generation.events import (
 )
 from app.generation.limits import check_request_limits, resolve_max_tokens, sampling_params
 from app.generation.prompt import prompt_tokens
-from app.generation.request import GenerationSpec
+from app.generation.request import GenerationSpec, ToolCall
 from app.generation.structured import compile_schema
 from app.generation.submission import Submission, failure_error, merged_events, submit
 from app.generation.tools import ToolPlan, call_schema, parse_calls, plan_tools
@@ -49,6 +49,17 @@ class _HeldChoice:
 
     text: str = ""
     logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class Collected:
+    """A whole run's results per choice (for dialects that answer in one JSON body)."""
+
+    texts: list[str]
+    calls: list[list[ToolCall] | None]
+    finish_reasons: list[str | None]
+    logprobs: list[list[TokenLogprob]]
+    usage: Usage
 
 
 @dataclass
@@ -121,6 +132,27 @@ class Run:
         if held.text:
             out.append(TextOut(choice, held.text, held.logprobs))
         out.append(ChoiceEnd(choice, event.finish_reason, event.logprobs))
+        return out
+
+    async def collect(self) -> Collected:
+        """Every event of the run gathered per choice; the run is closed afterwards."""
+        n = self.choices
+        out = Collected([""] * n, [None] * n, [None] * n, [[] for _ in range(n)],
+                        Usage(0, 0, 0))
+        try:
+            async for event in self.events():
+                if isinstance(event, TextOut):
+                    out.texts[event.choice] += event.text
+                    out.logprobs[event.choice] += event.logprobs or []
+                elif isinstance(event, ToolCallsOut):
+                    out.calls[event.choice] = event.calls
+                elif isinstance(event, ChoiceEnd):
+                    out.finish_reasons[event.choice] = event.finish_reason
+                    out.logprobs[event.choice] += event.logprobs or []
+                elif isinstance(event, Usage):
+                    out.usage = event
+        finally:
+            self.close()
         return out
 
     def close(self) -> None:

@@ -74,26 +74,7 @@ class ChatHandler:
         return await self.core.start(chat_spec(body), ctx)
 
     async def complete(self, run: Run, ctx: RequestContext) -> dict[str, Any]:
-        n = run.choices
-        texts = [""] * n
-        calls: list[list[ToolCall] | None] = [None] * n
-        reasons: list[str | None] = [None] * n
-        token_logprobs: list[list] = [[] for _ in range(n)]
-        usage = Usage(0, 0, 0)
-        try:
-            async for event in run.events():
-                if isinstance(event, TextOut):
-                    texts[event.choice] += event.text
-                    token_logprobs[event.choice] += event.logprobs or []
-                elif isinstance(event, ToolCallsOut):
-                    calls[event.choice] = event.calls
-                elif isinstance(event, ChoiceEnd):
-                    reasons[event.choice] = event.finish_reason
-                    token_logprobs[event.choice] += event.logprobs or []
-                elif isinstance(event, Usage):
-                    usage = event
-        finally:
-            run.close()
+        result = await run.collect()
         texts_of = TokenTexts(run.tokenizer) if run.spec.logprobs is not None else None
         return {
             "id": _completion_id(),
@@ -103,17 +84,17 @@ class ChatHandler:
             "choices": [
                 {
                     "index": i,
-                    "message": _assistant_message(texts[i], calls[i]),
+                    "message": _assistant_message(result.texts[i], result.calls[i]),
                     "logprobs": (
-                        {"content": texts_of.chat_content(token_logprobs[i]), "refusal": None}
+                        {"content": texts_of.chat_content(result.logprobs[i]), "refusal": None}
                         if texts_of
                         else None
                     ),
-                    "finish_reason": reasons[i],
+                    "finish_reason": result.finish_reasons[i],
                 }
-                for i in range(n)
+                for i in range(run.choices)
             ],
-            "usage": usage_dict(usage),
+            "usage": usage_dict(result.usage),
             "htdi": ctx.htdi(),
         }
 

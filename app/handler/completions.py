@@ -85,34 +85,19 @@ class CompletionsHandler:
         return run, echoes
 
     async def complete(self, run: Run, echoes: list[str], ctx: RequestContext) -> dict[str, Any]:
-        n, total = run.spec.n, run.choices
+        n = run.spec.n
+        result = await run.collect()
         texts = TokenTexts(run.tokenizer)
-        out = [echoes[c // n] for c in range(total)]
-        reasons: list[str | None] = [None] * total
-        lps: list[list[TokenLogprob]] = [[] for _ in range(total)]
-        usage = Usage(0, 0, 0)
-        try:
-            async for event in run.events():
-                if isinstance(event, TextOut):
-                    out[event.choice] += event.text
-                    lps[event.choice] += event.logprobs or []
-                elif isinstance(event, ChoiceEnd):
-                    reasons[event.choice] = event.finish_reason
-                    lps[event.choice] += event.logprobs or []
-                elif isinstance(event, Usage):
-                    usage = event
-        finally:
-            run.close()
         want = run.spec.logprobs is not None
         choices = [
             {
                 "index": c,
-                "text": out[c],
-                "logprobs": LegacyLogprobs(texts, len(echoes[c // n])).block(lps[c])
+                "text": echoes[c // n] + result.texts[c],
+                "logprobs": LegacyLogprobs(texts, len(echoes[c // n])).block(result.logprobs[c])
                 if want else None,
-                "finish_reason": reasons[c],
+                "finish_reason": result.finish_reasons[c],
             }
-            for c in range(total)
+            for c in range(run.choices)
         ]
         return {
             "id": f"cmpl-{uuid.uuid4().hex}",
@@ -120,7 +105,7 @@ class CompletionsHandler:
             "created": int(time.time()),
             "model": ctx.model,
             "choices": choices,
-            "usage": usage_dict(usage),
+            "usage": usage_dict(result.usage),
             "htdi": ctx.htdi(),
         }
 

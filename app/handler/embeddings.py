@@ -91,7 +91,7 @@ class EmbeddingsHandler:
             loop = asyncio.get_running_loop()
             token_ids = await loop.run_in_executor(None, loaded.tokenize, texts)
         assert token_ids is not None
-        token_ids = self._fit_context(token_ids, body, spec.context_length, loaded.vocab_size)
+        token_ids = self._fit_context(token_ids, body, spec.context_length)
         try:
             vectors = await managed.engine.embed(token_ids)
         except ValueError as exc:  # the batcher's validation of token ids
@@ -112,13 +112,8 @@ class EmbeddingsHandler:
 
     @staticmethod
     def _fit_context(
-        token_ids: list[list[int]], body: EmbeddingRequest, context: int, vocab: int
+        token_ids: list[list[int]], body: EmbeddingRequest, context: int
     ) -> list[list[int]]:
-        for ids in token_ids:
-            if any(t < 0 or t >= vocab for t in ids):
-                raise errors.invalid_request(
-                    f"input token ids must be within [0, {vocab}).", param="input"
-                )
         keep = body.truncate_prompt_tokens
         if keep is not None:
             keep = context if keep == -1 else min(keep, context)

@@ -7,6 +7,8 @@ from typing import Any
 
 from app.core import errors
 from app.core.context import RequestContext
+from app.generation.limits import check_token_ids
+from app.generation.prompt import apply_template
 from app.handler.logprobs import TokenTexts
 from app.lifecycle.manager import ModelManager
 from app.schemas.tokenize import DetokenizeRequest, TokenizeRequest
@@ -23,11 +25,15 @@ class TokenizeHandler:
             raise errors.model_not_found(name)
         return self.manager.lease(name, spec.capabilities[0])
 
-    async def tokenize(self, body: TokenizeRequest, ctx: RequestContext) -> dict[str, Any]:
+    async def _with_model(self, body: Any, ctx: RequestContext, serve: Any) -> dict[str, Any]:
+        """Lease ``body.model`` and answer with ``serve(body, ctx, managed, tokenizer)``."""
         ctx.model = body.model
         async with self._lease(body.model) as managed:
             ctx.model = managed.spec.id
-            return await self._tokenize(body, ctx, managed, managed.loaded.tokenizer)
+            return await serve(body, ctx, managed, managed.loaded.tokenizer)
+
+    async def tokenize(self, body: TokenizeRequest, ctx: RequestContext) -> dict[str, Any]:
+        return await self._with_model(body, ctx, self._tokenize)
 
     async def _tokenize(
         self, body: TokenizeRequest, ctx: RequestContext, managed: Any, tokenizer: Any
@@ -58,21 +64,12 @@ class TokenizeHandler:
         if body.prompt is not None:
             return tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages or []]
-        try:
-            text = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=body.add_generation_prompt, tokenize=False
-            )
-        except Exception as exc:  # noqa: BLE001 - a template refusing the messages is a 400
-            raise errors.invalid_request(
-                f"The chat template could not render these messages: {exc}", param="messages"
-            ) from exc
-        return tokenizer.encode(text, add_special_tokens=False)
+        return apply_template(
+            tokenizer, messages, add_generation_prompt=body.add_generation_prompt
+        )
 
     async def detokenize(self, body: DetokenizeRequest, ctx: RequestContext) -> dict[str, Any]:
-        ctx.model = body.model
-        async with self._lease(body.model) as managed:
-            ctx.model = managed.spec.id
-            return await self._detokenize(body, ctx, managed, managed.loaded.tokenizer)
+        return await self._with_model(body, ctx, self._detokenize)
 
     async def _detokenize(
         self, body: DetokenizeRequest, ctx: RequestContext, managed: Any, tokenizer: Any
@@ -82,10 +79,7 @@ class TokenizeHandler:
             if managed.spec.type == "lm"
             else managed.loaded.vocab_size
         )
-        if any(not 0 <= t < vocab for t in body.tokens):
-            raise errors.invalid_request(
-                f"tokens must be within [0, {vocab}).", param="tokens"
-            )
+        check_token_ids(body.tokens, vocab, "tokens", "tokens")
         if managed.spec.type != "lm":
             text = managed.loaded.tokenizer.decode(body.tokens)
         else:
