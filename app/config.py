@@ -68,7 +68,7 @@ class Settings(BaseSettings):
         None, ge=0, description="memory for loaded models (default: 75%% of RAM)"
     )
 
-    # Limits (DESIGN.md section 7)
+    # Limits (docs/PHASE4_TIER3A_CONTRACT.md lists each)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_tokens_default: int = Field(2048, ge=1, description="cap when a model sets none")
     max_n: int = Field(8, ge=1)

@@ -1,4 +1,4 @@
-"""OpenAI error envelopes: one exception type, one JSON shape (DESIGN.md section 4)."""
+"""OpenAI error envelopes: one exception type, one JSON shape."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Checks on a buffered request body before FastAPI parses it (DESIGN.md section 7).
+"""Checks on a buffered request body before FastAPI parses it.
 
 FastAPI decodes bytes with ``json.loads``, which accepts UTF-16/32 and lets encoded or
 escaped lone surrogates through as Python strings; deep nesting costs recursion in the

@@ -1,4 +1,4 @@
-"""The model registry: specs from a YAML file (DESIGN.md section 5) or built-in defaults."""
+"""The model registry: specs from a YAML file or built-in defaults."""
 
 from __future__ import annotations
 
