@@ -106,6 +106,19 @@ class Settings(BaseSettings):
     embedding_batch_size: int = Field(32, ge=1)
     embedding_batch_wait_ms: float = Field(5.0, ge=0)
 
+    # Responses API: stored responses (docs/PHASE4_TIER3A_CONTRACT.md, "Responses")
+    responses_store: Literal["on", "off"] = Field(
+        "on",
+        description="keep responses created with store: true in SQLite in the cache dir, so "
+        "previous_response_id and GET /v1/responses/{id} work across restarts",
+    )
+    responses_store_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="stored responses beyond this drop, oldest first"
+    )
+    responses_store_max_age_s: float = Field(
+        30 * 24 * 3600.0, gt=0, description="stored responses older than this are deleted"
+    )
+
     # Security (docs/PHASE4_TIER3A_CONTRACT.md, "Auth")
     api_key: SecretStr | None = Field(
         None, description="API key(s) clients must send as a Bearer token (comma-separated)"

@@ -11,7 +11,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from app.api import admin, chat, completions, embeddings, health, metrics, models, tokenize
+from app.api import (
+    admin,
+    chat,
+    completions,
+    embeddings,
+    health,
+    metrics,
+    models,
+    responses,
+    tokenize,
+)
 from app.api.admin import install_sighup_reload
 from app.api.auth import ApiKeyGuard
 from app.api.errors import install_error_handlers
@@ -24,13 +34,15 @@ from app.generation.core import GenerationCore
 from app.handler.chat import ChatHandler
 from app.handler.completions import CompletionsHandler
 from app.handler.embeddings import EmbeddingsHandler
+from app.handler.responses.handler import ResponsesHandler
+from app.handler.responses.store import open_store
 from app.handler.tokenize import TokenizeHandler
 from app.lifecycle.manager import ModelManager
 from app.lifecycle.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-STREAMING_PATHS = ("/v1/chat/completions", "/v1/completions")
+STREAMING_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 
 async def _log_models_ready(manager: ModelManager, started: float) -> None:
@@ -72,6 +84,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             report.cancel()
             manager.draining = True
             await manager.stop()
+            if store is not None:
+                store.close()
 
     app = FastAPI(
         title="mlx-openai-server-lab",
@@ -88,12 +102,19 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.completions = CompletionsHandler(core)
     app.state.embeddings = EmbeddingsHandler(manager, settings)
     app.state.tokenize = TokenizeHandler(manager)
+    store = None
+    if settings.responses_store == "on":
+        store = open_store(settings.cache_dir / "responses.sqlite3",
+                           max_bytes=settings.responses_store_max_bytes,
+                           max_age_s=settings.responses_store_max_age_s)
+    app.state.responses = ResponsesHandler(core, store)
     app.state.started_at = int(time.time())
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(chat.router)
     app.include_router(completions.router)
+    app.include_router(responses.router)
     app.include_router(embeddings.router)
     app.include_router(tokenize.router)
     app.include_router(admin.router)
@@ -115,7 +136,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         app.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-House-ID"],
             expose_headers=["X-Request-ID", "X-House-ID"],
         )
