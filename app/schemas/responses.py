@@ -94,6 +94,7 @@ class ResponsesRequest(_Strict):
     prompt_cache_retention: Literal["in_memory", "24h"] | None = None
     safety_identifier: str | None = Field(None, max_length=512)
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    client_metadata: dict[str, Any] | None = None  # sent by Codex CLI; recorded nowhere
     # Sampling extensions shared with our chat route (vLLM / mlx-lm names)
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     top_k: int | None = Field(None, ge=0)

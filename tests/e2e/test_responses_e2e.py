@@ -16,14 +16,15 @@ pytestmark = pytest.mark.e2e
 
 def test_sdk_create_and_chain(client: OpenAI):
     first = client.responses.create(
-        model="default", instructions="Answer in one short sentence.",
-        input="What is the capital of France?", temperature=0, max_output_tokens=24)
+        model="default", input="What is the capital of France?", temperature=0,
+        max_output_tokens=24)
     assert first.output_text.strip() and first.usage.input_tokens > 0
     second = client.responses.create(model="default", input="And of Italy?",
                                      previous_response_id=first.id, temperature=0,
                                      max_output_tokens=24)
     assert second.output_text.strip()
-    assert second.usage.input_tokens_details.cached_tokens > 0  # the first turn's prefix
+    # the first turn's prompt is served from the prefix cache (template edges aside)
+    assert second.usage.input_tokens_details.cached_tokens >= first.usage.input_tokens - 2
 
 
 def test_sdk_stream_matches_the_final_response(client: OpenAI):

@@ -19,6 +19,7 @@ from app.generation.request import Message
 from app.handler.logprobs import TokenTexts
 from app.handler.responses.items import conversation, input_items
 from app.handler.responses.request import (
+    Tools,
     generation_spec,
     max_calls,
     refuse_unsupported,
@@ -66,7 +67,8 @@ class ResponsesHandler:
         texts = TokenTexts(run.tokenizer) if run.spec.logprobs is not None else None
         writer = ResponseWriter(response_base(body, new_id("resp"), ctx.model or body.model,
                                               store),
-                                logprobs=texts, max_calls=max_calls(body))
+                                logprobs=texts, max_calls=max_calls(body),
+                                namespace_of=Tools(body.tools).namespace_of)
         return Prepared(run, writer, items, store)
 
     async def complete(self, prepared: Prepared, ctx: RequestContext) -> dict[str, Any]:

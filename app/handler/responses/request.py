@@ -6,6 +6,7 @@ What is honoured, ignored and refused is listed in docs/PHASE4_TIER3A_CONTRACT.m
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import Any
@@ -18,6 +19,8 @@ from app.schemas.responses import (
     HostedToolChoice,
     ResponsesRequest,
 )
+
+log = logging.getLogger(__name__)
 
 NAMES = FieldNames(prompt="input", max_tokens="max_output_tokens", tools="tools",
                    tool_choice="tool_choice", output_format="text.format")
@@ -62,31 +65,62 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
             "characters).", param="metadata")
 
 
-def function_tools(tools: list[dict[str, Any]] | None) -> list[FunctionTool]:
-    out = []
-    for index, tool in enumerate(tools or []):
-        where = f"tools[{index}]"
-        kind = tool.get("type")
-        if kind != "function":
-            raise errors.invalid_request(
-                f"{where}: tool type {kind!r} is not supported by this server (function "
-                "tools only; built-in tools such as web_search run at OpenAI, not here).",
-                param=where)
-        name = tool.get("name")
-        if not isinstance(name, str) or not _TOOL_NAME.match(name):
-            raise errors.invalid_request(
-                f"{where}.name must be 1-64 letters, digits, underscores or dashes.",
-                param=where)
-        parameters = tool.get("parameters")
-        if parameters is None:
-            parameters = {"type": "object", "properties": {}}
-        if not isinstance(parameters, dict):
-            raise errors.invalid_request(f"{where}.parameters must be a JSON schema object.",
-                                         param=where)
-        description = tool.get("description")
-        out.append(FunctionTool(name, description if isinstance(description, str) else None,
-                                parameters, tool.get("strict")))
-    return out
+class Tools:
+    """The request's tools as the model sees them: function tools, including those inside
+    ``namespace`` groups (Codex CLI sends these), and which namespace each came from.
+    Built-in tool types (``web_search``, ``file_search``, ...) run at OpenAI, not here:
+    they are left out (Codex CLI always sends ``web_search``, so refusing them would stop
+    it working) and logged once per type."""
+
+    def __init__(self, tools: list[dict[str, Any]] | None) -> None:
+        self.functions: list[FunctionTool] = []
+        self.namespace_of: dict[str, str] = {}
+        self.echo: list[dict[str, Any]] = []  # what the response object lists
+        for index, tool in enumerate(tools or []):
+            kind = tool.get("type")
+            if kind == "function":
+                self.functions.append(_function_tool(tool, f"tools[{index}]"))
+                self.echo.append(_echo(self.functions[-1]))
+            elif kind == "namespace" and isinstance(tool.get("tools"), list):
+                namespace = str(tool.get("name") or "")
+                for inner, nested in enumerate(tool["tools"]):
+                    if isinstance(nested, dict) and nested.get("type") == "function":
+                        function = _function_tool(nested, f"tools[{index}].tools[{inner}]")
+                        self.functions.append(function)
+                        self.namespace_of[function.name] = namespace
+                self.echo.append(tool)
+            else:
+                _note_ignored(str(kind))
+
+
+_IGNORED: set[str] = set()
+
+
+def _note_ignored(kind: str) -> None:
+    if kind not in _IGNORED:
+        _IGNORED.add(kind)
+        log.info("responses: built-in tool type %r is not served here; left out", kind)
+
+
+def _function_tool(tool: dict[str, Any], where: str) -> FunctionTool:
+    name = tool.get("name")
+    if not isinstance(name, str) or not _TOOL_NAME.match(name):
+        raise errors.invalid_request(
+            f"{where}.name must be 1-64 letters, digits, underscores or dashes.", param=where)
+    parameters = tool.get("parameters")
+    if parameters is None:
+        parameters = {"type": "object", "properties": {}}
+    if not isinstance(parameters, dict):
+        raise errors.invalid_request(f"{where}.parameters must be a JSON schema object.",
+                                     param=where)
+    description = tool.get("description")
+    return FunctionTool(name, description if isinstance(description, str) else None,
+                        parameters, tool.get("strict"))
+
+
+def _echo(tool: FunctionTool) -> dict[str, Any]:
+    return {"type": "function", "name": tool.name, "description": tool.description,
+            "parameters": tool.parameters, "strict": tool.strict}
 
 
 def output_schema(body: ResponsesRequest) -> dict[str, Any] | bool | None:
@@ -103,7 +137,7 @@ def output_schema(body: ResponsesRequest) -> dict[str, Any] | bool | None:
 
 
 def generation_spec(body: ResponsesRequest, messages: list[Message]) -> GenerationSpec:
-    tools = function_tools(body.tools)
+    tools = Tools(body.tools).functions
     choice = body.tool_choice
     tool_choice, tool_name = None, None
     if isinstance(choice, FunctionToolChoice):
@@ -164,9 +198,7 @@ def response_base(body: ResponsesRequest, response_id: str, model: str,
         "temperature": 1.0 if body.temperature is None else body.temperature,
         "text": text,
         "tool_choice": choice.model_dump() if hasattr(choice, "model_dump") else choice or "auto",
-        "tools": [{"type": "function", "name": t.name, "description": t.description,
-                   "parameters": t.parameters, "strict": t.strict}
-                  for t in function_tools(body.tools)],
+        "tools": Tools(body.tools).echo,
         "top_logprobs": body.top_logprobs or 0,
         "top_p": 1.0 if body.top_p is None else body.top_p,
         "truncation": body.truncation or "disabled",

@@ -43,11 +43,13 @@ class ResponseWriter:
     """Builds one response's output items from neutral events, and its stream events."""
 
     def __init__(self, base: dict[str, Any], *, logprobs: TokenTexts | None = None,
-                 max_calls: int | None = None) -> None:
+                 max_calls: int | None = None,
+                 namespace_of: dict[str, str] | None = None) -> None:
         self.base = base  # the response object's request-derived fields
         self.output: list[dict[str, Any]] = []
         self.logprobs = logprobs
         self.max_calls = max_calls
+        self.namespace_of = namespace_of or {}
         self.sequence = 0
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
@@ -175,6 +177,8 @@ class ResponseWriter:
         events = self._close_message()
         item = {"id": new_id("fc"), "type": "function_call", "status": "in_progress",
                 "call_id": f"call_{event.id}", "name": event.name, "arguments": ""}
+        if event.name in self.namespace_of:
+            item["namespace"] = self.namespace_of[event.name]
         self._calls[event.index] = item
         self.output.append(item)
         events.append(self._event("response.output_item.added",
