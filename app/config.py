@@ -11,13 +11,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from app.core.config_errors import ConfigError, read_yaml, unknown_keys
 
 
 def default_cache_dir() -> Path:
@@ -36,9 +37,12 @@ class _YamlSource(PydanticBaseSettingsSource):
         path = os.environ.get("MLX_SERVER_CONFIG")
         if not path:
             return {}
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = read_yaml(Path(path), "settings file") or {}
         if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a mapping")
+            raise ConfigError(f"{path}: must hold a mapping of settings (host: ..., port: ...)")
+        problems = unknown_keys(data, self.settings_cls, path)
+        if problems:
+            raise ConfigError("; ".join(problems))
         return data
 
 

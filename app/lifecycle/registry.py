@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -14,6 +13,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from app.core.config_errors import ConfigError, describe, read_yaml
 
 Capability = Literal["chat", "completions", "embeddings"]
 SourceText = Annotated[str, Field(min_length=1)]
@@ -175,16 +176,22 @@ class ModelRegistry:
     @classmethod
     def from_yaml(cls, path: Path) -> ModelRegistry:
         try:
-            data = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise RegistryError(f"cannot read models file {path}: {exc}") from exc
+            data = read_yaml(path, "models file")
+        except ConfigError as exc:
+            raise RegistryError(str(exc)) from exc
         entries = (data or {}).get("models") if isinstance(data, dict) else None
         if not isinstance(entries, list) or not entries:
-            raise RegistryError(f"models file {path} needs a non-empty 'models' list")
-        try:
-            specs = [ModelSpec(**entry) for entry in entries]
-        except (TypeError, ValidationError) as exc:
-            raise RegistryError(f"invalid entry in {path}: {exc}") from exc
+            raise RegistryError(f"{path}: needs a non-empty 'models' list")
+        specs = []
+        for index, entry in enumerate(entries):
+            name = entry.get("id") if isinstance(entry, dict) else None
+            where = f"{path}: models[{index}]" + (f" (id {name!r})" if name else "")
+            if not isinstance(entry, dict):
+                raise RegistryError(f"{where}: each model is a mapping of keys (id, source, ...)")
+            try:
+                specs.append(ModelSpec(**entry))
+            except ValidationError as exc:
+                raise RegistryError(describe(exc, ModelSpec, where)) from exc
         return cls(specs)
 
     @classmethod
