@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     metrics_enabled: bool = Field(True, description="serve Prometheus metrics at /metrics")
     log_format: Literal["text", "json"] = Field("text", description="format of non-request logs")
     access_log: bool = Field(True, description="one JSON line per request on stderr")
+    access_log_probes: bool = Field(
+        False, description="log successful /health, /ready and /metrics polls too"
+    )
     log_prompts: bool = Field(False, description="debug: put prompt text in request logs")
     drain_timeout_s: float = Field(
         30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"

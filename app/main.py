@@ -45,9 +45,11 @@ log = logging.getLogger(__name__)
 STREAMING_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 
 
-async def _log_models_ready(manager: ModelManager, started: float) -> None:
-    """One start-up line once the preloads are done: each model, its state and load time."""
+async def _log_models_ready(manager: ModelManager, settings: Settings, started: float) -> None:
+    """Start-up lines once the preloads are done: each model's state and load time, then
+    where the server is ready (not when a preload failed: the manager logged why)."""
     await manager.wait_ready()
+    elapsed = time.perf_counter() - started
     report = [
         {"model": m.spec.id, "type": m.spec.type, "state": m.state,
          "load_seconds": m.load_seconds, "error": m.error}
@@ -55,11 +57,25 @@ async def _log_models_ready(manager: ModelManager, started: float) -> None:
         if m.state != "unloaded"
     ]
     log.info(
-        "models ready after %.2fs: %s", time.perf_counter() - started,
-        ", ".join(f"{r['model']} {r['state']} in {r['load_seconds']}s" for r in report) or "none",
+        "models ready after %.2fs: %s", elapsed,
+        ", ".join(_model_summary(r) for r in report) or "none",
         extra={"event": "models_loaded", "models": report,
-               "startup_seconds": round(time.perf_counter() - started, 3)},
+               "startup_seconds": round(elapsed, 3)},
     )
+    failed = [r for r in report if r["state"] == "failed"]  # the manager logged each cause
+    host = "0.0.0.0 (all interfaces)" if settings.host in ("0.0.0.0", "::") else settings.host
+    loaded = [r["model"] for r in report if r["state"] == "loaded"]
+    if not failed:
+        log.info("ready: http://%s:%s (models: %s)", host, settings.port,
+                 ", ".join(loaded) or "none preloaded", extra={"event": "ready"})
+
+
+def _model_summary(row: dict) -> str:
+    if row["state"] == "failed":
+        return f"{row['model']} failed"
+    if row["load_seconds"] is None:
+        return f"{row['model']} {row['state']}"
+    return f"{row['model']} {row['state']} in {row['load_seconds']}s"
 
 
 def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
@@ -77,7 +93,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         manager.start_preloads()
         install_sighup_reload(app)
         app.state.load_started = started
-        report = asyncio.ensure_future(_log_models_ready(manager, started))
+        report = asyncio.ensure_future(_log_models_ready(manager, settings, started))
         try:
             yield
         finally:
@@ -130,6 +146,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         lifecycle=lifecycle,
         metrics=server_metrics,
         log_prompts=settings.log_prompts,
+        log_probes=settings.access_log_probes,
     )
     origins = settings.cors_origin_list()
     if origins:  # outermost, so preflights never need a key and errors carry CORS headers
