@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,6 +16,8 @@ from pydantic import (
 )
 
 from app.core.config_errors import ConfigError, describe, read_yaml
+
+log = logging.getLogger(__name__)
 
 Capability = Literal["chat", "completions", "embeddings"]
 SourceText = Annotated[str, Field(min_length=1)]
@@ -69,6 +72,18 @@ class ModelSpec(BaseModel):
         elif self.file_sha256 is not None:
             raise ValueError("file_sha256 is for multi-part (list) sources; use sha256")
         return self
+
+    def adopt_context_length(self, own: int | None) -> None:
+        """An entry without ``context_length`` takes the model's own (its config.json or GGUF
+        metadata says it); the 2048 default stays, with a warning, only when nothing does."""
+        if "context_length" in self.model_fields_set:
+            return
+        if own:
+            self.context_length = int(own)
+            self.model_fields_set.add("context_length")
+        else:
+            log.warning("model %s: its files do not say its context length; using %d (set "
+                        "context_length in the models file)", self.id, self.context_length)
 
     @property
     def source_name(self) -> str:

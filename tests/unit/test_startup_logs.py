@@ -47,3 +47,14 @@ def test_a_failed_preload_is_named_once_with_its_cause(tmp_path: Path, caplog):
     assert not any(m.startswith("ready: ") for m in lines)
     assert any('"route": "/health"' in m for m in lines)  # --access-log-probes
     assert ACCESS_LOGGER
+
+
+def test_context_length_comes_from_the_model_when_the_entry_has_none(
+        tiny_llama_dir: Path, tmp_path: Path, caplog):
+    own = json.loads((tiny_llama_dir / "config.json").read_text())["max_position_embeddings"]
+    registry = ModelRegistry([
+        ModelSpec(id="own", source=str(tiny_llama_dir), preload=True),
+        ModelSpec(id="set", source=str(tiny_llama_dir), preload=True, context_length=64)])
+    _serve(registry, tmp_path, caplog)
+    assert registry.get("own").context_length == own != 2048
+    assert registry.get("set").context_length == 64
