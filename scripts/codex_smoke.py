@@ -36,7 +36,7 @@ def install_codex(prefix: Path, version: str) -> Path:
     return prefix / "node_modules" / ".bin" / "codex"
 
 
-def write_config(home: Path, base_url: str, model: str) -> None:
+def write_config(home: Path, base_url: str, model: str, idle_ms: int) -> None:
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(
         f'model = "{model}"\n'
@@ -45,6 +45,11 @@ def write_config(home: Path, base_url: str, model: str) -> None:
         'name = "mlx-openai-server-lab"\n'
         f'base_url = "{base_url}"\n'
         'wire_api = "responses"\n'
+        # A CPU prefills Codex's ~10k-token first prompt in minutes, and Codex counts only
+        # events (not keep-alive comments) as activity: wait, and do not resend it.
+        f"stream_idle_timeout_ms = {idle_ms}\n"
+        "stream_max_retries = 0\n"
+        "request_max_retries = 0\n"
     )
 
 
@@ -90,7 +95,7 @@ def main() -> None:
         codex = install_codex(work / "npm", args.codex_version)
         home, scratch = work / "codex-home", work / "scratch"
         scratch.mkdir()
-        write_config(home, base_url, args.model)
+        write_config(home, base_url, args.model, int(args.timeout * 1000))
         started = time.monotonic()
         run = subprocess.run(
             [str(codex), "exec", "--json", "--skip-git-repo-check",
