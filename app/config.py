@@ -118,6 +118,21 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line + headers")
     max_json_depth: int = Field(64, ge=2, description="nesting depth of JSON bodies")
 
+    # Connections (docs/PHASE4_TIER3A_CONTRACT.md, "Connections")
+    max_connections: int = Field(
+        1024, ge=1, description="open HTTP connections; past it the longest-idle one is closed "
+        "(503 when all are serving requests)"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="the request line and headers must arrive within this (408)"
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="a request body must arrive within this (408)"
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="an idle kept-alive connection is closed after this"
+    )
+
     # Observability and shutdown
     metrics_enabled: bool = Field(True, description="serve Prometheus metrics at /metrics")
     log_format: Literal["text", "json"] = Field("text", description="format of non-request logs")

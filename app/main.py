@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         lifecycle=lifecycle,
         metrics=server_metrics,
         log_prompts=settings.log_prompts,
+        body_timeout_s=settings.body_timeout_s,
     )
     origins = settings.cors_origin_list()
     if origins:  # outermost, so preflights never need a key and errors carry CORS headers

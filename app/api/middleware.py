@@ -12,6 +12,7 @@ and the client's ``http.disconnect`` still reaches the handlers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -52,6 +53,7 @@ class HTDIMiddleware:
         lifecycle: Any = None,
         metrics: Any = None,
         log_prompts: bool = False,
+        body_timeout_s: float | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -61,6 +63,7 @@ class HTDIMiddleware:
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.log_prompts = log_prompts
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -179,8 +182,15 @@ class HTDIMiddleware:
                 return _too_large(int(declared), limit)
         chunks: list[bytes] = []
         size = 0
+        deadline = None if self.body_timeout_s is None else time.monotonic() + self.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await _receive_by(receive, deadline)
+            except TimeoutError:
+                return APIError(
+                    408, f"The request body did not arrive within {self.body_timeout_s:g} s.",
+                    code="request_timeout", headers={"Connection": "close"},
+                )
             if message["type"] == "http.disconnect":
                 return b"".join(chunks)
             chunk = message.get("body", b"")
@@ -190,6 +200,13 @@ class HTDIMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+async def _receive_by(receive: Receive, deadline: float | None) -> Message:
+    """``receive()``, raising ``TimeoutError`` once ``deadline`` (monotonic) has passed."""
+    if deadline is None:
+        return await receive()
+    return await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
 
 
 def _header_bytes(scope: Scope) -> int:
