@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from app.api import admin, chat, completions, embeddings, health, metrics, models, tokenize
 from app.api.admin import install_sighup_reload
 from app.api.auth import ApiKeyGuard
+from app.api.browser_guard import BrowserGuard
 from app.api.errors import install_error_handlers
 from app.api.middleware import HTDIMiddleware
 from app.api.openapi import install_openapi
@@ -55,8 +56,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     manager = ModelManager(registry, settings)
     lifecycle = Lifecycle(manager, settings.drain_timeout_s)
     server_metrics = ServerMetrics(manager, lifecycle)
-    keys = settings.api_keys()
-    guard = ApiKeyGuard(keys, metrics_public=settings.metrics_public) if keys else None
+    keys, admin_keys = settings.api_keys(), settings.admin_keys()
+    guard = (
+        ApiKeyGuard(keys, metrics_public=settings.metrics_public, admin_keys=admin_keys)
+        if keys or admin_keys else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,7 +98,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(completions.router)
     app.include_router(embeddings.router)
     app.include_router(tokenize.router)
-    app.include_router(admin.router)
+    if settings.admin_enabled():
+        app.include_router(admin.router)
     if settings.metrics_enabled:
         app.include_router(metrics.router)
     install_openapi(app, STREAMING_PATHS)
@@ -108,6 +113,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         metrics=server_metrics,
         log_prompts=settings.log_prompts,
         body_timeout_s=settings.body_timeout_s,
+        browser=BrowserGuard(settings.allowed_host_list(), settings.cors_origin_list()),
     )
     origins = settings.cors_origin_list()
     if origins:  # outermost, so preflights never need a key and errors carry CORS headers

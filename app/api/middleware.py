@@ -22,6 +22,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import ApiKeyGuard
+from app.api.browser_guard import BrowserGuard
 from app.api.openapi import http_routes
 from app.core.context import (
     HOUSE_ID_HEADER,
@@ -54,6 +55,7 @@ class HTDIMiddleware:
         metrics: Any = None,
         log_prompts: bool = False,
         body_timeout_s: float | None = None,
+        browser: BrowserGuard | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -64,6 +66,7 @@ class HTDIMiddleware:
         self.metrics = metrics
         self.log_prompts = log_prompts
         self.body_timeout_s = body_timeout_s
+        self.browser = browser
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -130,7 +133,8 @@ class HTDIMiddleware:
             self.metrics.in_flight.inc(delta)
 
     def _refusal(self, scope: Scope) -> APIError | None:
-        """431 over the header limit, 503 while draining (probes excepted), 401 without a key."""
+        """431 over the header limit, 503 while draining (probes excepted), 401 without a key,
+        then what a web page must not do (app/api/browser_guard.py)."""
         if self.max_header_bytes is not None:
             size = _header_bytes(scope)
             if size > self.max_header_bytes:
@@ -153,8 +157,10 @@ class HTDIMiddleware:
                 code="shutting_down",
                 headers={"Connection": "close", "Retry-After": "1"},
             )
-        if self.guard is not None:
-            return self.guard.check(scope)
+        if self.guard is not None and (error := self.guard.check(scope)) is not None:
+            return error
+        if self.browser is not None:
+            return self.browser.check(scope)  # Host, Origin, form bodies
         return None
 
     def _finish(

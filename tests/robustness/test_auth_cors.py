@@ -37,7 +37,7 @@ def auth_server(models_file: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     key_file.write_text(f"# one key per line\n\n{FILE_KEY}\n")
     srv = start_server(workdir, models_file, "--api-key", ",".join(KEYS),
                        "--api-key-file", str(key_file), "--cors-origins", ORIGIN,
-                       "--no-preload")
+                       "--no-preload", "--admin")
     try:
         yield srv
     finally:
@@ -47,7 +47,7 @@ def auth_server(models_file: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def _registered_routes() -> list[tuple[str, str]]:
     """Every (method, concrete path) the app registers, path parameters filled in."""
     out = []
-    for path, methods in http_routes(create_app(Settings(api_key="x"))):
+    for path, methods in http_routes(create_app(Settings(api_key="x", admin=True))):
         concrete = re.sub(r"\{[^}]+\}", "tiny", path)
         out += [(method, concrete) for method in sorted(methods)]
     return sorted(out)
