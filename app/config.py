@@ -125,6 +125,9 @@ class Settings(BaseSettings):
         None, description="key(s) the /admin/... routes require instead of --api-key "
         "(comma-separated); setting it turns the admin routes on"
     )
+    cors_max_age_s: int = Field(
+        600, ge=0, description="how long browsers may cache a CORS preflight answer"
+    )
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line + headers")
     max_json_depth: int = Field(64, ge=2, description="nesting depth of JSON bodies")
 

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 
 from app.api import admin, chat, completions, embeddings, health, metrics, models, tokenize
 from app.api.admin import install_sighup_reload
 from app.api.auth import ApiKeyGuard
 from app.api.browser_guard import BrowserGuard
+from app.api.cors import EnvelopeCORSMiddleware
 from app.api.errors import install_error_handlers
 from app.api.middleware import HTDIMiddleware
 from app.api.openapi import install_openapi
@@ -118,10 +118,6 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     origins = settings.cors_origin_list()
     if origins:  # outermost, so preflights never need a key and errors carry CORS headers
         app.add_middleware(
-            CORSMiddleware,
-            allow_origins=origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-House-ID"],
-            expose_headers=["X-Request-ID", "X-House-ID"],
+            EnvelopeCORSMiddleware, allow_origins=origins, max_age=settings.cors_max_age_s
         )
     return app
