@@ -106,7 +106,6 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.add_middleware(
         HTDIMiddleware,
         max_body_bytes=settings.max_body_bytes,
-        max_json_depth=settings.max_json_depth,
         max_header_bytes=settings.max_header_bytes,
         guard=guard,
         lifecycle=lifecycle,

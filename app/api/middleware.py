@@ -1,8 +1,9 @@
 """Pure ASGI middleware: the edge of every request.
 
 In order: HTDI ids; refusal while draining (503 ``shutting_down``); the API-key check;
-the body, buffered under its size limit (413 while reading, chunked too) and checked for
-encoding, lone surrogates and nesting depth; then the app, with a last-resort 500. When
+the browser checks (Host, Origin, form bodies); the body, buffered under its size limit
+(413 while reading, chunked too; its encoding, surrogates and depth are checked where it
+is parsed, ``app/api/body.py``); then the app, with a last-resort 500. When
 the response is over it closes the request's timer, counts the HTTP metrics and writes
 the request's JSON log line.
 
@@ -32,7 +33,6 @@ from app.core.context import (
     sane_id,
 )
 from app.core.errors import APIError, envelope, internal_error
-from app.core.limits import check_json_body, is_json_content
 from app.core.request_log import access_record, log_access, prompt_text
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ class HTDIMiddleware:
         app: ASGIApp,
         *,
         max_body_bytes: int,
-        max_json_depth: int = 64,
         max_header_bytes: int | None = None,
         guard: ApiKeyGuard | None = None,
         lifecycle: Any = None,
@@ -59,7 +58,6 @@ class HTDIMiddleware:
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.max_json_depth = max_json_depth
         self.max_header_bytes = max_header_bytes
         self.guard = guard
         self.lifecycle = lifecycle
@@ -107,8 +105,6 @@ class HTDIMiddleware:
                 else:
                     body = body_or_error
                     receive = _replay(body, receive)
-                    if is_json_content(headers.get("content-type")):
-                        error = check_json_body(body, self.max_json_depth)
             if error is not None:
                 await _send_error(send_with_ids, error, ctx)
                 return

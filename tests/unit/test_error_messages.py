@@ -1,7 +1,9 @@
-"""Validation errors name the field the user wrote, once, and say what it should be
-(issue 22 #11)."""
+"""Validation errors name the field the user wrote, once, and say what it should be; a JSON
+body without a JSON content type is read as JSON (issue 22 #11, #12)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from fastapi.testclient import TestClient
@@ -48,6 +50,25 @@ def test_one_error_even_when_many_fields_are_wrong(client: TestClient):
             "stop": 1, "foo": 2}
     error = _error(client.post("/v1/chat/completions", json=body))
     assert "more" not in error["message"] and error["param"] == "top_p"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream", None])
+def test_a_json_body_is_read_as_json_whatever_its_type(client: TestClient, content_type):
+    body = json.dumps({"model": "default", "messages": MESSAGES, "max_tokens": 1})
+    headers = {"content-type": content_type} if content_type else {}
+    resp = client.post("/v1/chat/completions", content=body.encode(), headers=headers)
+    assert resp.status_code == 200, resp.text
+
+
+def test_a_non_json_body_says_the_content_type_is_wrong(client: TestClient):
+    resp = client.post("/v1/chat/completions", content=b"model=default",
+                       headers={"content-type": "text/plain"})
+    assert resp.status_code == 415
+    error = resp.json()["error"]
+    assert error["code"] == "unsupported_media_type" and "application/json" in error["message"]
+    bad_json = client.post("/v1/chat/completions", content=b"{nope",
+                           headers={"content-type": "application/json"})
+    assert _error(bad_json)["code"] == "invalid_json"
 
 
 def test_top_level_array_and_empty_body(client: TestClient):
