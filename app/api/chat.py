@@ -17,6 +17,7 @@ from app.schemas.openai import ChatCompletion, ChatCompletionRequest
 router = APIRouter()
 
 
+@router.post("/chat/completions", include_in_schema=False)  # base URLs without /v1
 @router.post("/v1/chat/completions", response_model=ChatCompletion,
              openapi_extra=request_body_doc(ChatCompletionRequest))
 async def create_chat_completion(

@@ -17,6 +17,7 @@ from app.schemas.openai import Completion, CompletionRequest
 router = APIRouter()
 
 
+@router.post("/completions", include_in_schema=False)  # base URLs without /v1
 @router.post("/v1/completions", response_model=Completion,
              openapi_extra=request_body_doc(CompletionRequest))
 async def create_completion(

@@ -15,6 +15,7 @@ from app.schemas.embeddings import EmbeddingRequest, EmbeddingResponse
 router = APIRouter()
 
 
+@router.post("/embeddings", include_in_schema=False)  # base URLs without /v1
 @router.post("/v1/embeddings", response_model=EmbeddingResponse,
              openapi_extra=request_body_doc(EmbeddingRequest))
 async def create_embeddings(

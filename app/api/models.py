@@ -15,6 +15,7 @@ def _card(managed: ManagedModel, created: int) -> ModelCard:
     return ModelCard(id=managed.spec.id, created=created, metadata=managed.metadata())
 
 
+@router.get("/models", include_in_schema=False)  # base URLs without /v1
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
     manager: ModelManager = request.app.state.manager
@@ -22,6 +23,7 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[_card(m, created) for m in manager.models.values()])
 
 
+@router.get("/models/{model_id:path}", include_in_schema=False)
 @router.get("/v1/models/{model_id:path}", response_model=ModelCard)
 async def get_model(model_id: str, request: Request) -> ModelCard:
     manager: ModelManager = request.app.state.manager
