@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.guard = guard
     app.state.manager = manager
     app.state.lifecycle = lifecycle
     app.state.metrics = server_metrics

@@ -46,6 +46,11 @@ class ApiKeyGuard:
         self._admin_digests = [_digest(k) for k in admin_keys or []]
         self.public = PUBLIC_PATHS | ({METRICS_PATH} if metrics_public else set())
 
+    def admin_key_given(self, scope: Scope) -> bool:
+        """The request carries one of the admin keys."""
+        token = _bearer(Headers(scope=scope).get("authorization"))
+        return token is not None and _matches(token, self._admin_digests)
+
     def check(self, scope: Scope) -> APIError | None:
         """None when the request may pass, else the 401 to send."""
         digests = self._digests
@@ -54,13 +59,8 @@ class ApiKeyGuard:
         elif scope["path"] in self.public or not digests:
             return None
         token = _bearer(Headers(scope=scope).get("authorization"))
-        if token is not None:
-            given = _digest(token)
-            matched = False
-            for digest in digests:  # no early exit: every key costs the same
-                matched |= hmac.compare_digest(given, digest)
-            if matched:
-                return None
+        if token is not None and _matches(token, digests):
+            return None
         message = (
             "Incorrect API key provided."
             if token is not None
@@ -69,6 +69,14 @@ class ApiKeyGuard:
         return APIError(
             401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
         )
+
+
+def _matches(token: str, digests: list[bytes]) -> bool:
+    given = _digest(token)
+    matched = False
+    for digest in digests:  # no early exit: every key costs the same
+        matched |= hmac.compare_digest(given, digest)
+    return matched
 
 
 def _bearer(header: str | None) -> str | None:

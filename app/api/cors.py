@@ -19,11 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Send
 
 from app.core.context import (
-    HOUSE_ID_HEADER,
-    REQUEST_ID_HEADER,
     RequestContext,
-    new_request_id,
-    sane_id,
 )
 from app.core.errors import APIError, envelope
 
@@ -39,10 +35,7 @@ class EnvelopeCORSMiddleware(CORSMiddleware):
         )
 
     def preflight_response(self, request_headers: Headers) -> Response:
-        ctx = RequestContext(
-            request_id=sane_id(request_headers.get(REQUEST_ID_HEADER)) or new_request_id(),
-            house_id=sane_id(request_headers.get(HOUSE_ID_HEADER)),
-        )
+        ctx = RequestContext.from_headers(request_headers)
         response = super().preflight_response(request_headers)
         if response.status_code < 400:
             response.headers.update(ctx.response_headers())

@@ -25,14 +25,16 @@ class Readiness(BaseModel):
     models: dict[str, str]
 
 
-@router.get("/health", response_model=Health)
+@router.api_route("/health", methods=["GET", "HEAD"], response_model=Health)
 async def health() -> Health:
     """Liveness: 200 while the process serves, draining included."""
     return Health()
 
 
-@router.get("/ready", response_model=Readiness, responses=error_responses(503))
-@router.get("/health/ready", response_model=Readiness, responses=error_responses(503))
+@router.api_route("/ready", methods=["GET", "HEAD"], response_model=Readiness,
+                  responses=error_responses(503))
+@router.api_route("/health/ready", methods=["GET", "HEAD"], response_model=Readiness,
+                  responses=error_responses(503))
 async def ready(request: Request) -> JSONResponse:
     """Readiness: 503 ``model_loading`` until the preload models are loaded,
     ``model_not_loaded`` when one was unloaded or failed, ``shutting_down`` while draining."""
@@ -41,9 +43,7 @@ async def ready(request: Request) -> JSONResponse:
     if manager.ready():
         return JSONResponse(Readiness(models=states).model_dump())
     if manager.draining:
-        error = errors.APIError(
-            503, "The server is shutting down.", type="server_error", code="shutting_down"
-        )
+        error = errors.shutting_down()
     else:
         missing = {m.spec.id: m.state for m in manager.models.values()
                    if m.spec.preload and not m.removed and m.state != "loaded"}

@@ -25,14 +25,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.auth import ApiKeyGuard
 from app.api.browser_guard import BrowserGuard
 from app.api.openapi import http_routes
+from app.api.websocket import refuse_websocket
 from app.core.context import (
-    HOUSE_ID_HEADER,
-    REQUEST_ID_HEADER,
     RequestContext,
-    new_request_id,
-    sane_id,
 )
-from app.core.errors import APIError, envelope, internal_error
+from app.core.errors import APIError, envelope, internal_error, shutting_down
 from app.core.request_log import access_record, log_access, prompt_text
 
 log = logging.getLogger(__name__)
@@ -67,16 +64,14 @@ class HTDIMiddleware:
         self.browser = browser
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await refuse_websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        header_id = sane_id(headers.get(REQUEST_ID_HEADER))
-        ctx = RequestContext(
-            request_id=header_id or new_request_id(),
-            house_id=sane_id(headers.get(HOUSE_ID_HEADER)),
-            request_id_from_header=header_id is not None,
-        )
+        ctx = RequestContext.from_headers(headers)
         ctx.timer.sink = self.metrics
         scope.setdefault("state", {})["ctx"] = ctx
         status = 500
@@ -114,6 +109,12 @@ class HTDIMiddleware:
                 log.exception("unhandled error for request %s", ctx.request_id)
                 if not started:
                     await _send_error(send_with_ids, internal_error(), ctx)
+        except asyncio.CancelledError:
+            # uvicorn cancels what is still running when its shutdown grace ends, and would
+            # answer a request without a response yet with a plain-text 500.
+            if not started:
+                await _send_error(send_with_ids, shutting_down(), ctx)
+            raise
         finally:
             # bookkeeping first: once the in-flight gauge drops, the request's metrics are in
             self._finish(scope, ctx, status, time.perf_counter() - t0, body)
@@ -146,13 +147,7 @@ class HTDIMiddleware:
             and self.lifecycle.draining
             and scope["path"] not in OPERATIONAL_PATHS
         ):
-            return APIError(
-                503,
-                "The server is shutting down.",
-                type="server_error",
-                code="shutting_down",
-                headers={"Connection": "close", "Retry-After": "1"},
-            )
+            return shutting_down()
         if self.guard is not None and (error := self.guard.check(scope)) is not None:
             return error
         if self.browser is not None:
