@@ -77,3 +77,18 @@ def request_body_doc(model: type[BaseModel]) -> dict[str, Any]:
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {"requestBody": {"required": True,
                             "content": {"application/json": {"schema": ref}}}}
+
+
+def openai_route(router: Any, method: str, path: str, *, response_model: Any,
+                 body_model: type[BaseModel] | None = None) -> Any:
+    """Register an endpoint at ``/v1{path}`` (documented) and at ``{path}``, for base URLs
+    pasted without ``/v1``; ``body_model`` documents a body read by :func:`json_body`."""
+    extra = request_body_doc(body_model) if body_model is not None else None
+
+    def register(endpoint: Any) -> Any:
+        router.add_api_route("/v1" + path, endpoint, methods=[method],
+                             response_model=response_model, openapi_extra=extra)
+        router.add_api_route(path, endpoint, methods=[method], include_in_schema=False)
+        return endpoint
+
+    return register

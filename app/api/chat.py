@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.api.body import json_body, request_body_doc
+from app.api.body import json_body, openai_route
 from app.api.cancellation import ClientDisconnected, unless_disconnected
 from app.api.errors import request_context
 from app.api.sse import sse_response
@@ -17,9 +17,8 @@ from app.schemas.openai import ChatCompletion, ChatCompletionRequest
 router = APIRouter()
 
 
-@router.post("/chat/completions", include_in_schema=False)  # base URLs without /v1
-@router.post("/v1/chat/completions", response_model=ChatCompletion,
-             openapi_extra=request_body_doc(ChatCompletionRequest))
+@openai_route(router, "POST", "/chat/completions", response_model=ChatCompletion,
+              body_model=ChatCompletionRequest)
 async def create_chat_completion(
     request: Request, body: Annotated[ChatCompletionRequest, json_body(ChatCompletionRequest)]
 ) -> Response:

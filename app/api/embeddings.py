@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.api.body import json_body, request_body_doc
+from app.api.body import json_body, openai_route
 from app.api.errors import request_context
 from app.handler.embeddings import EmbeddingsHandler
 from app.schemas.embeddings import EmbeddingRequest, EmbeddingResponse
@@ -15,9 +15,8 @@ from app.schemas.embeddings import EmbeddingRequest, EmbeddingResponse
 router = APIRouter()
 
 
-@router.post("/embeddings", include_in_schema=False)  # base URLs without /v1
-@router.post("/v1/embeddings", response_model=EmbeddingResponse,
-             openapi_extra=request_body_doc(EmbeddingRequest))
+@openai_route(router, "POST", "/embeddings", response_model=EmbeddingResponse,
+              body_model=EmbeddingRequest)
 async def create_embeddings(
     request: Request, body: Annotated[EmbeddingRequest, json_body(EmbeddingRequest)]
 ) -> JSONResponse:

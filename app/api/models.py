@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from app.api.body import openai_route
 from app.core import errors
 from app.models.manager import ManagedModel, ModelManager
 from app.schemas.openai import ModelCard, ModelList
@@ -34,15 +35,13 @@ def _card(managed: ManagedModel, request: Request) -> ModelCard:
                      metadata=metadata)
 
 
-@router.get("/models", include_in_schema=False)  # base URLs without /v1
-@router.get("/v1/models", response_model=ModelList)
+@openai_route(router, "GET", "/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
     manager: ModelManager = request.app.state.manager
     return ModelList(data=[_card(m, request) for m in manager.models.values()])
 
 
-@router.get("/models/{model_id:path}", include_in_schema=False)
-@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+@openai_route(router, "GET", "/models/{model_id:path}", response_model=ModelCard)
 async def get_model(model_id: str, request: Request) -> ModelCard:
     manager: ModelManager = request.app.state.manager
     spec = manager.registry.get(model_id)
