@@ -25,16 +25,17 @@ class Readiness(BaseModel):
     models: dict[str, str]
 
 
-@router.api_route("/health", methods=["GET", "HEAD"], response_model=Health)
+@router.head("/health", include_in_schema=False)
+@router.get("/health", response_model=Health)
 async def health() -> Health:
     """Liveness: 200 while the process serves, draining included."""
     return Health()
 
 
-@router.api_route("/ready", methods=["GET", "HEAD"], response_model=Readiness,
-                  responses=error_responses(503))
-@router.api_route("/health/ready", methods=["GET", "HEAD"], response_model=Readiness,
-                  responses=error_responses(503))
+@router.head("/ready", include_in_schema=False)
+@router.head("/health/ready", include_in_schema=False)
+@router.get("/ready", response_model=Readiness, responses=error_responses(503))
+@router.get("/health/ready", response_model=Readiness, responses=error_responses(503))
 async def ready(request: Request) -> JSONResponse:
     """Readiness: 503 ``model_loading`` until the preload models are loaded,
     ``model_not_loaded`` when one was unloaded or failed, ``shutting_down`` while draining."""
