@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.schemas.common import StrictRequest, null_means_default
+from app.schemas.common import StrictRequest, chunked_prompt, null_means_default
 
 
 class EmbeddingRequest(StrictRequest):
@@ -21,6 +21,7 @@ class EmbeddingRequest(StrictRequest):
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
 
     _nulls = null_means_default("encoding_format")
+    _input_chunks = chunked_prompt("input")
 
 
 class EmbeddingItem(BaseModel):

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from app.core.errors import invalid_request
 from app.schemas.common import StrictRequest as _Strict
-from app.schemas.common import null_means_default
+from app.schemas.common import chunked_prompt, null_means_default
 
 INT64 = 2**63
 MIN_TEMPERATURE = 0.01  # above 0: 1/temperature overflows for tiny values (vLLM's floor)
@@ -221,6 +221,7 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = Field(None, ge=1)
 
     _completion_nulls = null_means_default("echo")
+    _prompt_chunks = chunked_prompt("prompt")
 
 
 class CompletionChoice(BaseModel):

@@ -43,8 +43,10 @@ def test_health_answers_while_a_large_body_is_handled(roomy: Server):
     poller.start()
     try:
         time.sleep(0.3)
+        t0 = time.monotonic()
         resp = httpx.post(roomy.base_url + "/v1/completions", content=BIG_PROMPT,
                           headers={"content-type": "application/json"}, timeout=120)
+        handled_in = time.monotonic() - t0
         time.sleep(0.2)
     finally:
         stop.set()
@@ -52,5 +54,10 @@ def test_health_answers_while_a_large_body_is_handled(roomy: Server):
     assert resp.status_code in {200, 400}, resp.text[:300]
     if resp.status_code == 400:
         assert_envelope(resp, 400)
-    print(f"/health: {len(latencies)} probes, worst {max(latencies):.3f}s")
-    assert max(latencies) < 1.5, sorted(latencies)[-5:]
+    worst = max(latencies)
+    print(f"/health: {len(latencies)} probes, worst {worst:.3f}s; the body took "
+          f"{handled_in:.3f}s")
+    # On the loop, the body's parse and validation stalled /health for nearly all of its
+    # time; now only the parse (json.loads, one call) holds the GIL at a stretch. A ratio,
+    # so that a busy machine slows both sides alike.
+    assert worst < 0.5 * handled_in, (worst, handled_in, sorted(latencies)[-5:])
