@@ -102,6 +102,8 @@ class EnvelopeH11Protocol(H11Protocol):
 
     def _make_room(self) -> bool:
         """True when this connection may stay: under the cap, or an idle one was closed."""
+        if len(self.connections) <= self.max_connections:  # closing ones count: an upper bound
+            return True
         open_ = [p for p in self.connections if not p.transport.is_closing()]
         if len(open_) <= self.max_connections:
             return True
