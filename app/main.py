@@ -113,7 +113,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         metrics=server_metrics,
         log_prompts=settings.log_prompts,
         body_timeout_s=settings.body_timeout_s,
-        browser=BrowserGuard(settings.allowed_host_list(), settings.cors_origin_list()),
+        browser=BrowserGuard(settings.allowed_host_list(), settings.cors_origin_list(),
+                             bound_host=settings.host),
     )
     origins = settings.cors_origin_list()
     if origins:  # outermost, so preflights never need a key and errors carry CORS headers

@@ -4,10 +4,11 @@ A page on another site cannot read our answers (CORS), but it can still *send* r
 a form post, a ``fetch`` with ``mode: "no-cors"``, or, after pointing its own DNS name at
 127.0.0.1 (DNS rebinding), same-origin requests of any kind. So, before routing:
 
-- ``Host`` must name this server: an IP literal, ``localhost`` (or ``*.localhost``), or a
-  name in ``--allowed-hosts``. A rebinding page's requests carry its own name. Without the
-  setting the check applies to connections that arrived on a loopback address (where the
-  browser is on this machine); with it, to every connection. Probes are exempt.
+- ``Host`` must name this server: an IP literal, ``localhost`` (or ``*.localhost``), the
+  ``--host`` it listens on, or a name in ``--allowed-hosts``. A rebinding page's requests
+  carry its own name. Without the setting the check applies to connections that arrived on
+  a loopback address (where the browser is on this machine); with it, to every connection.
+  Probes are exempt.
 - A state-changing request (not GET/HEAD/OPTIONS) that carries an ``Origin`` other than
   our own and not allowed by ``--cors-origins`` is refused (403): browsers always send
   ``Origin`` on cross-origin posts.
@@ -59,9 +60,12 @@ def media_type(content_type: str | None) -> str:
 class BrowserGuard:
     """Host, Origin and Content-Type checks; ``check`` returns the error to send, if any."""
 
-    def __init__(self, allowed_hosts: list[str] | None, cors_origins: list[str]) -> None:
+    def __init__(self, allowed_hosts: list[str] | None, cors_origins: list[str],
+                 bound_host: str | None = None) -> None:
         self.explicit_hosts = allowed_hosts is not None
         self.allowed_hosts = {h.lower() for h in allowed_hosts or []}
+        if bound_host:  # the name the server was told to listen on names it too
+            self.allowed_hosts.add(host_name(bound_host))
         self.cors_origins = set(cors_origins)
 
     def check(self, scope: Scope) -> APIError | None:

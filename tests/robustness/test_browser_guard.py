@@ -129,3 +129,12 @@ def test_allowed_hosts_setting_applies_to_every_connection():
                                           ("::1", "::1"), ("LOCALHOST", "localhost")])
 def test_host_name(header: str, name: str):
     assert host_name(header) == name
+
+
+def test_the_bound_host_name_is_accepted(tiny_llama_dir: Path, tmp_path: Path):
+    settings = Settings(host="llm.house.example", cache_dir=tmp_path, preload=False)
+    with live_server(create_app(settings, _registry(tiny_llama_dir))) as base:
+        assert httpx.get(base + "/v1/models", headers={"Host": "llm.house.example:8000"}
+                         ).status_code == 200
+        assert_envelope(httpx.get(base + "/v1/models", headers={"Host": "other.example"}),
+                        400, "invalid_host")
