@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import h11
@@ -57,38 +56,50 @@ class EnvelopeH11Protocol(H11Protocol):
     """h11 with envelopes, a header-read deadline and a connection cap.
 
     ``header_timeout_s`` and ``max_connections`` are class attributes: :func:`protocol_class`
-    makes a subclass carrying the server's settings (uvicorn instantiates the class itself).
+    makes a subclass per server carrying its settings (uvicorn instantiates the class
+    itself) and its bookkeeping: ``_idle``, the connections without a request in progress
+    in the order they became idle, and ``_closing``, those the cap closed that are not gone
+    yet. Eviction is O(1): a flood of connections must not cost a scan of every connection
+    per arrival.
     """
 
     header_timeout_s: float | None = None
     max_connections: int | None = None
+    _idle: dict[EnvelopeH11Protocol, None] = {}
+    _closing: set[EnvelopeH11Protocol] = set()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.last_active = time.monotonic()
         self._head_timer: asyncio.TimerHandle | None = None
-        if self.max_connections is not None and not self._make_room():
-            self._refuse(503, "too_many_connections",
-                         f"The server has {self.max_connections} connections open, all "
-                         "serving requests; retry shortly.")
-            return
+        if self.max_connections is not None:
+            if not self._make_room():
+                self._closing.add(self)
+                self._refuse(503, "too_many_connections",
+                             f"The server has {self.max_connections} connections open, all "
+                             "serving requests; retry shortly.")
+                return
+            self._idle[self] = None
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._idle.pop(self, None)
+        self._closing.discard(self)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = time.monotonic()
         if self._head_timer is None and self.conn.their_state is h11.IDLE:
             self._arm_head_timer()  # the first bytes of a request on a kept-alive connection
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:
             self._disarm_head_timer()  # the request line and headers are in
+            self._idle.pop(self, None)
 
     def on_response_complete(self) -> None:
-        self.last_active = time.monotonic()
         super().on_response_complete()
+        if self.max_connections is not None and self.idle():
+            self._idle.pop(self, None)
+            self._idle[self] = None  # idle since now: the end of the line
 
     # -- the cap -------------------------------------------------------------
 
@@ -101,21 +112,21 @@ class EnvelopeH11Protocol(H11Protocol):
         )
 
     def _make_room(self) -> bool:
-        """True when this connection may stay: under the cap, or an idle one was closed."""
-        if len(self.connections) <= self.max_connections:  # closing ones count: an upper bound
+        """True when this connection may stay: under the cap, or an idle one was closed.
+
+        A connection trickling its request head stays where it was in the line: bytes that
+        do not finish a head do not make it fresh.
+        """
+        if len(self.connections) - len(self._closing) <= self.max_connections:
             return True
-        open_ = [p for p in self.connections if not p.transport.is_closing()]
-        if len(open_) <= self.max_connections:
-            return True
-        idle = [p for p in open_ if p is not self and isinstance(p, EnvelopeH11Protocol)
-                and p.idle()]
-        if not idle:
-            return False
-        oldest = min(idle, key=lambda p: p.last_active)
-        self.logger.info("connection cap %d reached: closing the longest-idle connection",
-                         self.max_connections)
-        oldest.transport.close()
-        return True
+        while self._idle:
+            oldest = next(iter(self._idle))
+            del self._idle[oldest]
+            if oldest is not self and oldest.idle():
+                self._closing.add(oldest)
+                oldest.transport.close()
+                return True
+        return False
 
     # -- the header deadline ---------------------------------------------------
 
@@ -163,4 +174,5 @@ def protocol_class(header_timeout_s: float | None, max_connections: int | None) 
     """An :class:`EnvelopeH11Protocol` subclass bound to these limits."""
     return type("LimitedH11Protocol", (EnvelopeH11Protocol,), {
         "header_timeout_s": header_timeout_s, "max_connections": max_connections,
+        "_idle": {}, "_closing": set(),
     })
