@@ -23,7 +23,7 @@ from app.core.context import (
 )
 from app.core.errors import APIError, envelope
 
-ALLOWED_METHODS = ("GET", "HEAD", "POST", "OPTIONS")
+ALLOWED_METHODS = ("GET", "HEAD", "POST", "DELETE", "OPTIONS")  # DELETE: stored responses
 EXPOSED_HEADERS = ("X-Request-ID", "X-House-ID")
 
 

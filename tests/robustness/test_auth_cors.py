@@ -190,5 +190,5 @@ def test_cors_preflight_of_the_openai_js_sdk(origins: str):
 def test_cors_preflight_for_a_method_we_do_not_serve():
     client = TestClient(create_app(Settings(cors_origins=ORIGIN)))
     resp = client.options("/v1/models", headers={
-        "Origin": ORIGIN, "Access-Control-Request-Method": "DELETE"})
+        "Origin": ORIGIN, "Access-Control-Request-Method": "PUT"})
     assert_envelope(resp, 400, "cors_method_not_allowed")
