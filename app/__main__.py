@@ -24,7 +24,10 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         help_text = field.description or None
-        if field.annotation is bool:
+        if field.annotation is bool and name.startswith("no_"):  # --no-ui: a plain switch
+            parser.add_argument(flag, dest=name, action="store_const", const=True,
+                                default=None, help=help_text)
+        elif field.annotation is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         else:

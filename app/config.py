@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line + headers")
     max_json_depth: int = Field(64, ge=2, description="nesting depth of JSON bodies")
 
+    # Web console (app/api/console/)
+    no_ui: bool = Field(False, description="do not serve the web console at /")
+
     # Observability and shutdown
     metrics_enabled: bool = Field(True, description="serve Prometheus metrics at /metrics")
     log_format: Literal["text", "json"] = Field("text", description="format of non-request logs")

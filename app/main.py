@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from app.api import admin, chat, completions, embeddings, health, metrics, models, tokenize
 from app.api.admin import install_sighup_reload
 from app.api.auth import ApiKeyGuard
+from app.api.console import router as console
 from app.api.errors import install_error_handlers
 from app.api.middleware import HTDIMiddleware
 from app.api.openapi import install_openapi
@@ -57,7 +58,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     lifecycle = Lifecycle(manager, settings.drain_timeout_s)
     server_metrics = ServerMetrics(manager, lifecycle)
     keys = settings.api_keys()
-    guard = ApiKeyGuard(keys, metrics_public=settings.metrics_public) if keys else None
+    console_paths = frozenset() if settings.no_ui else console.public_paths()
+    guard = (
+        ApiKeyGuard(keys, metrics_public=settings.metrics_public, public_paths=console_paths)
+        if keys else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -99,6 +104,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(admin.router)
     if settings.metrics_enabled:
         app.include_router(metrics.router)
+    if not settings.no_ui:
+        app.include_router(console.router)
     install_openapi(app, STREAMING_PATHS)
     app.add_middleware(
         HTDIMiddleware,

@@ -27,12 +27,19 @@ def _digest(value: str) -> bytes:
 class ApiKeyGuard:
     """Accepts ``Authorization: Bearer <key>`` for any configured key, in constant time."""
 
-    def __init__(self, keys: list[str], *, metrics_public: bool = False) -> None:
+    def __init__(
+        self,
+        keys: list[str],
+        *,
+        metrics_public: bool = False,
+        public_paths: frozenset[str] = frozenset(),
+    ) -> None:
+        """``public_paths``: more exact paths to let through (the console's static files)."""
         if not keys:
             raise ValueError("ApiKeyGuard needs at least one key")
         # Digests have one length, so the comparison time says nothing about the key.
         self._digests = [_digest(k) for k in keys]
-        self.public = PUBLIC_PATHS | ({METRICS_PATH} if metrics_public else set())
+        self.public = PUBLIC_PATHS | public_paths | ({METRICS_PATH} if metrics_public else set())
 
     def check(self, scope: Scope) -> APIError | None:
         """None when the request may pass, else the 401 to send."""

@@ -58,6 +58,7 @@ class ManagedModel:
             "memory_bytes": self.memory_bytes,
             "in_flight": self.leases,
             "keep_alive": spec.keep_alive,
+            "preload": spec.preload,
         }
         if spec.dimensions is not None:
             meta["dimensions"] = spec.dimensions

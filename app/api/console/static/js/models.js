@@ -1,0 +1,81 @@
+// The models panel: the registry with each model's state, memory, keep-alive and last use;
+// load and unload buttons when the server has its admin routes.
+
+import { ApiError, getJSON } from "./api.js";
+import { byId, formatAgo, formatBytes, formatSeconds, h } from "./dom.js";
+
+let config = { admin: false, keep_alive_default_s: 1800 };
+let onChange = () => {};
+
+export function initModels(serverConfig, refresh) {
+  config = serverConfig;
+  onChange = refresh;
+  byId("models-refresh").addEventListener("click", () => onChange());
+  byId("models-table").classList.toggle("no-admin", !config.admin);
+  byId("models-note").textContent = config.admin
+    ? "Load and unload call /admin/models/{id}/load and /unload."
+    : "This server does not offer the admin routes: models load on first use.";
+}
+
+function keepAlive(meta) {
+  const seconds = meta.keep_alive ?? (meta.preload ? -1 : config.keep_alive_default_s);
+  if (seconds < 0) return "forever";
+  if (seconds === 0) return "unload when idle";
+  return formatSeconds(seconds);
+}
+
+function stateCell(meta) {
+  const label = meta.state === "unloaded" ? "not loaded" : meta.state;
+  const badge = h("span", { class: `badge state-${meta.state}` }, label);
+  return meta.error ? [badge, h("div", { class: "error-text small" }, meta.error)] : [badge];
+}
+
+async function adminAction(model, action, button) {
+  button.disabled = true;
+  button.textContent = action === "load" ? "Loading…" : "Unloading…";
+  const row = button.closest("tr");
+  try {
+    await getJSON(`/admin/models/${encodeURIComponent(model.id)}/${action}`, { method: "POST" });
+  } catch (err) {
+    const message = err instanceof ApiError ? err.message : String(err);
+    row.querySelector(".row-error").textContent = message;
+  }
+  await onChange();
+}
+
+function actions(model) {
+  const meta = model.metadata;
+  const busy = meta.state === "loading";
+  const loaded = meta.state === "loaded";
+  const button = h("button", { type: "button", disabled: busy,
+                               "aria-label": `${loaded ? "Unload" : "Load"} ${model.id}` },
+                   loaded ? "Unload" : "Load");
+  button.addEventListener("click", () => adminAction(model, loaded ? "unload" : "load", button));
+  return [button, h("div", { class: "row-error error-text small", role: "alert" })];
+}
+
+/** Redraw the table from a /v1/models listing. */
+export function renderModels(models) {
+  const rows = models.map((model) => {
+    const meta = model.metadata || {};
+    const aliases = (meta.aliases || []).length ? ` (${meta.aliases.join(", ")})` : "";
+    return h("tr", { "data-model": model.id },
+      h("th", { scope: "row" }, h("span", { class: "model-id" }, model.id),
+        h("span", { class: "muted small" }, aliases)),
+      h("td", {}, `${meta.type}`, h("div", { class: "muted small" },
+        (meta.capabilities || []).join(", "))),
+      h("td", { class: "state" }, ...stateCell(meta)),
+      h("td", {}, meta.state === "loaded" ? formatBytes(meta.memory_bytes) : "–"),
+      h("td", {}, keepAlive(meta)),
+      h("td", {}, formatAgo(meta.last_used)),
+      h("td", {}, String(meta.in_flight ?? 0)),
+      h("td", { class: "admin-col" }, ...(config.admin ? actions(model) : [])));
+  });
+  byId("models-table").tBodies[0].replaceChildren(...rows);
+}
+
+/** The current listing (also feeds the model pickers). */
+export async function fetchModels() {
+  const body = await getJSON("/v1/models");
+  return body.data;
+}
