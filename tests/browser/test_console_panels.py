@@ -90,6 +90,8 @@ def test_metrics_charts_follow_the_server(page, server):
     finally:
         request.join()
     assert page.locator(".chart-svg polyline").count() >= 3
+    # the running gauge comes back down once the request is over
+    wait_until(page, text_of("strong[data-series='running']") + " === '0'")
     screenshot(page, "metrics")
 
 

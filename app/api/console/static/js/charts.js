@@ -29,13 +29,11 @@ export class LineChart {
    * series: [{name, cls}] (cls picks the line colour in CSS); format(value) labels values;
    * the y axis tops at fixedMax, else at nice(largest value).
    */
-  constructor(title, series, format,
-              { fixedMax = null, nice = niceMax, windowSeconds = 300 } = {}) {
+  constructor(title, series, format, { fixedMax = null, nice = niceMax } = {}) {
     this.series = series;
     this.format = format;
     this.fixedMax = fixedMax;
     this.nice = nice;
-    this.windowSeconds = windowSeconds;
     this.svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart-svg", role: "img",
                           "aria-label": title });
     this.legend = h("ul", { class: "legend" });
@@ -43,13 +41,16 @@ export class LineChart {
                 h("figcaption", {}, title), this.svg, this.legend);
   }
 
-  /** points: [{t (seconds), values: [v per series, null for a gap]}], oldest first. */
-  draw(points, now) {
-    const start = now - this.windowSeconds;
+  /**
+   * points: [{t (seconds), values: [v per series, null for a gap]}], oldest first, drawn
+   * over the `windowSeconds` before `now`.
+   */
+  draw(points, now, windowSeconds) {
+    const start = now - windowSeconds;
     const visible = points.filter((p) => p.t >= start);
     const values = visible.flatMap((p) => p.values).filter((v) => v !== null);
     const top = this.fixedMax ?? this.nice(Math.max(0, ...values));
-    const x = (t) => PAD.left + ((t - start) / this.windowSeconds) * (W - PAD.left - PAD.right);
+    const x = (t) => PAD.left + ((t - start) / windowSeconds) * (W - PAD.left - PAD.right);
     const y = (v) => H - PAD.bottom - (v / top) * (H - PAD.top - PAD.bottom);
     const parts = [
       s("line", { x1: PAD.left, x2: W - PAD.right, y1: y(0), y2: y(0), class: "axis" }),
@@ -61,7 +62,7 @@ export class LineChart {
       s("text", { x: PAD.left - 4, y: y(0), class: "tick", "text-anchor": "end",
                   "dominant-baseline": "middle" }, this.format(0)),
       s("text", { x: PAD.left, y: H - 4, class: "tick" },
-        `−${Math.round(this.windowSeconds / 60)} min`),
+        `−${Math.round(windowSeconds / 60)} min`),
       s("text", { x: W - PAD.right, y: H - 4, class: "tick", "text-anchor": "end" }, "now"),
     ];
     this.series.forEach((serie, i) => {

@@ -82,10 +82,9 @@ async function generate() {
   scrollToEnd();
   controller = new AbortController();
   setRunning(true);
-  const numbers = { requestId: null, ttftMs: null, tokensPerSecond: null, cachedTokens: null,
-                    completionTokens: null, finishReason: null };
-  const started = performance.now();
-  let first = null;
+  const numbers = { requestId: null, finishReason: null };
+  const timing = { started: performance.now(), first: null, last: null, pieces: 0 };
+  let usage = null;
   try {
     await stream("/v1/chat/completions",
       { ...options, messages, stream: true, stream_options: { include_usage: true } },
@@ -95,15 +94,16 @@ async function generate() {
         onEvent: (chunk) => {
           for (const choice of chunk.choices || []) {
             const delta = choice.delta || {};
-            if (first === null && (delta.content || delta.tool_calls || delta.reasoning_content
-                                    || delta.reasoning)) {
-              first = performance.now();
-              numbers.ttftMs = first - started;
+            if (delta.content || delta.tool_calls || delta.reasoning_content
+                || delta.reasoning) {
+              timing.last = performance.now();
+              timing.first ??= timing.last;
+              timing.pieces += 1;
             }
             message.addDelta(delta);
             if (choice.finish_reason) numbers.finishReason = choice.finish_reason;
           }
-          if (chunk.usage) readUsage(chunk.usage, numbers, first);
+          if (chunk.usage) usage = chunk.usage;
           if (chunk.htdi?.requestId) numbers.requestId = chunk.htdi.requestId;
           scrollToEnd();
         },
@@ -121,21 +121,36 @@ async function generate() {
       history.pop();
     }
   } finally {
-    message.finish(numbers);
+    message.finish({ ...numbers, ...turnNumbers(timing, usage) });
     scrollToEnd();
     controller = null;
     setRunning(false);
   }
 }
 
-function readUsage(usage, numbers, first) {
-  numbers.completionTokens = usage.completion_tokens;
-  numbers.cachedTokens = usage.prompt_tokens_details?.cached_tokens ?? 0;
-  const seconds = first === null ? 0 : (performance.now() - first) / 1000;
-  // tokens after the first, over the time since the first: the decode rate
-  if (usage.completion_tokens > 1 && seconds > 0) {
-    numbers.tokensPerSecond = (usage.completion_tokens - 1) / seconds;
+/**
+ * Latency, TTFT and decode rate as this page saw them, tokens from the server's usage.
+ * An answer that arrived in one piece (with tools the server holds text back until the
+ * choice ends) has no TTFT to show; its rate is taken over the whole request.
+ */
+function turnNumbers(timing, usage) {
+  const latencyMs = performance.now() - timing.started;
+  const out = { latencyMs, ttftMs: null, tokensPerSecond: null, completionTokens: null,
+                cachedTokens: null };
+  const tokens = usage ? usage.completion_tokens : null;
+  if (usage) {
+    out.completionTokens = tokens;
+    out.cachedTokens = usage.prompt_tokens_details?.cached_tokens ?? 0;
   }
+  if (timing.pieces >= 2) {
+    out.ttftMs = timing.first - timing.started;
+    if (tokens > 1 && timing.last > timing.first) {
+      out.tokensPerSecond = (tokens - 1) / ((timing.last - timing.first) / 1000);
+    }
+  } else if (tokens > 0) {
+    out.tokensPerSecond = tokens / (latencyMs / 1000);
+  }
+  return out;
 }
 
 /** After a tool call: let the user answer as the tool, then continue the turn. */

@@ -91,16 +91,19 @@ export class AssistantMessage {
   /** Numbers shown under the turn; null values are left out. */
   finish(numbers) {
     this.answer.removeAttribute("aria-busy");
+    const ms = (value) => (value === null ? null : `${Math.round(value)} ms`);
     const items = [
       ["request id", numbers.requestId],
-      ["TTFT", numbers.ttftMs === null ? null : `${Math.round(numbers.ttftMs)} ms`],
-      ["tokens/s", numbers.tokensPerSecond === null ? null : numbers.tokensPerSecond.toFixed(1)],
+      ["TTFT", ms(numbers.ttftMs)],
+      ["latency", ms(numbers.latencyMs)],
       ["tokens", numbers.completionTokens],
+      ["tokens/s", numbers.tokensPerSecond === null ? null : numbers.tokensPerSecond.toFixed(1)],
       ["cached tokens", numbers.cachedTokens],
       ["finish", numbers.finishReason],
     ];
     this.stats.replaceChildren(...items.filter(([, v]) => v !== null && v !== undefined)
-      .flatMap(([k, v]) => [h("dt", {}, k), h("dd", { "data-stat": k }, String(v))]));
+      .map(([k, v]) => h("div", { class: "stat" },
+                         h("dt", {}, k), h("dd", { "data-stat": k }, String(v)))));
     if (!this.raw && !this.toolCalls.length && !this.reasoningField) {
       this.answer.textContent = numbers.finishReason === "stopped" ? "(stopped)" : "(empty)";
       this.answer.classList.add("muted");

@@ -87,8 +87,11 @@ function record(text) {
 function redraw() {
   const all = points();
   const now = scrapes[scrapes.length - 1].t;
+  // from one minute (a page just opened) up to the whole window, in whole minutes
+  const minutes = Math.ceil(Math.max(60, now - scrapes[0].t) / 60);
+  const span = Math.min(WINDOW_S, minutes * 60);
   for (const [key, chart] of Object.entries(charts)) {
-    chart.draw(all.map((p) => ({ t: p.t, values: p[key] })), now);
+    chart.draw(all.map((p) => ({ t: p.t, values: p[key] })), now, span);
   }
 }
 

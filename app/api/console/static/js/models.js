@@ -24,10 +24,20 @@ function keepAlive(meta) {
   return formatSeconds(seconds);
 }
 
+/** loaded (idle or in use), loading, not loaded (files local), not cached, failed. */
 function stateCell(meta) {
-  const label = meta.state === "unloaded" ? "not loaded" : meta.state;
-  const badge = h("span", { class: `badge state-${meta.state}` }, label);
-  return meta.error ? [badge, h("div", { class: "error-text small" }, meta.error)] : [badge];
+  let label = meta.state;
+  let detail = null;
+  if (meta.state === "unloaded") {
+    label = meta.cached === false ? "not cached" : "not loaded";
+    detail = meta.cached === false ? "loading it downloads it first" : "files on disk";
+  } else if (meta.state === "loaded") {
+    detail = meta.in_flight > 0 ? "in use" : "idle";
+  }
+  const cls = label === "not cached" ? "state-not-cached" : `state-${meta.state}`;
+  return [h("span", { class: `badge ${cls}` }, label),
+          detail && h("div", { class: "muted small" }, detail),
+          meta.error && h("div", { class: "error-text small" }, meta.error)];
 }
 
 async function adminAction(model, action, button) {
