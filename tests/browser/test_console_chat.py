@@ -147,6 +147,7 @@ def test_a_tool_call_is_shown_apart_from_the_answer_and_can_be_answered(page, se
     screenshot(page, "chat-tool-call")
     # answer as the tool; the conversation (call, result) goes back to the model
     page.select_option("#chat-tool-choice", "auto")
+    page.fill("#chat-max-tokens", "16")
     turn.locator(".tool-result input").fill('{"temperature_c": 21, "sky": "clear"}')
     turn.locator(".tool-result button").click()
     follow_up = finished_turn(page, 1)
