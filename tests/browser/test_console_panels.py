@@ -60,6 +60,9 @@ def test_models_panel_unloads_and_loads_a_model(page, server):
         row.get_by_role("button", name=f"Load {EMBEDDING_MODEL}").click()
         wait_until(page, f"{BADGE} === 'loaded'", timeout_s=60)
         assert _state(server, EMBEDDING_MODEL) == "loaded"
+        # the table was redrawn; the keyboard focus stayed on that row's button
+        assert page.evaluate("document.activeElement.getAttribute('aria-label')") \
+            == f"Unload {EMBEDDING_MODEL}"
     finally:  # leave the server as the other tests expect it
         httpx.post(f"{server.base_url}/admin/models/{EMBEDDING_MODEL}/load", timeout=60)
 

@@ -16,6 +16,9 @@ export class ApiError extends Error {
 
 let keyPrompt = null; // one pending prompt shared by every caller that got a 401
 
+// Escape would close the dialog and leave the page without a key, where nothing works.
+document.getElementById("key-dialog").addEventListener("cancel", (e) => e.preventDefault());
+
 function storedKey() {
   return sessionStorage.getItem(KEY_STORAGE);
 }
@@ -41,8 +44,6 @@ function askForKey(wrong) {
       resolve(key);
     };
     form.addEventListener("submit", done);
-    // Escape would leave the page without a key: nothing works then, so keep it open.
-    dialog.addEventListener("cancel", (event) => event.preventDefault());
     dialog.showModal();
     input.focus();
   });

@@ -4,20 +4,16 @@
 import { ApiError, stream } from "./api.js";
 import { AssistantMessage, userItem } from "./chat_message.js";
 import { initOptions, jsonMode, requestOptions, systemPrompt } from "./chat_options.js";
-import { byId, h } from "./dom.js";
+import { byId, h, setOptions } from "./dom.js";
 
 const history = []; // user, assistant and tool messages; the system prompt is added per request
 let controller = null; // AbortController of the running request
 
 /** Fill the model picker with the chat-capable models, the default one selected. */
 export function setChatModels(models) {
-  const select = byId("chat-model");
-  const previous = select.value;
   const chat = models.filter((m) => (m.metadata?.capabilities || []).includes("chat"));
-  select.replaceChildren(...chat.map((m) => h("option", { value: m.id }, m.id)));
-  const preferred = chat.find((m) => m.id === previous)
-    || chat.find((m) => (m.metadata?.aliases || []).includes("default")) || chat[0];
-  if (preferred) select.value = preferred.id;
+  const preferred = chat.find((m) => (m.metadata?.aliases || []).includes("default"));
+  setOptions(byId("chat-model"), chat.map((m) => m.id), preferred?.id);
 }
 
 export function initChat() {

@@ -33,6 +33,16 @@ export function byId(id) {
   return document.getElementById(id);
 }
 
+/** Fill a <select> with these ids unless it holds them already (keeps it usable while open). */
+export function setOptions(select, ids, preferred) {
+  const current = [...select.options].map((o) => o.value);
+  if (current.join("\n") !== ids.join("\n")) {
+    const previous = select.value;
+    select.replaceChildren(...ids.map((id) => h("option", { value: id }, id)));
+    select.value = ids.includes(previous) ? previous : (preferred ?? ids[0] ?? "");
+  }
+}
+
 /** 1536 → "1.5 KiB"; null → "–". */
 export function formatBytes(bytes) {
   if (bytes === null || bytes === undefined) return "–";

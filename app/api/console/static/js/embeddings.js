@@ -2,18 +2,16 @@
 // heat map (each cell labelled with its value, so colour is never the only cue).
 
 import { ApiError, getJSON } from "./api.js";
-import { byId, h, s } from "./dom.js";
+import { byId, s, setOptions } from "./dom.js";
 
 const CELL = 64;
 const LABEL = 190; // room for the row labels
 const TOP = 26; // room for the column numbers
 
 export function setEmbeddingModels(models) {
-  const select = byId("embed-model");
-  const previous = select.value;
   const usable = models.filter((m) => (m.metadata?.capabilities || []).includes("embeddings"));
-  select.replaceChildren(...usable.map((m) => h("option", { value: m.id }, m.id)));
-  if (usable.some((m) => m.id === previous)) select.value = previous;
+  const preferred = usable.find((m) => (m.metadata?.aliases || []).includes("default-embedding"));
+  setOptions(byId("embed-model"), usable.map((m) => m.id), preferred?.id);
 }
 
 export function initEmbeddings() {

@@ -6,6 +6,7 @@ import { byId, formatAgo, formatBytes, formatSeconds, h } from "./dom.js";
 
 let config = { admin: false, keep_alive_default_s: 1800 };
 let onChange = () => {};
+const actionErrors = new Map(); // model id → why its last load/unload failed
 
 export function initModels(serverConfig, refresh) {
   config = serverConfig;
@@ -43,14 +44,14 @@ function stateCell(meta) {
 async function adminAction(model, action, button) {
   button.disabled = true;
   button.textContent = action === "load" ? "Loading…" : "Unloading…";
-  const row = button.closest("tr");
+  actionErrors.delete(model.id);
   try {
     await getJSON(`/admin/models/${encodeURIComponent(model.id)}/${action}`, { method: "POST" });
   } catch (err) {
-    const message = err instanceof ApiError ? err.message : String(err);
-    row.querySelector(".row-error").textContent = message;
+    actionErrors.set(model.id, err instanceof ApiError ? err.message : String(err));
   }
   await onChange();
+  focusRowButton(model.id); // the pressed button was disabled, which dropped the focus
 }
 
 function actions(model) {
@@ -61,7 +62,8 @@ function actions(model) {
                                "aria-label": `${loaded ? "Unload" : "Load"} ${model.id}` },
                    loaded ? "Unload" : "Load");
   button.addEventListener("click", () => adminAction(model, loaded ? "unload" : "load", button));
-  return [button, h("div", { class: "row-error error-text small", role: "alert" })];
+  return [button, h("div", { class: "row-error error-text small", role: "alert" },
+                    actionErrors.get(model.id) || "")];
 }
 
 /** Redraw the table from a /v1/models listing. */
@@ -81,7 +83,15 @@ export function renderModels(models) {
       h("td", {}, String(meta.in_flight ?? 0)),
       h("td", { class: "admin-col" }, ...(config.admin ? actions(model) : [])));
   });
+  // a refresh must not take the keyboard focus away from the button it was on
+  const focused = document.activeElement?.closest?.("#models-table tr[data-model]");
   byId("models-table").tBodies[0].replaceChildren(...rows);
+  if (focused) focusRowButton(focused.dataset.model);
+}
+
+function focusRowButton(modelId) {
+  const row = [...byId("models-table").tBodies[0].rows].find((r) => r.dataset.model === modelId);
+  row?.querySelector("button")?.focus();
 }
 
 /** The current listing (also feeds the model pickers). */
