@@ -153,3 +153,20 @@ def test_a_tool_call_is_shown_apart_from_the_answer_and_can_be_answered(page, se
     follow_up = finished_turn(page, 1)
     assert follow_up.locator(".error-text").count() == 0
     assert stats(follow_up)["finish"] in {"stop", "length", "tool_calls"}
+
+
+def test_schema_mistakes_are_shown_where_they_are(page, server):
+    open_console(page, server)
+    page.check("#chat-json")
+    page.fill("#chat-schema", '{"type": "object",')  # not JSON: caught before sending
+    send(page, "Hello", max_tokens=8)
+    assert "not JSON" in page.inner_text("#chat-schema-error")
+    assert page.locator(".msg.assistant").count() == 0
+    page.fill("#chat-schema", '{"type": "object", "properties": {"a": {"type": 5}}}')
+    assert page.inner_text("#chat-schema-error") == ""  # editing clears the note
+    send(page, "Hello", max_tokens=8)
+    turn = finished_turn(page, 0)
+    # the server's 400 envelope, and its request id, on the turn itself
+    assert stats(turn)["finish"] == "error"
+    assert "Invalid schema" in turn.locator(".error-text").inner_text()
+    assert re.fullmatch(r"req-[0-9a-f]+", stats(turn)["request id"])

@@ -113,6 +113,7 @@ async function generate() {
       history.push(message.historyMessage());
     } else {
       message.fail(err instanceof ApiError ? err.message : String(err));
+      numbers.finishReason = "error";
       if (err.requestId) numbers.requestId = err.requestId;
       history.pop();
     }
