@@ -12,6 +12,7 @@ export const EXAMPLE_SCHEMA = {
     population_millions: { type: "number", minimum: 0, maximum: 100 },
   },
   required: ["city", "country"],
+  additionalProperties: false,
 };
 
 export const SAMPLE_TOOL = {

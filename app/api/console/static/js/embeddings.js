@@ -63,7 +63,7 @@ function cellColour(value) {
   return `color-mix(in oklab, var(--accent) ${Math.round(t * 100)}%, var(--surface))`;
 }
 
-function shorten(text, max = 26) {
+function shorten(text, max = 22) { // fits the label column at the SVG's font size
   return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 

@@ -74,13 +74,15 @@ export function renderModels(models) {
     return h("tr", { "data-model": model.id },
       h("th", { scope: "row" }, h("span", { class: "model-id" }, model.id),
         h("span", { class: "muted small" }, aliases)),
-      h("td", {}, `${meta.type}`, h("div", { class: "muted small" },
+      // data-label: the column's name, shown in each cell where the table becomes cards
+      h("td", { "data-label": "Type" }, `${meta.type}`, h("div", { class: "muted small" },
         (meta.capabilities || []).join(", "))),
-      h("td", { class: "state" }, ...stateCell(meta)),
-      h("td", {}, meta.state === "loaded" ? formatBytes(meta.memory_bytes) : "–"),
-      h("td", {}, keepAlive(meta)),
-      h("td", {}, formatAgo(meta.last_used)),
-      h("td", {}, String(meta.in_flight ?? 0)),
+      h("td", { class: "state", "data-label": "State" }, ...stateCell(meta)),
+      h("td", { "data-label": "Memory" },
+        meta.state === "loaded" ? formatBytes(meta.memory_bytes) : "–"),
+      h("td", { "data-label": "Keep-alive" }, keepAlive(meta)),
+      h("td", { "data-label": "Last use" }, formatAgo(meta.last_used)),
+      h("td", { "data-label": "In flight" }, String(meta.in_flight ?? 0)),
       h("td", { class: "admin-col" }, ...(config.admin ? actions(model) : [])));
   });
   // a refresh must not take the keyboard focus away from the button it was on
