@@ -109,7 +109,7 @@ def test_no_ui_turns_the_console_off_and_off_the_allow_list(monkeypatch):
     assert Settings().no_ui is True
     monkeypatch.delenv("MLX_SERVER_NO_UI")
     parser = argparse.ArgumentParser()
-    _add_settings_flags(parser)
+    _add_settings_flags(parser, None)
     assert _settings(parser.parse_args(["--no-ui"])).no_ui is True
     assert _settings(parser.parse_args([])).no_ui is False
 
