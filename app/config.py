@@ -181,6 +181,9 @@ class Settings(BaseSettings):
         5.0, gt=0, description="an idle kept-alive connection is closed after this"
     )
 
+    # Web console (app/api/console/)
+    no_ui: bool = Field(False, description="do not serve the web console at /")
+
     # Observability and shutdown
     metrics_enabled: bool = Field(True, description="serve Prometheus metrics at /metrics")
     log_format: Literal["text", "json"] = Field("text", description="format of non-request logs")

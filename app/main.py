@@ -24,6 +24,7 @@ from app.api import (
 from app.api.admin import install_sighup_reload
 from app.api.auth import ApiKeyGuard
 from app.api.browser_guard import BrowserGuard
+from app.api.console import router as console
 from app.api.cors import EnvelopeCORSMiddleware
 from app.api.errors import install_error_handlers
 from app.api.middleware import HTDIMiddleware
@@ -86,8 +87,10 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     lifecycle = Lifecycle(manager, settings.drain_timeout_s)
     server_metrics = ServerMetrics(manager, lifecycle)
     keys, admin_keys = settings.api_keys(), settings.admin_keys()
+    console_paths = frozenset() if settings.no_ui else console.public_paths()
     guard = (
-        ApiKeyGuard(keys, metrics_public=settings.metrics_public, admin_keys=admin_keys)
+        ApiKeyGuard(keys, metrics_public=settings.metrics_public, admin_keys=admin_keys,
+                    public_paths=console_paths)
         if keys or admin_keys else None
     )
 
@@ -142,6 +145,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         app.include_router(admin.router)
     if settings.metrics_enabled:
         app.include_router(metrics.router)
+    if not settings.no_ui:
+        app.include_router(console.router)
     install_openapi(app, STREAMING_PATHS)
     app.add_middleware(
         HTDIMiddleware,

@@ -29,22 +29,24 @@ def is_admin_path(path: str) -> bool:
     return path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
 
 
+
 class ApiKeyGuard:
     """Accepts ``Authorization: Bearer <key>`` for any configured key, in constant time.
 
     With ``admin_keys``, ``/admin`` paths take those keys (and only those) instead.
+    ``public_paths``: more exact paths to let through (the console's static files).
     """
 
     def __init__(
         self, keys: list[str], *, metrics_public: bool = False,
-        admin_keys: list[str] | None = None,
+        admin_keys: list[str] | None = None, public_paths: frozenset[str] = frozenset(),
     ) -> None:
         if not keys and not admin_keys:
             raise ValueError("ApiKeyGuard needs at least one key")
         # Digests have one length, so the comparison time says nothing about the key.
         self._digests = [_digest(k) for k in keys]
         self._admin_digests = [_digest(k) for k in admin_keys or []]
-        self.public = PUBLIC_PATHS | ({METRICS_PATH} if metrics_public else set())
+        self.public = PUBLIC_PATHS | public_paths | ({METRICS_PATH} if metrics_public else set())
 
     def admin_key_given(self, scope: Scope) -> bool:
         """The request carries one of the admin keys."""

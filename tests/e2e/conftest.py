@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,13 +40,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@contextmanager
+def running_server(workdir: Path, *args: str) -> Iterator[Server]:
+    """``python -m app serve`` with the default models on a free loopback port, ready;
+    stopped (SIGTERM, then SIGKILL) on exit. ``args`` are more serve flags."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    # --admin: the tests read the admin-only model detail (the embedding batcher's counters)
+    log_path = workdir / "server.log"
     cmd = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--admin"]
+           *args]
     started = time.monotonic()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -74,6 +76,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # --admin: the tests read the admin-only model detail (the embedding batcher's counters)
+    with running_server(tmp_path_factory.mktemp("server"), "--admin") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

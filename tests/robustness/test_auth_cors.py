@@ -27,7 +27,7 @@ from tests.robustness.conftest import (
 KEYS = ["key-one", "key-two"]
 FILE_KEY = "key-from-file"
 ORIGIN = "http://ok.example"
-PUBLIC = {"/health", "/ready", "/health/ready"}
+PUBLIC = {"/health", "/ready", "/health/ready", "/"}  # "/": the console page
 
 
 @pytest.fixture(scope="module")
