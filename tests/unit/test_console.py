@@ -74,7 +74,9 @@ def test_unknown_console_files_are_404_envelopes(client: TestClient):
 
 def test_console_config_reflects_the_server(client: TestClient):
     config = client.get("/console/config").json()
-    assert config["admin"] is True and config["metrics"] is True
+    assert config["admin"] is False and config["metrics"] is True  # admin routes are opt-in
+    with_admin = TestClient(create_app(Settings(admin=True)))
+    assert with_admin.get("/console/config").json()["admin"] is True
     assert config["keep_alive_default_s"] == 1800.0
     assert config["htdi"]["requestId"]
     no_metrics = TestClient(create_app(Settings(metrics_enabled=False)))
