@@ -54,6 +54,7 @@ class Collected:
     finish_reasons: list[str | None]
     logprobs: list[list[TokenLogprob]]
     usage: Usage
+    stop_sequences: list[str | None]  # the stop string that ended each choice, if one did
 
 
 @dataclass
@@ -111,7 +112,8 @@ class Run:
                     for out in owed:
                         yield out
                     logprobs = held + (logprobs or []) or None
-                yield ChoiceEnd(choice, reason, logprobs)
+                matched = event.stop_sequence if reason == "stop" else None
+                yield ChoiceEnd(choice, reason, logprobs, matched)
         yield Usage(sum(prompt_tokens), completion_tokens, sum(cached_tokens))
 
     def _tool_streams(self) -> list[ToolCallStream] | None:
@@ -127,7 +129,7 @@ class Run:
         """Every event of the run gathered per choice; the run is closed afterwards."""
         n = self.choices
         out = Collected([""] * n, [None] * n, [None] * n, [[] for _ in range(n)],
-                        Usage(0, 0, 0))
+                        Usage(0, 0, 0), [None] * n)
         try:
             async for event in self.events():
                 if isinstance(event, TextOut):
@@ -137,6 +139,7 @@ class Run:
                     out.calls[event.choice] = (out.calls[event.choice] or []) + [event.call]
                 elif isinstance(event, ChoiceEnd):
                     out.finish_reasons[event.choice] = event.finish_reason
+                    out.stop_sequences[event.choice] = event.stop_sequence
                     out.logprobs[event.choice] += event.logprobs or []
                 elif isinstance(event, Usage):
                     out.usage = event
