@@ -25,7 +25,8 @@ def _digest(value: str) -> bytes:
 
 
 class ApiKeyGuard:
-    """Accepts ``Authorization: Bearer <key>`` for any configured key, in constant time."""
+    """Accepts any configured key, in constant time, as ``Authorization: Bearer <key>`` or
+    as ``x-api-key: <key>`` (how Anthropic's SDKs and Claude Code send it)."""
 
     def __init__(self, keys: list[str], *, metrics_public: bool = False) -> None:
         if not keys:
@@ -38,7 +39,8 @@ class ApiKeyGuard:
         """None when the request may pass, else the 401 to send."""
         if scope["path"] in self.public:
             return None
-        token = _bearer(Headers(scope=scope).get("authorization"))
+        headers = Headers(scope=scope)
+        token = _bearer(headers.get("authorization")) or headers.get("x-api-key") or None
         if token is not None:
             given = _digest(token)
             matched = False
@@ -49,7 +51,7 @@ class ApiKeyGuard:
         message = (
             "Incorrect API key provided."
             if token is not None
-            else "Missing API key: send it as 'Authorization: Bearer <key>'."
+            else "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
         )
         return APIError(
             401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}

@@ -21,6 +21,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import ApiKeyGuard
+from app.api.errors import error_payload, speaks_anthropic
 from app.api.openapi import http_routes
 from app.core.context import (
     HOUSE_ID_HEADER,
@@ -29,7 +30,7 @@ from app.core.context import (
     new_request_id,
     sane_id,
 )
-from app.core.errors import APIError, envelope, internal_error
+from app.core.errors import APIError, internal_error
 from app.core.limits import check_json_body, is_json_content
 from app.core.request_log import access_record, log_access, prompt_text
 from app.generation.timing import RequestTimer
@@ -76,6 +77,7 @@ class HTDIMiddleware:
             timer=RequestTimer(sink=self.metrics),
         )
         scope.setdefault("state", {})["ctx"] = ctx
+        anthropic = speaks_anthropic(scope["path"])
         status = 500
         started = False
 
@@ -87,6 +89,8 @@ class HTDIMiddleware:
                 out = MutableHeaders(scope=message)
                 for key, value in ctx.response_headers().items():
                     out[key] = value
+                if anthropic:  # where Anthropic's SDKs read the request id
+                    out["request-id"] = ctx.request_id
             await send(message)
 
         counted = scope["path"] not in OPERATIONAL_PATHS
@@ -105,14 +109,14 @@ class HTDIMiddleware:
                     if is_json_content(headers.get("content-type")):
                         error = check_json_body(body, self.max_json_depth)
             if error is not None:
-                await _send_error(send_with_ids, error, ctx)
+                await _send_error(send_with_ids, error, ctx, scope["path"])
                 return
             try:
                 await self.app(scope, receive, send_with_ids)
             except Exception:  # noqa: BLE001 - last resort: never leak a traceback
                 log.exception("unhandled error for request %s", ctx.request_id)
                 if not started:
-                    await _send_error(send_with_ids, internal_error(), ctx)
+                    await _send_error(send_with_ids, internal_error(), ctx, scope["path"])
         finally:
             # bookkeeping first: once the in-flight gauge drops, the request's metrics are in
             self._finish(scope, ctx, status, time.perf_counter() - t0, body)
@@ -239,13 +243,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _send_error(send: Send, error: APIError, ctx: RequestContext) -> None:
-    payload: dict[str, Any] = envelope(error, ctx.htdi())
+async def _send_error(send: Send, error: APIError, ctx: RequestContext, path: str) -> None:
+    status, payload = error_payload(path, error, ctx.htdi())
     raw = json.dumps(payload).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(raw)).encode()),
     ]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": raw})

@@ -12,6 +12,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from app.api.errors import speaks_anthropic
+
 
 class ErrorBody(BaseModel):
     message: str
@@ -34,6 +36,22 @@ class ErrorEnvelope(BaseModel):
     htdi: HTDI | None = None
 
 
+class AnthropicErrorBody(BaseModel):
+    type: str
+    message: str
+    param: str | None = None
+    code: str | None = None
+
+
+class AnthropicErrorEnvelope(BaseModel):
+    """Anthropic's error shape, on the ``/v1/messages*`` routes."""
+
+    type: str
+    error: AnthropicErrorBody
+    request_id: str | None = None
+    htdi: HTDI | None = None
+
+
 _DESCRIPTIONS = {
     400: "Invalid request (malformed JSON, wrong types, out-of-range values, limits)",
     401: "Missing or wrong API key (when one is configured)",
@@ -45,10 +63,13 @@ _DESCRIPTIONS = {
     499: "Client closed the request (no body)",
     500: "Unexpected server error",
     503: "Model loading, queue timeout or server shutting down",
+    529: "Overloaded: queue full or timed out, model loading, server shutting down",
 }
 # What any route can answer: the edge middleware runs before routing.
 EDGE_STATUSES = (400, 401, 404, 405, 413, 431, 500, 503)
 GENERATION_STATUSES = (429,)
+# Anthropic's routes tell 429 and 503 as 529 overloaded_error.
+ANTHROPIC_STATUSES = (400, 401, 404, 405, 413, 431, 500, 529)
 
 
 def http_routes(app: Any) -> list[tuple[str, set[str]]]:
@@ -80,13 +101,17 @@ def install_openapi(app: FastAPI, streaming_paths: tuple[str, ...]) -> None:
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(_model_schemas(ErrorEnvelope, components))
-        ref = {"$ref": "#/components/schemas/ErrorEnvelope"}
+        components.update(_model_schemas(AnthropicErrorEnvelope, components))
         for path, operations in schema.get("paths", {}).items():
             for method, operation in operations.items():
                 responses = operation.setdefault("responses", {})
                 responses.pop("422", None)
                 statuses = EDGE_STATUSES
-                if path in streaming_paths:
+                ref = {"$ref": "#/components/schemas/ErrorEnvelope"}
+                if speaks_anthropic(path):
+                    statuses = ANTHROPIC_STATUSES
+                    ref = {"$ref": "#/components/schemas/AnthropicErrorEnvelope"}
+                elif path in streaming_paths:
                     statuses += GENERATION_STATUSES
                 for status in statuses:
                     responses.setdefault(str(status), {

@@ -163,6 +163,28 @@ class GenerationCore:
 
     async def start(self, spec: GenerationSpec, ctx: RequestContext) -> Run:
         """Validate, lease, render, tokenize and queue; raises APIError before any byte."""
+        plan, lease = await self._checked_lease(spec, ctx)
+        try:
+            return await self._queue(spec, ctx, lease, plan)
+        except BaseException:
+            lease.release()
+            raise
+
+    async def count_prompt_tokens(self, spec: GenerationSpec, ctx: RequestContext) -> int:
+        """How many tokens the spec's prompt(s) take, rendered (tools included) exactly as
+        :meth:`start` would render them; nothing is generated."""
+        plan, lease = await self._checked_lease(spec, ctx)
+        try:
+            loop = asyncio.get_running_loop()
+            prompts = await loop.run_in_executor(None, prompt_tokens, lease.managed, spec, plan)
+        finally:
+            lease.release()
+        return sum(len(prompt) for prompt in prompts)
+
+    async def _checked_lease(
+        self, spec: GenerationSpec, ctx: RequestContext
+    ) -> tuple[ToolPlan | None, ModelLease]:
+        """The request's limits and tool plan checked, and its model leased."""
         ctx.model = spec.model
         check_request_limits(spec, self.settings)
         plan = plan_tools(spec)
@@ -174,12 +196,8 @@ class GenerationCore:
             )
         lease = self.manager.lease(spec.model, spec.capability)
         managed = await lease.acquire()
-        try:
-            ctx.model = managed.spec.id
-            return await self._queue(spec, ctx, lease, plan)
-        except BaseException:
-            lease.release()
-            raise
+        ctx.model = managed.spec.id
+        return plan, lease
 
     async def _queue(
         self, spec: GenerationSpec, ctx: RequestContext, lease: ModelLease, plan: ToolPlan | None

@@ -1,0 +1,48 @@
+"""POST /v1/messages and /v1/messages/count_tokens (Anthropic's Messages API).
+
+``anthropic-version`` and ``anthropic-beta`` headers are accepted and need not be sent;
+the ``?beta=true`` query Claude Code adds is ignored too."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.api.cancellation import ClientDisconnected, unless_disconnected
+from app.api.errors import request_context
+from app.api.sse import sse_response
+from app.core.context import RequestContext
+from app.core.errors import APIError
+from app.handler.anthropic_errors import anthropic_envelope
+from app.handler.messages import MessagesHandler, single_call
+from app.handler.messages_stream import message_events
+from app.handler.sse_event import NamedEvent
+from app.schemas.anthropic import CountTokensRequest, MessagesRequest
+
+router = APIRouter()
+
+
+def _error_event(error: APIError, ctx: RequestContext) -> NamedEvent:
+    return NamedEvent("error", anthropic_envelope(error, ctx.htdi()))
+
+
+@router.post("/v1/messages")
+async def create_message(body: MessagesRequest, request: Request) -> Response:
+    handler: MessagesHandler = request.app.state.messages
+    ctx = request_context(request)
+    run = await handler.prepare(body, ctx)
+    if body.stream:
+        events = message_events(run, ctx, body.model, single_call(body))
+        return sse_response(events, ctx, _error_event, done=False)
+    try:
+        result = await unless_disconnected(request, handler.complete(run, body, ctx))
+    except ClientDisconnected:
+        run.close()
+        return Response(status_code=499)
+    return JSONResponse(result)
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(body: CountTokensRequest, request: Request) -> JSONResponse:
+    handler: MessagesHandler = request.app.state.messages
+    return JSONResponse(await handler.count_tokens(body, request_context(request)))
