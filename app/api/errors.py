@@ -54,9 +54,14 @@ def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
     return text
 
 
-def validation_error(exc: RequestValidationError) -> APIError:
+def validation_error(exc: RequestValidationError, deepest: bool = False) -> APIError:
+    """The first error (OpenAI routes), or with ``deepest`` the one deepest in the body:
+    for a union such as "a string or a list of blocks" that is the block's own error,
+    not "should be a valid string"."""
     errors = exc.errors()
     first = errors[0] if errors else {}
+    if deepest and errors:
+        first = max(errors, key=lambda error: len(error.get("loc", ())))
     if first.get("type") == "json_invalid":
         return APIError(
             400,
@@ -82,7 +87,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(request, validation_error(exc))
+        deepest = speaks_anthropic(request.url.path)
+        return error_response(request, validation_error(exc, deepest))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

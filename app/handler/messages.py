@@ -163,7 +163,8 @@ def messages_spec(body: MessagesInput, model: str) -> GenerationSpec:
         model=model,
         capability="chat",
         messages=conversation(body),
-        tools=[FunctionTool(t.name, t.description, t.input_schema) for t in body.tools or []],
+        tools=[FunctionTool(t.name, t.description, t.input_schema, t.strict)
+               for t in body.tools or []],
         tool_choice=mode,
         tool_name=choice.name if isinstance(choice, ToolChoiceTool) else None,
         output_schema=(

@@ -2,8 +2,9 @@
 
 Unknown fields are refused, as Anthropic does ("Extra inputs are not permitted"). Fields
 that only steer Anthropic's own service (``cache_control``, ``context_management``,
-``service_tier``) are accepted and have no effect here; ``docs/PHASE4_TIER3A_CONTRACT.md``
-says which.
+``service_tier``, ``speed``, ``inference_geo``, ``user_profile_id``, ``workspace_id``, a
+tool's ``defer_loading`` / ``eager_input_streaming`` / ``allowed_callers`` /
+``input_examples``, thinking's ``display``) are accepted and have no effect here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ class _Strict(BaseModel):
 
 class CacheControl(_Strict):
     type: Literal["ephemeral"]
-    ttl: str | None = None
+    ttl: Literal["5m", "1h"] | None = None
 
 
 class TextBlock(_Strict):
@@ -52,6 +53,8 @@ class ToolUseBlock(_Strict):
     name: str = Field(min_length=1, max_length=128)
     input: dict[str, Any]
     cache_control: CacheControl | None = None
+    caller: dict[str, Any] | None = None
+    toolset_name: str | None = None
 
 
 ToolResultContent = Annotated[TextBlock | ImageBlock | DocumentBlock, Field(discriminator="type")]
@@ -63,6 +66,7 @@ class ToolResultBlock(_Strict):
     content: str | list[ToolResultContent] = ""
     is_error: bool = False
     cache_control: CacheControl | None = None
+    toolset_name: str | None = None
 
 
 class ThinkingBlock(_Strict):
@@ -102,7 +106,12 @@ class Tool(_Strict):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9_-]+$")
     description: str | None = None
     input_schema: dict[str, Any]
+    strict: bool | None = None
     cache_control: CacheControl | None = None
+    defer_loading: bool | None = None
+    eager_input_streaming: bool | None = None
+    allowed_callers: list[str] | None = None
+    input_examples: list[dict[str, Any]] | None = None
 
 
 class ToolChoiceAuto(_Strict):
@@ -134,6 +143,7 @@ ToolChoice = Annotated[
 class ThinkingEnabled(_Strict):
     type: Literal["enabled"]
     budget_tokens: int = Field(ge=1024)
+    display: Literal["summarized", "omitted"] | None = None
 
 
 class ThinkingDisabled(_Strict):
@@ -141,7 +151,8 @@ class ThinkingDisabled(_Strict):
 
 
 class ThinkingAdaptive(_Strict):
-    type: Literal["adaptive"]
+    type: Literal["adaptive", "between_tools"]
+    display: Literal["summarized", "omitted"] | None = None
 
 
 Thinking = Annotated[
@@ -164,7 +175,7 @@ class OutputFormat(_Strict):
 
 
 class OutputConfig(_Strict):
-    effort: Literal["low", "medium", "high", "max"] | None = None
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
     format: OutputFormat | None = None
 
 
@@ -179,6 +190,11 @@ class MessagesInput(_Strict):
     thinking: Thinking | None = None
     output_config: OutputConfig | None = None
     context_management: dict[str, Any] | None = None  # Anthropic-side context edits
+    cache_control: CacheControl | None = None
+    speed: Literal["standard", "fast"] | None = None
+    inference_geo: str | None = Field(None, max_length=64)
+    user_profile_id: str | None = Field(None, max_length=256)
+    workspace_id: str | None = Field(None, max_length=256)
 
 
 class MessagesRequest(MessagesInput):
