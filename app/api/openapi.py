@@ -121,16 +121,23 @@ def install_openapi(app: FastAPI, streaming_paths: tuple[str, ...]) -> None:
                 if path in streaming_paths and method == "post":
                     responses["499"] = {"description": _DESCRIPTIONS[499]}
                     content = responses.setdefault("200", {}).setdefault("content", {})
-                    content["text/event-stream"] = {
-                        "schema": {"type": "string",
-                                   "description": "SSE chunks when stream is true"}
-                    }
+                    content["text/event-stream"] = {"schema": _sse_schema(path)}
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _sse_schema(path: str) -> dict[str, Any]:
+    """One event of the route's stream: OpenAI's are bare ``data:`` lines, Anthropic's
+    are named (``event:`` and ``data:``)."""
+    if speaks_anthropic(path):
+        return {"type": "object", "required": ["event", "data"],
+                "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+                "description": "Anthropic's named events when stream is true"}
+    return {"type": "string", "description": "SSE chunks when stream is true"}
 
 
 def _model_schemas(model: type[BaseModel], existing: dict[str, Any]) -> dict[str, Any]:

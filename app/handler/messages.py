@@ -40,7 +40,6 @@ from app.schemas.anthropic import (
     RedactedThinkingBlock,
     TextBlock,
     ThinkingBlock,
-    ThinkingEnabled,
     ToolChoiceAny,
     ToolChoiceNone,
     ToolChoiceTool,
@@ -231,15 +230,8 @@ class MessagesHandler:
     def _spec(self, body: MessagesInput, ctx: RequestContext) -> GenerationSpec:
         ctx.model = body.model
         model = self.core.manager.registry.resolve(body.model, self.core.settings.model_map)
-        if isinstance(body, MessagesRequest):
-            if body.metadata is not None:
-                ctx.apply_body_metadata(body.metadata.model_dump(exclude_none=True))
-            thinking = body.thinking
-            if isinstance(thinking, ThinkingEnabled) and thinking.budget_tokens >= body.max_tokens:
-                raise errors.invalid_request(
-                    "thinking.budget_tokens must be less than max_tokens.",
-                    param="thinking.budget_tokens",
-                )
+        if isinstance(body, MessagesRequest) and body.metadata is not None:
+            ctx.apply_body_metadata(body.metadata.model_dump(exclude_none=True))
         return messages_spec(body, model)
 
     async def prepare(self, body: MessagesRequest, ctx: RequestContext) -> Run:

@@ -141,8 +141,12 @@ ToolChoice = Annotated[
 
 
 class ThinkingEnabled(_Strict):
+    """Accepted with any positive budget: nothing here thinks yet, so Anthropic's own bounds
+    (at least 1024, below ``max_tokens``) would only refuse requests (Claude Code sends
+    ``max_tokens - 1``, under 1024 when its output limit is lowered for a small model)."""
+
     type: Literal["enabled"]
-    budget_tokens: int = Field(ge=1024)
+    budget_tokens: int = Field(ge=1)
     display: Literal["summarized", "omitted"] | None = None
 
 
