@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.api.cancellation import ClientDisconnected, unless_disconnected
+from app.api.cancellation import json_unless_disconnected
 from app.api.errors import request_context
 from app.api.sse import sse_response
 from app.core.context import RequestContext
@@ -34,12 +34,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     if body.stream:
         events = message_events(run, ctx, body.model, single_call(body))
         return sse_response(events, ctx, _error_event, done=False)
-    try:
-        result = await unless_disconnected(request, handler.complete(run, body, ctx))
-    except ClientDisconnected:
-        run.close()
-        return Response(status_code=499)
-    return JSONResponse(result)
+    return await json_unless_disconnected(request, run, handler.complete(run, body, ctx))
 
 
 @router.post("/v1/messages/count_tokens")

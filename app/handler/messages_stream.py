@@ -10,15 +10,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from app.core.context import RequestContext
+from app.generation import events as ev
 from app.generation.core import Run
-from app.generation.events import (
-    KEEP_ALIVE,
-    ChoiceEnd,
-    TextOut,
-    ToolCallDelta,
-    ToolCallStart,
-    Usage,
-)
 from app.handler.messages import message_id, stop_reason, tool_use_id, usage_dict
 from app.handler.sse_event import NamedEvent
 
@@ -56,7 +49,7 @@ async def message_events(
 ) -> AsyncIterator[Any]:
     """The run as named events (and KEEP_ALIVE); the run is closed at the end."""
     blocks = _Blocks()
-    ending: ChoiceEnd | None = None
+    ending: ev.ChoiceEnd | None = None
     try:
         prompt = sum(len(p) for p in run.prompts)
         yield _event("message_start", message={
@@ -67,21 +60,21 @@ async def message_events(
         })
         yield _event("ping")
         async for event in run.events():
-            if isinstance(event, TextOut):
+            if isinstance(event, ev.TextOut):
                 if blocks.open != "text":
                     for out in blocks.start("text", {"type": "text", "text": ""}):
                         yield out
                 yield blocks.delta({"type": "text_delta", "text": event.text})
-            elif isinstance(event, ToolCallStart) and not (single_call and event.index):
+            elif isinstance(event, ev.ToolCallStart) and not (single_call and event.index):
                 block = {"type": "tool_use", "id": tool_use_id(event.id), "name": event.name,
                          "input": {}}
                 for out in blocks.start(f"call:{event.index}", block):
                     yield out
-            elif isinstance(event, ToolCallDelta) and blocks.open == f"call:{event.index}":
+            elif isinstance(event, ev.ToolCallDelta) and blocks.open == f"call:{event.index}":
                 yield blocks.delta({"type": "input_json_delta", "partial_json": event.arguments})
-            elif isinstance(event, ChoiceEnd):
+            elif isinstance(event, ev.ChoiceEnd):
                 ending = event
-            elif isinstance(event, Usage):
+            elif isinstance(event, ev.Usage):
                 for out in blocks.stop():
                     yield out
                 reason = stop_reason(ending and ending.finish_reason,
@@ -91,7 +84,7 @@ async def message_events(
                                     "stop_sequence": ending and ending.stop_sequence},
                              usage=usage_dict(event))
                 yield _event("message_stop", htdi=ctx.htdi())
-            elif event is KEEP_ALIVE:
-                yield KEEP_ALIVE
+            elif event is ev.KEEP_ALIVE:
+                yield ev.KEEP_ALIVE
     finally:
         run.close()

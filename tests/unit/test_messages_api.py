@@ -14,26 +14,21 @@ from app.config import Settings
 from app.core import errors
 from app.lifecycle.registry import ModelRegistry, ModelSpec
 from app.main import create_app
+from tests.unit.test_tools import ADD as OPENAI_ADD
+from tests.unit.test_tools import WEATHER as OPENAI_WEATHER
 
 KEY = "sk-unit-key"
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
-WEATHER = {
-    "name": "get_weather",
-    "description": "Weather for a city",
-    "input_schema": {
-        "type": "object",
-        "properties": {"unit": {"enum": ["c", "f"]}, "days": {"enum": [1, 2, 3]}},
-        "required": ["unit", "days"],
-    },
-}
-ADD = {
-    "name": "add",
-    "input_schema": {
-        "type": "object",
-        "properties": {"a": {"enum": [1, 2]}, "b": {"enum": [3, 4]}},
-        "required": ["a", "b"],
-    },
-}
+
+
+def _anthropic(tool: dict) -> dict:
+    """test_tools' OpenAI function as an Anthropic tool."""
+    function = tool["function"]
+    return {"name": function["name"], "input_schema": function["parameters"],
+            **({"description": function["description"]} if "description" in function else {})}
+
+
+WEATHER, ADD = _anthropic(OPENAI_WEATHER), _anthropic(OPENAI_ADD)
 SCHEMAS = {"get_weather": WEATHER["input_schema"], "add": ADD["input_schema"]}
 
 
