@@ -2,7 +2,8 @@
 block ``content_block_start`` / ``content_block_delta`` (``text_delta``,
 ``input_json_delta``) / ``content_block_stop``, then ``message_delta`` (stop reason,
 usage) and ``message_stop`` (with ``htdi``). Text and tool calls become blocks in the
-order the model writes them; keep-alives pass through for the API layer to frame."""
+order the model writes them. A ``ping`` goes out while a prompt is prefilled and after
+every ``PING_EVERY_S`` seconds without an event, as Anthropic's own streams do."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from typing import Any
 from app.core.context import RequestContext
 from app.generation import events as ev
 from app.generation.core import Run
+from app.handler.heartbeat import BEAT, with_heartbeat
 from app.handler.messages import message_id, stop_reason, tool_use_id, usage_dict
 from app.handler.sse_event import NamedEvent
+
+PING_EVERY_S = 10.0
 
 
 def _event(name: str, **data: Any) -> NamedEvent:
@@ -47,7 +51,7 @@ class _Blocks:
 async def message_events(
     run: Run, ctx: RequestContext, model: str, single_call: bool
 ) -> AsyncIterator[Any]:
-    """The run as named events (and KEEP_ALIVE); the run is closed at the end."""
+    """The run as named events; the run is closed at the end."""
     blocks = _Blocks()
     ending: ev.ChoiceEnd | None = None
     try:
@@ -59,7 +63,7 @@ async def message_events(
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
         })
         yield _event("ping")
-        async for event in run.events():
+        async for event in with_heartbeat(run.events(), PING_EVERY_S):
             if isinstance(event, ev.TextOut):
                 if blocks.open != "text":
                     for out in blocks.start("text", {"type": "text", "text": ""}):
@@ -84,7 +88,7 @@ async def message_events(
                                     "stop_sequence": ending and ending.stop_sequence},
                              usage=usage_dict(event))
                 yield _event("message_stop", htdi=ctx.htdi())
-            elif event is ev.KEEP_ALIVE:
-                yield ev.KEEP_ALIVE
+            elif event is ev.KEEP_ALIVE or event is BEAT:
+                yield _event("ping")
     finally:
         run.close()

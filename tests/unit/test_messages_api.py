@@ -280,3 +280,26 @@ def test_error_after_the_stream_started_is_an_error_event(
     assert name == "error" and data["error"] == {
         "type": "api_error", "message": "The engine failed.", "code": "internal_error"}
     assert "message_stop" not in [n for n, _ in events]
+
+
+def test_a_silent_run_still_sends_pings(api: TestClient, monkeypatch: pytest.MonkeyPatch):
+    """Claude Code gives up on a stream after 180 s without a byte: while nothing else is
+    said (a slow prompt, text held back as a possible tool call) pings keep coming."""
+    import asyncio
+
+    from app.generation.core import Run
+    from app.handler import messages_stream
+
+    original = Run.events
+
+    async def slow(self):
+        await asyncio.sleep(0.5)
+        async for event in original(self):
+            yield event
+
+    monkeypatch.setattr(Run, "events", slow)
+    monkeypatch.setattr(messages_stream, "PING_EVERY_S", 0.05)
+    names = [name for name, _ in events_of(create(api, stream=True))]
+    first_block = names.index("content_block_start")
+    assert names[:first_block].count("ping") >= 5, names
+    assert names[-1] == "message_stop"
