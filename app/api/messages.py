@@ -10,20 +10,12 @@ from fastapi.responses import JSONResponse, Response
 
 from app.api.cancellation import json_unless_disconnected
 from app.api.errors import request_context
-from app.api.sse import sse_response
-from app.core.context import RequestContext
-from app.core.errors import APIError
-from app.handler.anthropic_errors import anthropic_envelope
+from app.api.sse import named_sse_response
 from app.handler.messages import MessagesHandler, single_call
 from app.handler.messages_stream import message_events
-from app.handler.sse_event import NamedEvent
 from app.schemas.anthropic import CountTokensRequest, MessagesRequest
 
 router = APIRouter()
-
-
-def _error_event(error: APIError, ctx: RequestContext) -> NamedEvent:
-    return NamedEvent("error", anthropic_envelope(error, ctx.htdi()))
 
 
 @router.post("/v1/messages")
@@ -33,7 +25,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     run = await handler.prepare(body, ctx)
     if body.stream:
         events = message_events(run, ctx, body.model, single_call(body))
-        return sse_response(events, ctx, _error_event, done=False)
+        return named_sse_response(events)
     return await json_unless_disconnected(request, run, handler.complete(run, body, ctx))
 
 

@@ -3,7 +3,9 @@ block ``content_block_start`` / ``content_block_delta`` (``text_delta``,
 ``input_json_delta``) / ``content_block_stop``, then ``message_delta`` (stop reason,
 usage) and ``message_stop`` (with ``htdi``). Text and tool calls become blocks in the
 order the model writes them. A ``ping`` goes out while a prompt is prefilled and after
-every ``PING_EVERY_S`` seconds without an event, as Anthropic's own streams do."""
+every ``PING_EVERY_S`` seconds without an event, as Anthropic's own streams do. Each event
+is a dict whose ``type`` is its SSE event name (the API layer's named framing); an error
+after the first byte is the stream's last event, ``error``."""
 
 from __future__ import annotations
 
@@ -11,17 +13,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from app.core.context import RequestContext
+from app.core.errors import APIError
 from app.generation import events as ev
 from app.generation.core import Run
+from app.handler.anthropic_errors import anthropic_envelope
 from app.handler.heartbeat import BEAT, with_heartbeat
 from app.handler.messages import message_id, stop_reason, tool_use_id, usage_dict
-from app.handler.sse_event import NamedEvent
 
 PING_EVERY_S = 10.0
 
 
-def _event(name: str, **data: Any) -> NamedEvent:
-    return NamedEvent(name, {"type": name, **data})
+def _event(name: str, **data: Any) -> dict[str, Any]:
+    return {"type": name, **data}
 
 
 class _Blocks:
@@ -31,16 +34,16 @@ class _Blocks:
         self.count = 0
         self.open: str | None = None  # "text", or "call:<index>" for a tool call
 
-    def start(self, key: str, block: dict[str, Any]) -> list[NamedEvent]:
+    def start(self, key: str, block: dict[str, Any]) -> list[dict[str, Any]]:
         out = self.stop()
         self.open = key
         out.append(_event("content_block_start", index=self.count, content_block=block))
         return out
 
-    def delta(self, delta: dict[str, Any]) -> NamedEvent:
+    def delta(self, delta: dict[str, Any]) -> dict[str, Any]:
         return _event("content_block_delta", index=self.count, delta=delta)
 
-    def stop(self) -> list[NamedEvent]:
+    def stop(self) -> list[dict[str, Any]]:
         if self.open is None:
             return []
         self.open = None
@@ -90,5 +93,7 @@ async def message_events(
                 yield _event("message_stop", htdi=ctx.htdi())
             elif event is ev.KEEP_ALIVE or event is BEAT:
                 yield _event("ping")
+    except APIError as exc:
+        yield anthropic_envelope(exc, ctx.htdi())
     finally:
         run.close()
