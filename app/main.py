@@ -16,6 +16,7 @@ from app.api import (
     completions,
     embeddings,
     health,
+    messages,
     metrics,
     models,
     responses,
@@ -36,6 +37,7 @@ from app.generation.core import GenerationCore
 from app.handler.chat import ChatHandler
 from app.handler.completions import CompletionsHandler
 from app.handler.embeddings import EmbeddingsHandler
+from app.handler.messages import MessagesHandler
 from app.handler.responses.handler import ResponsesHandler
 from app.handler.responses.store import open_store
 from app.handler.tokenize import TokenizeHandler
@@ -44,7 +46,7 @@ from app.lifecycle.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-STREAMING_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
+STREAMING_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages")
 
 
 async def _log_models_ready(manager: ModelManager, settings: Settings, started: float) -> None:
@@ -124,6 +126,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     core = GenerationCore(manager, settings)
     app.state.chat = ChatHandler(core)
     app.state.completions = CompletionsHandler(core)
+    app.state.messages = MessagesHandler(core)
     app.state.embeddings = EmbeddingsHandler(manager, settings)
     app.state.tokenize = TokenizeHandler(manager)
     store = None
@@ -139,6 +142,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(responses.router)
+    app.include_router(messages.router)
     app.include_router(embeddings.router)
     app.include_router(tokenize.router)
     if settings.admin_enabled():

@@ -17,6 +17,8 @@ import httpx
 import pytest
 
 READY_TIMEOUT_S = float(os.environ.get("MLX_SERVER_TEST_READY_TIMEOUT", "600"))
+# Claude model names reach the default model on the Anthropic routes (test_messages_e2e).
+MODEL_MAP = "claude-*=default"
 
 
 @dataclass
@@ -51,7 +53,8 @@ def running_server(workdir: Path, *args: str) -> Iterator[Server]:
     started = time.monotonic()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MLX_SERVER_MODEL_MAP": MODEL_MAP},
         )
     base = f"http://127.0.0.1:{port}"
     try:
