@@ -54,11 +54,19 @@ class LegacyLogprobs:
             token = self.texts.entry(item.token_id, item.logprob)["token"]
             tokens.append(token)
             values.append(item.logprob)
-            tops.append({self.texts.entry(t, lp)["token"]: lp for t, lp in item.top} or None)
+            tops.append(self._top(token, item))
             offsets.append(self.offset)
             self.offset += len(token)
         return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
                 "text_offset": offsets}
+
+    def _top(self, token: str, item: TokenLogprob) -> dict[str, float]:
+        """The ``logprobs`` most likely tokens plus the sampled one (OpenAI: up to
+        ``logprobs + 1`` entries, the sampled token always among them). Byte fragments of
+        different tokens may read alike (U+FFFD): the sampled token's value wins."""
+        top = {self.texts.entry(t, lp)["token"]: lp for t, lp in item.top}
+        top[token] = item.logprob
+        return top
 
 
 class CompletionsHandler:

@@ -54,8 +54,25 @@ def test_legacy_logprobs_shape(client: TestClient):
     assert "".join(lp["tokens"]) == choice["text"]
     assert lp["text_offset"][0] == 0
     assert lp["text_offset"][1] == len(lp["tokens"][0])
-    for top in lp["top_logprobs"]:
-        assert len(top) <= 2 and all(v <= 0 for v in top.values())
+    for token, value, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"],
+                                 strict=True):
+        assert len(top) <= 3 and all(v <= 0 for v in top.values())
+        assert top[token] == value  # the sampled token is always among them
+
+
+def test_legacy_top_logprobs_always_hold_the_sampled_token(client: TestClient):
+    """OpenAI: up to logprobs + 1 entries, the sampled token included (also for
+    logprobs: 0, and for an unlikely token drawn at a high temperature)."""
+    body = complete(client, prompt="Hello world!", max_tokens=6, logprobs=0).json()
+    lp = body["choices"][0]["logprobs"]
+    assert [list(top) for top in lp["top_logprobs"]] == [[t] for t in lp["tokens"]]
+    body = complete(client, prompt="Hello world!", max_tokens=16, logprobs=1,
+                    temperature=2.0, seed=3).json()
+    lp = body["choices"][0]["logprobs"]
+    for token, value, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"],
+                                 strict=True):
+        assert 1 <= len(top) <= 2 and top[token] == value
+    assert any(len(top) == 2 for top in lp["top_logprobs"])  # a sample that was not the best
 
 
 def test_stream_matches_and_ends_properly(client: TestClient):
