@@ -121,13 +121,29 @@ def test_unsupported_parameters_are_refused(client: TestClient):
     assert complete(client, prompt="").status_code == 400
 
 
+def test_token_strs_are_the_vocabulary_strings_even_for_byte_fragments(client: TestClient):
+    """Decoding a token alone loses partial UTF-8 (U+FFFD); the vocabulary's strings and
+    the raw bytes do not."""
+    text = "Fox \u00e9t\u00e9 \U0001f98a"
+    body = client.post("/tokenize", json={"model": "default", "prompt": text,
+                                          "return_token_strs": True}).json()
+    vocab = client.app.state.manager.models["tiny"].loaded.tokenizer.vocab
+    assert [vocab[s] for s in body["token_strs"]] == body["tokens"]
+    assert not any("\ufffd" in s for s in body["token_strs"])
+    assert bytes(b for t in body["token_bytes"] for b in t) == text.encode()
+    plain = client.post("/tokenize", json={"model": "default", "prompt": text}).json()
+    assert plain["token_strs"] is None and "token_bytes" not in plain
+
+
 def test_tokenize_detokenize_round_trip(client: TestClient):
     resp = client.post("/tokenize", json={"model": "default", "prompt": "Hello world!",
                                           "return_token_strs": True})
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["count"] == len(body["tokens"]) and body["max_model_len"] == 1024
-    assert "".join(body["token_strs"]) == "Hello world!"
+    vocab = client.app.state.manager.models["tiny"].loaded.tokenizer.vocab
+    assert [vocab[s] for s in body["token_strs"]] == body["tokens"]  # vocabulary strings
+    assert bytes(b for t in body["token_bytes"] for b in t) == b"Hello world!"
     back = client.post("/detokenize", json={"model": "default", "tokens": body["tokens"]})
     assert back.json()["prompt"] == "Hello world!"
     chat = client.post("/tokenize", json={
