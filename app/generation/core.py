@@ -24,6 +24,7 @@ from app.engine.lm.types import (
     Failed,
     Finished,
     PrefillProgress,
+    PromptLogprobs,
     TextDelta,
     TokenLogprob,
 )
@@ -31,6 +32,7 @@ from app.generation.events import (
     KEEP_ALIVE,
     ChoiceEnd,
     OutputEvent,
+    PromptLogprobsOut,
     TextOut,
     ToolCallEnd,
     Usage,
@@ -54,6 +56,7 @@ class Collected:
     finish_reasons: list[str | None]
     logprobs: list[list[TokenLogprob]]
     usage: Usage
+    prompt_logprobs: list[list[TokenLogprob | None] | None]
 
 
 @dataclass
@@ -99,6 +102,8 @@ class Run:
                         yield out
             elif isinstance(event, PrefillProgress):
                 yield KEEP_ALIVE
+            elif isinstance(event, PromptLogprobs):
+                yield PromptLogprobsOut(choice, event.logprobs)
             elif isinstance(event, Failed):
                 raise failure_error(event)
             elif isinstance(event, Finished):
@@ -127,7 +132,7 @@ class Run:
         """Every event of the run gathered per choice; the run is closed afterwards."""
         n = self.choices
         out = Collected([""] * n, [None] * n, [None] * n, [[] for _ in range(n)],
-                        Usage(0, 0, 0))
+                        Usage(0, 0, 0), [None] * n)
         try:
             async for event in self.events():
                 if isinstance(event, TextOut):
@@ -140,6 +145,8 @@ class Run:
                     out.logprobs[event.choice] += event.logprobs or []
                 elif isinstance(event, Usage):
                     out.usage = event
+                elif isinstance(event, PromptLogprobsOut):
+                    out.prompt_logprobs[event.choice] = event.logprobs
         finally:
             self.close()
         return out
@@ -206,6 +213,8 @@ class GenerationCore:
         grammar = await self._grammar(spec, managed, plan)
         if grammar is not None:
             params = [replace(p, grammar=grammar) for p in params]
+        if spec.prompt_logprobs is not None:
+            params = [replace(p, prompt_logprobs=spec.prompt_logprobs) for p in params]
         submissions: list[Submission] = []
         try:
             for prompt, choice_params in zip(prompts, params, strict=True):

@@ -106,4 +106,5 @@ class GenerationSpec:
     tool_name: str | None = None  # a named tool choice: this function must be called
     output_schema: dict[str, Any] | bool | None = None  # JSON schema the answer must follow
     logprobs: int | None = None  # None: off; k >= 0: the chosen token and the top k
+    prompt_logprobs: int | None = None  # None: off; k >= 0: each prompt token and the top k
     names: FieldNames = field(default_factory=FieldNames)

@@ -189,6 +189,7 @@ class CompletionRequest(SamplingFields):
     """Legacy ``/v1/completions``."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)  # 0 (with echo): score the prompt only
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
     suffix: str | None = None

@@ -113,12 +113,61 @@ def test_stream_of_several_prompts_and_choices_matches_the_plain_answer(client: 
 
 def test_unsupported_parameters_are_refused(client: TestClient):
     for extra, param in [({"suffix": "x"}, "suffix"), ({"best_of": 3}, "best_of"),
-                         ({"echo": True, "logprobs": 1}, "echo"), ({"logprobs": 21}, "logprobs")]:
+                         ({"logprobs": 21}, "logprobs"), ({"max_tokens": -1}, "max_tokens")]:
         resp = complete(client, prompt="Hi", **extra)
         assert resp.status_code == 400, (extra, resp.text)
         assert resp.json()["error"]["param"] == param
     assert complete(client, prompt=[]).status_code == 400
     assert complete(client, prompt="").status_code == 400
+
+
+def _events(resp) -> list[dict]:
+    return [json.loads(line[6:]) for line in resp.text.splitlines()
+            if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+def test_prompt_scoring_echo_with_logprobs_and_no_tokens(client: TestClient):
+    """What lm-eval-harness sends for loglikelihood: echo + logprobs + max_tokens 0."""
+    prompt = "The capital of France is Paris."
+    ids = client.post("/tokenize", json={"model": "default", "prompt": prompt}).json()["tokens"]
+    body = complete(client, prompt=prompt, echo=True, logprobs=1, max_tokens=0).json()
+    (choice,) = body["choices"]
+    assert choice["text"] == prompt and choice["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 0
+    assert body["usage"]["prompt_tokens"] == len(ids)
+    lp = choice["logprobs"]
+    assert len(lp["tokens"]) == len(ids) and "".join(lp["tokens"]) == prompt
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert all(v < 0 for v in lp["token_logprobs"][1:])
+    for token, value, top in zip(lp["tokens"][1:], lp["token_logprobs"][1:],
+                                 lp["top_logprobs"][1:], strict=True):
+        assert top[token] == value and len(top) <= 2
+    assert lp["text_offset"][0] == 0
+    assert lp["text_offset"][-1] == len(prompt) - len(lp["tokens"][-1])
+
+    # with generated tokens after the prompt: the same prompt scores, then the completion's
+    both = complete(client, prompt=prompt, echo=True, logprobs=1, max_tokens=3).json()
+    (choice,) = both["choices"]
+    blp = choice["logprobs"]
+    assert blp["token_logprobs"][:len(ids)] == lp["token_logprobs"]
+    assert len(blp["tokens"]) == len(ids) + 3 and "".join(blp["tokens"]) == choice["text"]
+    assert blp["text_offset"] == sorted(blp["text_offset"])
+
+    # streamed: the echo (with its logprobs) first, then the completion, same numbers
+    resp = complete(client, prompt=prompt, echo=True, logprobs=1, max_tokens=3, stream=True)
+    chunks = [e["choices"][0] for e in _events(resp) if e["choices"]]
+    assert chunks[0]["text"] == prompt
+    assert chunks[0]["logprobs"]["token_logprobs"] == lp["token_logprobs"]
+    streamed = [v for c in chunks if c["logprobs"] for v in c["logprobs"]["token_logprobs"]]
+    assert streamed == blp["token_logprobs"]
+    assert "".join(c["text"] for c in chunks) == choice["text"]
+
+    # echo without logprobs and no tokens: the prompt back; token-id prompts too
+    plain = complete(client, prompt=ids, echo=True, max_tokens=0).json()["choices"][0]
+    assert plain["text"] == prompt and plain["logprobs"] is None
+    chat = client.post("/v1/chat/completions", json={
+        "model": "default", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0})
+    assert chat.status_code == 400  # chat has no use for zero tokens
 
 
 def test_token_strs_are_the_vocabulary_strings_even_for_byte_fragments(client: TestClient):

@@ -8,7 +8,13 @@ from typing import Any
 import mlx.core as mx
 
 from app.engine.lm.stops import StopStringMatcher
-from app.engine.lm.types import Finished, GenerationRequest, TextDelta, TokenLogprob
+from app.engine.lm.types import (
+    Finished,
+    GenerationRequest,
+    PromptLogprobs,
+    TextDelta,
+    TokenLogprob,
+)
 
 
 def token_logprob(row: mx.array, token: int, top: int) -> TokenLogprob:
@@ -63,6 +69,16 @@ class SequenceState:
         if finish_reason is not None:
             return self.finish(finish_reason)
         return None
+
+    def prompt_done(self, scores: list[TokenLogprob | None] | None) -> bool:
+        """The prefill is over: hand on the prompt's logprobs if they were collected; a
+        request for no tokens (``max_tokens`` 0: prompt scoring) ends here."""
+        if scores is not None:
+            self.request.push(PromptLogprobs(scores))
+        if self.request.params.max_tokens > 0:
+            return False
+        self.finish("length")
+        return True
 
     def _take_logprobs(self) -> list[TokenLogprob] | None:
         if self.request.params.logprobs is None:

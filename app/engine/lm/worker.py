@@ -285,7 +285,7 @@ class ModelEngine:
         prompts, caches, known, stop_sets = [], [], [], []
         for request in requests:
             cache, cached = None, 0
-            if self.prefix_cache is not None:
+            if self.prefix_cache is not None and request.params.prompt_logprobs is None:
                 cache, cached = self.prefix_cache.fetch(request.prompt_tokens)
             prompts.append(request.prompt_tokens[cached:])
             caches.append(cache)
@@ -297,7 +297,7 @@ class ModelEngine:
             stop_sets.append(stop_ids)
         uids = self._generator.insert(
             prompts,
-            max_tokens=[r.params.max_tokens for r in requests],
+            max_tokens=[max(1, r.params.max_tokens) for r in requests],  # 0: ends at prefill
             caches=caches,
             all_tokens=known,
             samplers=[make_request_sampler(r.params) for r in requests],
@@ -309,6 +309,8 @@ class ModelEngine:
         now = time.monotonic()
         for uid, request, stops, prefix in zip(uids, requests, stop_sets, known, strict=True):
             request.admitted_at = now
+            if request.params.prompt_logprobs is not None:
+                self._generator.prompt_scores.watch(uid, request.params.prompt_logprobs)
             self._active[uid] = SequenceState(
                 request=request,
                 detokenizer=make_detokenizer(self.tokenizer),
@@ -353,12 +355,16 @@ class ModelEngine:
                 self.name, self.stats.steps, (time.perf_counter() - started) * 1e3,
                 len(self._active), len(generation_responses), len(prompt_responses),
             )
+        ended: list[int] = []
         for response in prompt_responses:
             seq = self._active.get(response.uid)
-            if seq is not None and not response.end_of_prompt:
-                done, total = response.progress
-                seq.request.push(PrefillProgress(done, total))
-        ended: list[int] = []
+            if seq is None:
+                continue
+            if not response.end_of_prompt:
+                seq.request.push(PrefillProgress(*response.progress))
+            elif seq.prompt_done(self._generator.prompt_scores.take(response.uid)):
+                ended.append(response.uid)  # max_tokens 0: the prompt was all it wanted
+                self._active.pop(response.uid)
         finished: list[tuple[list[int], Any]] = []
         for response in generation_responses:
             seq = self._active.get(response.uid)
