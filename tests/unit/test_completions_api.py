@@ -121,6 +121,14 @@ def test_unsupported_parameters_are_refused(client: TestClient):
     assert complete(client, prompt="").status_code == 400
 
 
+def test_context_length_errors_name_prompt(client: TestClient):
+    for body in ({"prompt": "word " * 1100}, {"prompt": [5] * 1000, "max_tokens": 30}):
+        resp = complete(client, **{"max_tokens": 4, **body})
+        error = resp.json()["error"]
+        assert resp.status_code == 400 and error["code"] == "context_length_exceeded", resp.text
+        assert error["param"] == "prompt"
+
+
 def _events(resp) -> list[dict]:
     return [json.loads(line[6:]) for line in resp.text.splitlines()
             if line.startswith("data: ") and line != "data: [DONE]"]
