@@ -25,6 +25,7 @@ from app.handler.openai_common import (
     openai_call,
     sampling_of,
     schema_for,
+    system_fingerprint,
     usage_dict,
 )
 from app.schemas.openai import ChatCompletionRequest, ChatMessage, NamedToolChoice
@@ -89,6 +90,7 @@ class ChatHandler:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": ctx.model,
+            "system_fingerprint": system_fingerprint(run.managed),
             "choices": [
                 {
                     "index": i,
@@ -115,6 +117,7 @@ class ChatHandler:
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": ctx.model,
+            "system_fingerprint": system_fingerprint(run.managed),
         }
         ending = StreamEnding(base, run.choices, include_usage)
         texts_of = TokenTexts(run.tokenizer) if run.spec.logprobs is not None else None

@@ -21,7 +21,12 @@ from app.generation.events import (
 )
 from app.generation.request import FieldNames, GenerationSpec
 from app.handler.logprobs import TokenTexts
-from app.handler.openai_common import StreamEnding, sampling_of, usage_dict
+from app.handler.openai_common import (
+    StreamEnding,
+    sampling_of,
+    system_fingerprint,
+    usage_dict,
+)
 from app.schemas.openai import CompletionRequest
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for legacy completions
@@ -135,6 +140,7 @@ class CompletionsHandler:
             "object": "text_completion",
             "created": int(time.time()),
             "model": ctx.model,
+            "system_fingerprint": system_fingerprint(run.managed),
             "choices": choices,
             "usage": usage_dict(result.usage),
             "htdi": ctx.htdi(),
@@ -145,7 +151,8 @@ class CompletionsHandler:
     ) -> AsyncIterator[Any]:
         texts = TokenTexts(run.tokenizer)
         base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
-                "created": int(time.time()), "model": ctx.model}
+                "created": int(time.time()), "model": ctx.model,
+                "system_fingerprint": system_fingerprint(run.managed)}
         n = run.spec.n
         ending = StreamEnding(base, run.choices, include_usage)
         builders: dict[int, LegacyLogprobs] = {}

@@ -210,4 +210,5 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage
+    system_fingerprint: str | None = None
     htdi: dict[str, Any]

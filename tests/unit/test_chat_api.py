@@ -61,6 +61,22 @@ def test_stream_matches_non_stream(client: TestClient):
     assert "htdi" in events[-1]
 
 
+def test_system_fingerprint_on_objects_and_chunks(client: TestClient):
+    """Stable for one model and server version; on chat and legacy objects and chunks."""
+    first = chat(client, max_tokens=2).json()["system_fingerprint"]
+    assert first.startswith("fp_") and len(first) == 15
+    assert chat(client, max_tokens=3).json()["system_fingerprint"] == first
+    chunks = sse_events(chat(client, max_tokens=2, stream=True,
+                             stream_options={"include_usage": True}))
+    assert {c["system_fingerprint"] for c in chunks} == {first}
+    legacy = client.post("/v1/completions", json={"model": "default", "prompt": "Hi",
+                                                  "max_tokens": 2})
+    assert legacy.json()["system_fingerprint"] == first
+    streamed = client.post("/v1/completions", json={"model": "default", "prompt": "Hi",
+                                                    "max_tokens": 2, "stream": True})
+    assert {c["system_fingerprint"] for c in sse_events(streamed)} == {first}
+
+
 def test_n_choices_and_seed(client: TestClient):
     body = dict(max_tokens=6, temperature=1.0, seed=7, n=3)
     a, b = chat(client, **body).json(), chat(client, **body).json()
