@@ -38,7 +38,7 @@ from app.generation.events import (
     Usage,
 )
 from app.generation.limits import check_request_limits, resolve_max_tokens, sampling_params
-from app.generation.prompt import prompt_tokens
+from app.generation.prompt import check_prompt_options, prompt_tokens
 from app.generation.request import GenerationSpec, ToolCall
 from app.generation.structured import compile_schema
 from app.generation.submission import Submission, failure_error, merged_events, submit
@@ -169,6 +169,7 @@ class GenerationCore:
         """Validate, lease, render, tokenize and queue; raises APIError before any byte."""
         ctx.model = spec.model
         check_request_limits(spec, self.settings)
+        check_prompt_options(spec)
         plan = plan_tools(spec)
         if plan is not None and plan.mode != "auto" and spec.output_schema is not None:
             raise errors.invalid_request(

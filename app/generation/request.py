@@ -77,6 +77,15 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class PromptOptions:
+    """How a conversation is rendered by the chat template."""
+
+    add_generation_prompt: bool = True  # open the assistant's turn
+    continue_final_message: bool = False  # the last (assistant) message goes on, unclosed
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # extra template variables
+
+
+@dataclass(frozen=True)
 class FieldNames:
     """The dialect's names for the fields errors point at (``param`` in the envelope)."""
 
@@ -106,5 +115,6 @@ class GenerationSpec:
     tool_name: str | None = None  # a named tool choice: this function must be called
     output_schema: dict[str, Any] | bool | None = None  # JSON schema the answer must follow
     logprobs: int | None = None  # None: off; k >= 0: the chosen token and the top k
+    prompt_options: PromptOptions = field(default_factory=PromptOptions)
     prompt_logprobs: int | None = None  # None: off; k >= 0: each prompt token and the top k
     names: FieldNames = field(default_factory=FieldNames)

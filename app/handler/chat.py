@@ -18,7 +18,13 @@ from app.generation.events import (
     ToolCallStart,
     Usage,
 )
-from app.generation.request import FunctionTool, GenerationSpec, Message, ToolCall
+from app.generation.request import (
+    FunctionTool,
+    GenerationSpec,
+    Message,
+    PromptOptions,
+    ToolCall,
+)
 from app.handler.logprobs import TokenTexts
 from app.handler.openai_common import (
     StreamEnding,
@@ -29,6 +35,7 @@ from app.handler.openai_common import (
     usage_dict,
 )
 from app.schemas.openai import ChatCompletionRequest, ChatMessage, NamedToolChoice
+from app.schemas.template import TemplateOptions
 
 
 def _message(message: ChatMessage) -> Message:
@@ -64,6 +71,19 @@ def chat_spec(body: ChatCompletionRequest) -> GenerationSpec:
         tool_name=choice.function.name if isinstance(choice, NamedToolChoice) else None,
         output_schema=schema_for(body.response_format),
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        prompt_options=prompt_options_of(body),
+    )
+
+
+def prompt_options_of(body: TemplateOptions) -> PromptOptions:
+    """vLLM's defaults: a new assistant turn unless the final message is continued."""
+    go_on = bool(body.continue_final_message)
+    return PromptOptions(
+        add_generation_prompt=(
+            not go_on if body.add_generation_prompt is None else body.add_generation_prompt
+        ),
+        continue_final_message=go_on,
+        template_kwargs=dict(body.chat_template_kwargs or {}),
     )
 
 

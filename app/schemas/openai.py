@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.schemas.template import TemplateOptions
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -127,7 +129,7 @@ class SamplingFields(_Strict):
         return value
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(SamplingFields, TemplateOptions):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None

@@ -193,3 +193,47 @@ def test_stop_token_ids_end_generation(client: TestClient):
     body = chat(client, max_tokens=6, stop_token_ids=[third]).json()
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["usage"]["completion_tokens"] <= 3
+
+
+def _greedy_from_ids(client: TestClient, ids: list[int], max_tokens: int) -> str:
+    resp = client.post("/v1/completions", json={"model": "default", "prompt": ids,
+                                                "max_tokens": max_tokens, "temperature": 0})
+    return resp.json()["choices"][0]["text"]
+
+
+def test_continue_final_message_and_add_generation_prompt(client: TestClient):
+    """Assistant prefill: the last assistant message is continued, not closed; without a
+    generation prompt the conversation ends where the messages end."""
+    tokenizer = client.app.state.manager.models["tiny"].loaded.tokenizer
+    prefill = [*MESSAGES, {"role": "assistant", "content": "The capital is"}]
+    resp = chat(client, messages=prefill, continue_final_message=True, max_tokens=5)
+    assert resp.status_code == 200, resp.text
+    rendered = tokenizer.apply_chat_template(prefill, tokenize=False,
+                                             continue_final_message=True)
+    assert rendered.endswith("assistant\nThe capital is")  # open, no end-of-turn marker
+    ids = tokenizer.encode(rendered, add_special_tokens=False)
+    assert resp.json()["usage"]["prompt_tokens"] == len(ids)
+    assert resp.json()["choices"][0]["message"]["content"] == _greedy_from_ids(client, ids, 5)
+
+    resp = chat(client, add_generation_prompt=False, max_tokens=5)
+    ids = tokenizer.encode(tokenizer.apply_chat_template(
+        MESSAGES, tokenize=False, add_generation_prompt=False), add_special_tokens=False)
+    assert resp.json()["usage"]["prompt_tokens"] == len(ids)
+    assert resp.json()["choices"][0]["message"]["content"] == _greedy_from_ids(client, ids, 5)
+    # the default opens the assistant's turn
+    opened = chat(client, max_tokens=1).json()["usage"]["prompt_tokens"]
+    assert opened > len(ids)
+
+
+@pytest.mark.parametrize("extra", [
+    {"continue_final_message": True},  # the last message is the user's
+    {"messages": [*MESSAGES, {"role": "assistant", "content": "x"}],
+     "continue_final_message": True, "add_generation_prompt": True},
+    {"chat_template_kwargs": {"add_generation_prompt": False}},
+    {"chat_template_kwargs": ["not", "a", "dict"]},
+])
+def test_contradictory_template_options_are_400(client: TestClient, extra):
+    resp = chat(client, max_tokens=2, **extra)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"].split(".")[0] in (
+        "continue_final_message", "chat_template_kwargs")
