@@ -14,6 +14,13 @@ from app.schemas.openai import ChatCompletion, ChatCompletionRequest
 router = APIRouter()
 
 
+@router.post("/v1/chat/completions/input_tokens")
+async def chat_input_tokens(body: ChatCompletionRequest, request: Request) -> Response:
+    """The rendered prompt of a chat request and its token count (template debugging)."""
+    handler: ChatHandler = request.app.state.chat
+    return JSONResponse(await handler.input_tokens(body, request_context(request)))
+
+
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     handler: ChatHandler = request.app.state.chat

@@ -60,6 +60,15 @@ class Collected:
 
 
 @dataclass
+class Rendered:
+    """Prompts as the model would see them: token ids and their text."""
+
+    tokens: list[list[int]]
+    texts: list[str]
+    context_length: int
+
+
+@dataclass
 class Run:
     """A queued request: its submissions (one per prompt) and the lease on its model."""
 
@@ -185,6 +194,21 @@ class GenerationCore:
         except BaseException:
             lease.release()
             raise
+
+    async def render(self, spec: GenerationSpec, ctx: RequestContext) -> Rendered:
+        """The prompt(s) ``start`` would queue, without generating (template debugging,
+        token counting); the same checks, no context-length check."""
+        ctx.model = spec.model
+        check_request_limits(spec, self.settings)
+        check_prompt_options(spec)
+        plan = plan_tools(spec)
+        async with self.manager.lease(spec.model, spec.capability) as managed:
+            ctx.model = managed.spec.id
+            loop = asyncio.get_running_loop()
+            tokens = await loop.run_in_executor(None, prompt_tokens, managed, spec, plan)
+            decode = managed.loaded.tokenizer.decode
+            texts = [await loop.run_in_executor(None, decode, ids) for ids in tokens]
+            return Rendered(tokens, texts, managed.spec.context_length)
 
     async def _queue(
         self, spec: GenerationSpec, ctx: RequestContext, lease: ModelLease, plan: ToolPlan | None

@@ -101,6 +101,22 @@ class ChatHandler:
             )
         return await self.core.start(chat_spec(body), ctx)
 
+    async def input_tokens(
+        self, body: ChatCompletionRequest, ctx: RequestContext
+    ) -> dict[str, Any]:
+        """The prompt this chat request renders to and its token count (nothing generated)."""
+        ctx.apply_body_metadata(body.metadata)
+        rendered = await self.core.render(chat_spec(body), ctx)
+        return {
+            "object": "chat.completion.input_tokens",
+            "model": ctx.model,
+            "input_tokens": len(rendered.tokens[0]),
+            "max_model_len": rendered.context_length,
+            "prompt": rendered.texts[0],
+            "tokens": rendered.tokens[0],
+            "htdi": ctx.htdi(),
+        }
+
     async def complete(self, run: Run, ctx: RequestContext) -> dict[str, Any]:
         result = await run.collect()
         forced = run.tool_plan is not None and run.tool_plan.mode != "auto"

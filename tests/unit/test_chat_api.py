@@ -237,3 +237,30 @@ def test_contradictory_template_options_are_400(client: TestClient, extra):
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"].split(".")[0] in (
         "continue_final_message", "chat_template_kwargs")
+
+
+def test_input_tokens_shows_the_rendered_prompt_and_its_count(client: TestClient):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    for extra in ({}, {"tools": tools},
+                  {"messages": [*MESSAGES, {"role": "assistant", "content": "It is"}],
+                   "continue_final_message": True}):
+        body = {"model": "default", "messages": MESSAGES, "max_tokens": 3, "temperature": 0,
+                **extra}
+        resp = client.post("/v1/chat/completions/input_tokens", json=body)
+        assert resp.status_code == 200, resp.text
+        out = resp.json()
+        assert out["object"] == "chat.completion.input_tokens" and out["model"] == "tiny"
+        assert out["input_tokens"] == len(out["tokens"]) and out["max_model_len"] == 1024
+        assert "htdi" in out and resp.headers["x-request-id"]
+        # exactly what a chat completion of the same body is prompted with
+        used = client.post("/v1/chat/completions", json=body).json()["usage"]["prompt_tokens"]
+        assert used == out["input_tokens"]
+    assert out["prompt"].endswith("<|im_start|>assistant\nIt is")
+    assert "What is the capital of France?" in out["prompt"]
+    bad = client.post("/v1/chat/completions/input_tokens",
+                      json={"model": "default", "messages": MESSAGES,
+                            "continue_final_message": True})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "continue_final_message"
+    missing = client.post("/v1/chat/completions/input_tokens",
+                          json={"model": "nope", "messages": MESSAGES})
+    assert missing.status_code == 404
