@@ -11,7 +11,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from app.api import admin, chat, completions, embeddings, health, metrics, models, tokenize
+from app.api import (
+    admin,
+    chat,
+    completions,
+    embeddings,
+    health,
+    infill,
+    metrics,
+    models,
+    tokenize,
+)
 from app.api.admin import install_sighup_reload
 from app.api.auth import ApiKeyGuard
 from app.api.errors import install_error_handlers
@@ -24,13 +34,14 @@ from app.generation.core import GenerationCore
 from app.handler.chat import ChatHandler
 from app.handler.completions import CompletionsHandler
 from app.handler.embeddings import EmbeddingsHandler
+from app.handler.infill import InfillHandler
 from app.handler.tokenize import TokenizeHandler
 from app.lifecycle.manager import ModelManager
 from app.lifecycle.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-STREAMING_PATHS = ("/v1/chat/completions", "/v1/completions")
+STREAMING_PATHS = ("/v1/chat/completions", "/v1/completions", "/infill")
 
 
 async def _log_models_ready(manager: ModelManager, started: float) -> None:
@@ -86,6 +97,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     core = GenerationCore(manager, settings)
     app.state.chat = ChatHandler(core)
     app.state.completions = CompletionsHandler(core)
+    app.state.infill = InfillHandler(core)
     app.state.embeddings = EmbeddingsHandler(manager, settings)
     app.state.tokenize = TokenizeHandler(manager)
     app.state.started_at = int(time.time())
@@ -94,6 +106,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(models.router)
     app.include_router(chat.router)
     app.include_router(completions.router)
+    app.include_router(infill.router)
     app.include_router(embeddings.router)
     app.include_router(tokenize.router)
     app.include_router(admin.router)

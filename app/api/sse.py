@@ -20,8 +20,11 @@ def _data(payload: Any) -> bytes:
     return b"data: " + text.encode() + b"\n\n"
 
 
-async def frame(items: AsyncIterator[Any], ctx: RequestContext) -> AsyncIterator[bytes]:
-    """Chunks become ``data:`` lines; an error ends the stream with one error event."""
+async def frame(
+    items: AsyncIterator[Any], ctx: RequestContext, done: bool = True
+) -> AsyncIterator[bytes]:
+    """Chunks become ``data:`` lines; an error ends the stream with one error event;
+    ``done``: OpenAI's closing ``data: [DONE]`` (llama.cpp's routes send none)."""
     try:
         async for item in items:
             if item is KEEP_ALIVE:
@@ -33,10 +36,13 @@ async def frame(items: AsyncIterator[Any], ctx: RequestContext) -> AsyncIterator
                 yield _data(item)
     except APIError as exc:
         yield _data(envelope(exc, ctx.htdi()))
-    yield b"data: [DONE]\n\n"
+    if done:
+        yield b"data: [DONE]\n\n"
 
 
-def sse_response(items: AsyncIterator[Any], ctx: RequestContext) -> StreamingResponse:
+def sse_response(
+    items: AsyncIterator[Any], ctx: RequestContext, done: bool = True
+) -> StreamingResponse:
     return StreamingResponse(
-        frame(items, ctx), media_type="text/event-stream", headers=SSE_HEADERS
+        frame(items, ctx, done), media_type="text/event-stream", headers=SSE_HEADERS
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.core import errors
+from app.generation.fim import infill_tokens
 from app.generation.limits import check_token_ids
 from app.generation.request import GenerationSpec, PromptOptions
 from app.generation.tools import (
@@ -102,6 +103,8 @@ def raw_prompt_tokens(managed: ManagedModel, spec: GenerationSpec) -> list[list[
     vocab = managed.loaded.tokenizer_vocab_size
     if not spec.prompts:
         raise errors.invalid_request(f"{param} must not be empty.", param=param)
+    if spec.fim is not None:
+        return fim_prompt_tokens(managed, spec)
     if all(isinstance(p, str) for p in spec.prompts):
         if any(not p for p in spec.prompts):
             raise errors.invalid_request(f"{param} must not be empty.", param=param)
@@ -113,6 +116,21 @@ def raw_prompt_tokens(managed: ManagedModel, spec: GenerationSpec) -> list[list[
             raise errors.invalid_request(f"{param} must not be empty.", param=param)
         check_token_ids(prompt, vocab, param, f"{param} token ids")
     return ids
+
+
+def fim_prompt_tokens(managed: ManagedModel, spec: GenerationSpec) -> list[list[int]]:
+    """Each prompt is a prefix (may be empty: the cursor at the top of a file)."""
+    assert spec.prompts is not None and spec.fim is not None
+    if not all(isinstance(p, str) for p in spec.prompts):
+        raise errors.invalid_request(
+            f"{spec.names.prompt} must be text when a {spec.names.suffix} is given.",
+            param=spec.names.prompt,
+        )
+    tokenizer = managed.loaded.tokenizer
+    return [
+        infill_tokens(tokenizer, managed.spec.id, prefix, spec.fim, spec.names.suffix)
+        for prefix in spec.prompts  # type: ignore[misc]
+    ]
 
 
 def prompt_tokens(

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from app.generation.fim import FillInMiddle
+
 ToolMode = Literal["auto", "required", "none"]
 
 
@@ -94,6 +96,7 @@ class FieldNames:
     tools: str = "tools"
     tool_choice: str = "tool_choice"
     output_format: str = "response_format"
+    suffix: str = "suffix"
 
 
 @dataclass
@@ -116,5 +119,6 @@ class GenerationSpec:
     output_schema: dict[str, Any] | bool | None = None  # JSON schema the answer must follow
     logprobs: int | None = None  # None: off; k >= 0: the chosen token and the top k
     prompt_options: PromptOptions = field(default_factory=PromptOptions)
+    fim: FillInMiddle | None = None  # fill in the middle: the prompts are the prefixes
     prompt_logprobs: int | None = None  # None: off; k >= 0: each prompt token and the top k
     names: FieldNames = field(default_factory=FieldNames)

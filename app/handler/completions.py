@@ -19,6 +19,7 @@ from app.generation.events import (
     TokenLogprob,
     Usage,
 )
+from app.generation.fim import FillInMiddle
 from app.generation.request import FieldNames, GenerationSpec
 from app.handler.logprobs import TokenTexts
 from app.handler.openai_common import (
@@ -50,6 +51,7 @@ def completion_spec(body: CompletionRequest) -> GenerationSpec:
         prompts=prompts,
         logprobs=body.logprobs,
         prompt_logprobs=body.logprobs if body.echo else None,  # prompt scoring
+        fim=FillInMiddle(body.suffix) if body.suffix else None,
         names=FieldNames(prompt="prompt"),
     )
 
@@ -103,8 +105,10 @@ class CompletionsHandler:
         """Validate and queue every prompt × n; returns the run and each prompt's echo."""
         ctx.apply_body_metadata(body.metadata)
         ctx.model = body.model
-        if body.suffix:
-            raise errors.invalid_request("suffix is not supported.", param="suffix")
+        if body.suffix and body.echo:
+            raise errors.invalid_request(
+                "echo cannot be combined with suffix (fill in the middle).", param="echo"
+            )
         if body.best_of is not None and body.best_of != body.n:
             raise errors.invalid_request("best_of is not supported.", param="best_of")
         run = await self.core.start(completion_spec(body), ctx)

@@ -1,0 +1,29 @@
+"""POST /infill (llama.cpp's code-infill route)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.api.cancellation import ClientDisconnected, unless_disconnected
+from app.api.errors import request_context
+from app.api.sse import sse_response
+from app.handler.infill import InfillHandler
+from app.schemas.infill import InfillRequest
+
+router = APIRouter()
+
+
+@router.post("/infill")
+async def infill(body: InfillRequest, request: Request) -> Response:
+    handler: InfillHandler = request.app.state.infill
+    ctx = request_context(request)
+    run = await handler.prepare(body, ctx)
+    if body.stream:
+        return sse_response(handler.stream(run, ctx), ctx, done=False)
+    try:
+        result = await unless_disconnected(request, handler.complete(run, ctx))
+    except ClientDisconnected:
+        run.close()
+        return Response(status_code=499)
+    return JSONResponse(result)
