@@ -8,7 +8,7 @@ import pytest
 
 from app.api.auth import ApiKeyGuard
 from app.core.limits import check_json_body, is_json_content
-from app.engine.lm.types import Failed, Finished, TextDelta
+from app.engine.lm.types import Failed, Finished, SamplingParams, TextDelta
 from app.generation.timing import RequestTimer
 
 
@@ -78,6 +78,7 @@ class _Managed:
 class _Request:
     enqueued_at: float = 10.0
     admitted_at: float | None = 10.5
+    params: SamplingParams = field(default_factory=lambda: SamplingParams(max_tokens=8))
 
 
 @dataclass

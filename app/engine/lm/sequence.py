@@ -40,13 +40,17 @@ class SequenceState:
     completion_tokens: int = 0
     stops: StopStringMatcher = field(init=False)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    unsent_tokens: int = 0  # generated tokens whose text has not been pushed yet
 
     def __post_init__(self) -> None:
         self.stops = StopStringMatcher(self.request.params.stop)
 
-    def on_token(self, token: int, row: mx.array | None, finish_reason: str | None) -> str | None:
+    def on_token(
+        self, token: int, row: mx.array | None, finish_reason: str | None, step: int = 0
+    ) -> str | None:
         """Push the text this token completes; return the finish reason if it ended."""
         self.completion_tokens += 1
+        self.unsent_tokens += 1
         want = self.request.params.logprobs
         if want is not None and row is not None:
             self.pending_logprobs.append(token_logprob(row, token, want))
@@ -62,7 +66,8 @@ class SequenceState:
             text += self.stops.flush()
         if text:
             logprobs = self._take_logprobs()
-            self.request.push(TextDelta(text, token, logprobs))
+            self.request.push(TextDelta(text, token, logprobs, self.unsent_tokens, step))
+            self.unsent_tokens = 0
         if hit:
             self.pending_logprobs.clear()  # they belong to the stop string, never emitted
             return self.finish("stop")

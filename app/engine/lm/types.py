@@ -47,6 +47,8 @@ class TextDelta:
     text: str
     token_id: int
     logprobs: list[TokenLogprob] | None = None
+    tokens: int = 1  # generated tokens this text completes (text may wait for later ones)
+    step: int = 0  # the engine step that produced it (speculation returns several a step)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
@@ -26,6 +26,7 @@ from app.core.threads import join_fully
 from app.engine.base import EngineStoppedError, QueueFullError
 from app.engine.lm.detokenizer import make_detokenizer
 from app.engine.lm.grammar import GrammarFactory
+from app.engine.lm.iteration_stats import TokenHistogram, step_tokens
 from app.engine.lm.prefix_cache import PrefixCache
 from app.engine.lm.processors import make_processors
 from app.engine.lm.sampling import make_request_sampler
@@ -60,6 +61,7 @@ class EngineStats:
     generated_tokens: int = 0
     prompt_tokens: int = 0
     max_running: int = 0
+    iteration_tokens: TokenHistogram = field(default_factory=TokenHistogram)
 
 
 class ModelEngine:
@@ -346,9 +348,10 @@ class ModelEngine:
 
     def _step(self) -> None:
         assert self._generator is not None
-        started = time.perf_counter()
+        started, tokens_before = time.perf_counter(), step_tokens(self._generator)
         prompt_responses, generation_responses = self._generator.next()
         self.stats.steps += 1
+        self.stats.iteration_tokens.observe(step_tokens(self._generator) - tokens_before)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "engine %s step %d: %.0f ms, %d running, %d tokens out, %d prompts in progress",
@@ -378,7 +381,8 @@ class ModelEngine:
                     if self.fault_hook is not None:
                         self.fault_hook(seq.request, seq.completion_tokens + 1)
                     row = response.logprobs if seq.request.params.logprobs is not None else None
-                    reason = seq.on_token(response.token, row, response.finish_reason)
+                    reason = seq.on_token(response.token, row, response.finish_reason,
+                                          self.stats.steps)
             except Exception as exc:  # noqa: BLE001 - isolate a per-request failure
                 log.exception("engine %s: request %s failed", self.name, seq.request.request_id)
                 seq.request.push(Failed(f"generation failed: {type(exc).__name__}: {exc}"))
