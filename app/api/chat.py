@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from app.api.cancellation import ClientDisconnected, unless_disconnected
+from app.api.cancellation import answer
 from app.api.errors import request_context
 from app.api.sse import sse_response
 from app.handler.chat import ChatHandler
@@ -29,9 +29,4 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(handler.stream(run, ctx, include_usage), ctx)
-    try:
-        result = await unless_disconnected(request, handler.complete(run, ctx))
-    except ClientDisconnected:
-        run.close()
-        return Response(status_code=499)
-    return JSONResponse(result)
+    return await answer(request, run, handler.complete(run, ctx))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
-from app.api.cancellation import ClientDisconnected, unless_disconnected
+from app.api.cancellation import answer
 from app.api.errors import request_context
 from app.api.sse import sse_response
 from app.handler.completions import CompletionsHandler
@@ -22,9 +22,4 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(handler.stream(run, echoes, ctx, include_usage), ctx)
-    try:
-        result = await unless_disconnected(request, handler.complete(run, echoes, ctx))
-    except ClientDisconnected:
-        run.close()
-        return Response(status_code=499)
-    return JSONResponse(result)
+    return await answer(request, run, handler.complete(run, echoes, ctx))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
-from app.api.cancellation import ClientDisconnected, unless_disconnected
+from app.api.cancellation import answer
 from app.api.errors import request_context
 from app.api.sse import sse_response
 from app.handler.infill import InfillHandler
@@ -21,9 +21,4 @@ async def infill(body: InfillRequest, request: Request) -> Response:
     run = await handler.prepare(body, ctx)
     if body.stream:
         return sse_response(handler.stream(run, ctx), ctx, done=False)
-    try:
-        result = await unless_disconnected(request, handler.complete(run, ctx))
-    except ClientDisconnected:
-        run.close()
-        return Response(status_code=499)
-    return JSONResponse(result)
+    return await answer(request, run, handler.complete(run, ctx))

@@ -36,6 +36,21 @@ N_BUCKETS = (1, 2, 5, 10, 20)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                 120.0, 300.0)
 MODEL = ("model_name",)
+# Per finished sequence: (SequenceStats field, vLLM name, help, buckets)
+SEQUENCE_SERIES = (
+    ("prompt_tokens", "vllm:request_prompt_tokens", "Prompt tokens of each finished "
+     "sequence.", TOKEN_BUCKETS),
+    ("generation_tokens", "vllm:request_generation_tokens", "Generated tokens of each "
+     "finished sequence.", TOKEN_BUCKETS),
+    ("max_tokens", "vllm:request_params_max_tokens", "max_tokens of each finished sequence "
+     "(after defaults and caps).", TOKEN_BUCKETS),
+    ("prefill_s", "vllm:request_prefill_time_seconds", "Admission to the batch to first "
+     "token.", E2E_BUCKETS),
+    ("decode_s", "vllm:request_decode_time_seconds", "First token to the sequence's end.",
+     E2E_BUCKETS),
+    ("inference_s", "vllm:request_inference_time_seconds", "Admission to the batch to the "
+     "sequence's end (prefill + decode).", E2E_BUCKETS),
+)
 
 
 class ServerMetrics:
@@ -60,27 +75,13 @@ class ServerMetrics:
         self.queue = Histogram(
             "vllm:request_queue_time_seconds", "Time a sequence waited for a batch slot.",
             MODEL, buckets=TTFT_BUCKETS, registry=r)
-        self.request_prompt_tokens = Histogram(
-            "vllm:request_prompt_tokens", "Prompt tokens of each finished sequence.",
-            MODEL, buckets=TOKEN_BUCKETS, registry=r)
-        self.request_generation_tokens = Histogram(
-            "vllm:request_generation_tokens", "Generated tokens of each finished sequence.",
-            MODEL, buckets=TOKEN_BUCKETS, registry=r)
-        self.request_max_tokens = Histogram(
-            "vllm:request_params_max_tokens", "max_tokens of each finished sequence (after "
-            "defaults and caps).", MODEL, buckets=TOKEN_BUCKETS, registry=r)
+        self.sequence_series = {  # SequenceStats field → its histogram
+            field: Histogram(name, doc, MODEL, buckets=buckets, registry=r)
+            for field, name, doc, buckets in SEQUENCE_SERIES
+        }
         self.request_n = Histogram(
             "vllm:request_params_n", "Choices (n) per prompt of a generation request.",
             MODEL, buckets=N_BUCKETS, registry=r)
-        self.prefill_time = Histogram(
-            "vllm:request_prefill_time_seconds", "Admission to the batch to first token.",
-            MODEL, buckets=E2E_BUCKETS, registry=r)
-        self.decode_time = Histogram(
-            "vllm:request_decode_time_seconds", "First token to the sequence's end.",
-            MODEL, buckets=E2E_BUCKETS, registry=r)
-        self.inference_time = Histogram(
-            "vllm:request_inference_time_seconds", "Admission to the batch to the "
-            "sequence's end (prefill + decode).", MODEL, buckets=E2E_BUCKETS, registry=r)
         self.http_requests = Counter(
             "http_requests", "HTTP requests by method, route template and status.",
             ["method", "route", "status"], registry=r)
@@ -117,12 +118,8 @@ class ServerMetrics:
 
     def observe_sequence(self, model: str, stats: Any) -> None:
         """A finished sequence (``app.generation.timing.SequenceStats``)."""
-        self.request_prompt_tokens.labels(model).observe(stats.prompt_tokens)
-        self.request_generation_tokens.labels(model).observe(stats.generation_tokens)
-        self.request_max_tokens.labels(model).observe(stats.max_tokens)
-        self.prefill_time.labels(model).observe(stats.prefill_s)
-        self.decode_time.labels(model).observe(stats.decode_s)
-        self.inference_time.labels(model).observe(stats.inference_s)
+        for field, histogram in self.sequence_series.items():
+            histogram.labels(model).observe(getattr(stats, field))
 
     def observe_params_n(self, model: str, n: int) -> None:
         self.request_n.labels(model).observe(n)

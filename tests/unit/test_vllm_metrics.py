@@ -3,83 +3,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
-import pytest
 from fastapi.testclient import TestClient
 
 from app.engine.lm.iteration_stats import TokenHistogram
-from app.engine.lm.types import Finished, SamplingParams, TextDelta
-from app.generation import timing
-from app.generation.timing import RequestTimer, SequenceStats
-
-
-class _Sink:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, object]] = []
-
-    def __getattr__(self, name: str):
-        return lambda model, value: self.calls.append((name, value))
-
-    def values(self, name: str) -> list:
-        return [value for called, value in self.calls if called == name]
-
-
-@dataclass
-class _Request:
-    enqueued_at: float = 10.0
-    admitted_at: float | None = 10.5
-    params: SamplingParams = field(default_factory=lambda: SamplingParams(max_tokens=9))
-
-
-@dataclass
-class _Spec:
-    id: str = "tiny"
-
-
-@dataclass
-class _Managed:
-    spec: _Spec = field(default_factory=_Spec)
-
-
-@dataclass
-class _Submission:
-    requests: list
-    managed: _Managed = field(default_factory=_Managed)
-
-
-@dataclass
-class _Item:
-    index: int
-    event: object
-
-
-def test_one_inter_token_latency_per_generated_token(monkeypatch: pytest.MonkeyPatch):
-    """Tokens that arrive together (speculation accepting several in one step, or text that
-    waited for a later token) each get an observation: the gap spread evenly over them;
-    tokens that never became text (end of sequence, a stop string) count too."""
-    clock = iter([1.0, 2.0, 2.0, 2.0, 3.0, 5.0])  # one reading per event
-    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
-    sink = _Sink()
-    timer = RequestTimer(sink=sink)
-    sub = _Submission([_Request()])
-    events = [
-        TextDelta("a", 1, step=1),  # first token: TTFT
-        TextDelta("b", 2, step=2), TextDelta("c", 3, step=2), TextDelta("d", 4, step=2),
-        TextDelta("ef", 6, tokens=2, step=4),  # token 5's text waited for token 6
-        Finished("stop", 5, 8),  # two more tokens without text (a stop string)
-    ]
-    for event in events:
-        timer.observe(_Item(0, event), sub)
-    itl = sink.values("observe_itl")
-    assert len(itl) == 8 - 1  # every generated token but the first (that one is TTFT)
-    assert itl == pytest.approx([1 / 3] * 3 + [0.5] * 2 + [1.0] * 2)
-    assert sum(itl) == pytest.approx(5.0 - 2.0 + 1.0)  # first group at 1.0 → last at 5.0
-    (stats,) = sink.values("observe_sequence")
-    assert isinstance(stats, SequenceStats)
-    assert (stats.prompt_tokens, stats.generation_tokens, stats.max_tokens) == (5, 8, 9)
-    assert stats.inference_s == pytest.approx(stats.prefill_s + stats.decode_s)
-    assert sink.values("observe_params_n") == [1]
 
 
 def test_token_histogram_buckets():
