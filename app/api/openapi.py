@@ -96,9 +96,10 @@ def install_openapi(app: FastAPI, streaming_paths: tuple[str, ...]) -> None:
                 if path in streaming_paths and method == "post":
                     responses["499"] = {"description": _DESCRIPTIONS[499]}
                     content = responses.setdefault("200", {}).setdefault("content", {})
+                    # no type: tools read each event (``data:`` + JSON), not the body, and
+                    # validate events against it ("string" failed every streamed answer)
                     content["text/event-stream"] = {
-                        "schema": {"type": "string",
-                                   "description": "SSE chunks when stream is true"}
+                        "schema": {"description": "SSE chunks when stream is true"}
                     }
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
