@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from app.api.body import json_body, openai_route
 from app.api.cancellation import answer
 from app.api.errors import request_context
 from app.api.sse import sse_response
@@ -14,15 +17,21 @@ from app.schemas.openai import ChatCompletion, ChatCompletionRequest
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions/input_tokens")
-async def chat_input_tokens(body: ChatCompletionRequest, request: Request) -> Response:
+@openai_route(router, "POST", "/chat/completions/input_tokens", response_model=None,
+              body_model=ChatCompletionRequest)
+async def chat_input_tokens(
+    request: Request, body: Annotated[ChatCompletionRequest, json_body(ChatCompletionRequest)]
+) -> Response:
     """The rendered prompt of a chat request and its token count (template debugging)."""
     handler: ChatHandler = request.app.state.chat
     return JSONResponse(await handler.input_tokens(body, request_context(request)))
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion)
-async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+@openai_route(router, "POST", "/chat/completions", response_model=ChatCompletion,
+              body_model=ChatCompletionRequest)
+async def create_chat_completion(
+    request: Request, body: Annotated[ChatCompletionRequest, json_body(ChatCompletionRequest)]
+) -> Response:
     handler: ChatHandler = request.app.state.chat
     ctx = request_context(request)
     run = await handler.prepare(body, ctx)

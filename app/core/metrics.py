@@ -36,6 +36,7 @@ N_BUCKETS = (1, 2, 5, 10, 20)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                 120.0, 300.0)
 MODEL = ("model_name",)
+EMBEDDING_ROUTES = frozenset({"/v1/embeddings", "/embeddings"})
 # Per finished sequence: (SequenceStats field, vLLM name, help, buckets)
 SEQUENCE_SERIES = (
     ("prompt_tokens", "vllm:request_prompt_tokens", "Prompt tokens of each finished "
@@ -58,6 +59,7 @@ class ServerMetrics:
 
     def __init__(self, manager: Any = None, lifecycle: Any = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.manager = manager
         r = self.registry
         self.request_success = Counter(
             "vllm:request_success", "Finished engine sequences by finish reason "
@@ -130,10 +132,20 @@ class ServerMetrics:
     ) -> None:
         self.http_requests.labels(method, route, str(status)).inc()
         self.http_latency.labels(method, route).observe(seconds)
-        if route == "/v1/embeddings" and model:
+        model = self._registry_id(model)
+        if route in EMBEDDING_ROUTES and model:
             self.embedding_requests.labels(model, str(status)).inc()
             if status == 200:
                 self.embedding_latency.labels(model).observe(seconds)
+
+    def _registry_id(self, name: str | None) -> str | None:
+        """The registry id behind ``name``; None for names the registry does not know, so a
+        client's made-up model names never become label values (unbounded series)."""
+        registry = getattr(self.manager, "registry", None)
+        if not name or registry is None:
+            return None
+        spec = registry.get(name)
+        return spec.id if spec is not None else None
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -195,9 +195,17 @@ class GenerationCore:
             lease.release()
             raise
 
-    async def render(self, spec: GenerationSpec, ctx: RequestContext) -> Rendered:
+    async def count_tokens(self, spec: GenerationSpec, ctx: RequestContext) -> int:
+        """Prompt tokens ``spec`` would take (template, tools and all), without generating."""
+        rendered = await self.render(spec, ctx, texts=False)
+        return sum(len(prompt) for prompt in rendered.tokens)
+
+    async def render(
+        self, spec: GenerationSpec, ctx: RequestContext, texts: bool = True
+    ) -> Rendered:
         """The prompt(s) ``start`` would queue, without generating (template debugging,
-        token counting); the same checks, no context-length check."""
+        token counting); the same checks, no context-length check. ``texts``: decode them
+        too."""
         ctx.model = spec.model
         check_request_limits(spec, self.settings)
         check_prompt_options(spec)
@@ -207,8 +215,9 @@ class GenerationCore:
             loop = asyncio.get_running_loop()
             tokens = await loop.run_in_executor(None, prompt_tokens, managed, spec, plan)
             decode = managed.loaded.tokenizer.decode
-            texts = [await loop.run_in_executor(None, decode, ids) for ids in tokens]
-            return Rendered(tokens, texts, managed.spec.context_length)
+            text = [await loop.run_in_executor(None, decode, ids) for ids in tokens
+                    ] if texts else []
+            return Rendered(tokens, text, managed.spec.context_length)
 
     async def _queue(
         self, spec: GenerationSpec, ctx: RequestContext, lease: ModelLease, plan: ToolPlan | None

@@ -1,6 +1,7 @@
 """llama.cpp's ``/infill`` request (code editors: llama.vscode, Continue, Tabby).
 
-Unknown fields are ignored rather than refused, as llama.cpp does: editor plugins send
+Types are strict, as every request here; unknown fields are ignored rather than refused,
+as llama.cpp does: editor plugins send
 server-tuning options (``cache_prompt``, ``t_max_prompt_ms``, ``samplers``, ...) that
 have no meaning here.
 """
@@ -11,14 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class InfillContext(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     filename: str = Field("", max_length=4096)
     text: str
 
 
 class InfillRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field("default", min_length=1, max_length=512)
     input_prefix: str = ""

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from app.schemas.common import StrictRequest
 
 
-class TemplateOptions(BaseModel):
+class TemplateOptions(StrictRequest):
     """How the conversation is rendered: open a new assistant turn (``add_generation_prompt``,
     default true) or continue the final assistant message unclosed
     (``continue_final_message``: assistant prefill); ``chat_template_kwargs`` are handed to
     the chat template as extra variables (``enable_thinking``, ``documents``, ...)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     add_generation_prompt: bool | None = None
     continue_final_message: bool | None = None
