@@ -8,9 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.api.body import json_body, request_body_doc
-from app.api.cancellation import answer
+from app.api.cancellation import reply
 from app.api.errors import request_context
-from app.api.sse import sse_response
 from app.handler.infill import InfillHandler
 from app.schemas.infill import InfillRequest
 
@@ -21,9 +20,8 @@ router = APIRouter()
 async def infill(
     request: Request, body: Annotated[InfillRequest, json_body(InfillRequest)]
 ) -> Response:
-    handler: InfillHandler = request.app.state.infill
-    ctx = request_context(request)
+    handler: InfillHandler
+    ctx, handler = request_context(request), request.app.state.infill
     run = await handler.prepare(body, ctx)
-    if body.stream:
-        return sse_response(handler.stream(run, ctx), ctx, done=False)
-    return await answer(request, run, handler.complete(run, ctx))
+    stream = handler.stream(run, ctx) if body.stream else None  # llama.cpp: no [DONE]
+    return await reply(request, ctx, run, stream, lambda: handler.complete(run, ctx), done=False)
