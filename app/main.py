@@ -16,6 +16,7 @@ from app.api import (
     completions,
     embeddings,
     health,
+    infill,
     messages,
     metrics,
     models,
@@ -37,6 +38,7 @@ from app.generation.core import GenerationCore
 from app.handler.chat import ChatHandler
 from app.handler.completions import CompletionsHandler
 from app.handler.embeddings import EmbeddingsHandler
+from app.handler.infill import InfillHandler
 from app.handler.messages import MessagesHandler
 from app.handler.responses.handler import ResponsesHandler
 from app.handler.responses.store import open_store
@@ -46,7 +48,9 @@ from app.lifecycle.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-STREAMING_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages")
+STREAMING_PATHS = (
+    "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", "/infill",
+)
 
 
 async def _log_models_ready(manager: ModelManager, settings: Settings, started: float) -> None:
@@ -127,6 +131,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.chat = ChatHandler(core)
     app.state.completions = CompletionsHandler(core)
     app.state.messages = MessagesHandler(core)
+    app.state.infill = InfillHandler(core)
     app.state.embeddings = EmbeddingsHandler(manager, settings)
     app.state.tokenize = TokenizeHandler(manager)
     store = None
@@ -141,6 +146,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(models.router)
     app.include_router(chat.router)
     app.include_router(completions.router)
+    app.include_router(infill.router)
     app.include_router(responses.router)
     app.include_router(messages.router)
     app.include_router(embeddings.router)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
+
+from app.api.sse import sse_response
+from app.core.context import RequestContext
 
 T = TypeVar("T")
 
@@ -40,11 +43,26 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     raise ClientDisconnected()
 
 
-async def json_unless_disconnected(request: Request, run: Any, work: Awaitable[Any]) -> Response:
-    """``work``'s JSON answer; 499 with the run closed if the client left before it."""
+async def answer(request: Request, run: Any, work: Awaitable[dict[str, Any]]) -> Response:
+    """The JSON answer of a queued ``run``; 499 (and the run closed) if the client left."""
     try:
         result = await unless_disconnected(request, work)
     except ClientDisconnected:
         run.close()
         return Response(status_code=499)
     return JSONResponse(result)
+
+
+async def reply(
+    request: Request,
+    ctx: RequestContext,
+    run: Any,
+    stream: AsyncIterator[Any] | None,
+    complete: Callable[[], Awaitable[dict[str, Any]]],
+    done: bool = True,
+) -> Response:
+    """A generation route's response: SSE when ``stream`` is given (``done``: the closing
+    ``[DONE]``), else ``complete()``'s JSON answer raced against the client leaving."""
+    if stream is not None:
+        return sse_response(stream, ctx, done)
+    return await answer(request, run, complete())

@@ -8,9 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.api.body import json_body, openai_route
-from app.api.cancellation import json_unless_disconnected
+from app.api.cancellation import reply
 from app.api.errors import request_context
-from app.api.sse import sse_response
 from app.handler.completions import CompletionsHandler
 from app.schemas.openai import Completion, CompletionRequest
 
@@ -25,7 +24,6 @@ async def create_completion(
     handler: CompletionsHandler = request.app.state.completions
     ctx = request_context(request)
     run, echoes = await handler.prepare(body, ctx)
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return sse_response(handler.stream(run, echoes, ctx, include_usage), ctx)
-    return await json_unless_disconnected(request, run, handler.complete(run, echoes, ctx))
+    usage = bool(body.stream_options and body.stream_options.include_usage)
+    stream = handler.stream(run, echoes, ctx, usage) if body.stream else None
+    return await reply(request, ctx, run, stream, lambda: handler.complete(run, echoes, ctx))

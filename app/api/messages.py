@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.api.body import json_body, request_body_doc
-from app.api.cancellation import json_unless_disconnected
+from app.api.cancellation import answer
 from app.api.errors import request_context
 from app.api.sse import named_sse_response
 from app.handler.messages import MessagesHandler, single_call
@@ -31,7 +31,7 @@ async def create_message(
     if body.stream:
         events = message_events(run, ctx, body.model, single_call(body))
         return named_sse_response(events)
-    return await json_unless_disconnected(request, run, handler.complete(run, body, ctx))
+    return await answer(request, run, handler.complete(run, body, ctx))
 
 
 @router.post("/v1/messages/count_tokens", openapi_extra=request_body_doc(CountTokensRequest))

@@ -141,7 +141,9 @@ def _sse_schema(path: str) -> dict[str, Any]:
         return {"type": "object", "required": ["event", "data"],
                 "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
                 "description": "Anthropic's named events when stream is true"}
-    return {"type": "string", "description": "SSE chunks when stream is true"}
+    # no type: tools read each event (``data:`` + JSON), not the body, and validate events
+    # against it ("string" failed every streamed answer)
+    return {"description": "SSE chunks when stream is true"}
 
 
 def _model_schemas(model: type[BaseModel], existing: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from app.api.body import json_body, openai_route
-from app.api.cancellation import ClientDisconnected, unless_disconnected
+from app.api.cancellation import answer
 from app.api.errors import request_context
 from app.api.sse import named_sse_response
 from app.handler.responses.handler import ResponsesHandler
@@ -29,12 +29,7 @@ async def create_response(
     prepared = await handler.prepare(body, ctx)
     if body.stream:
         return named_sse_response(handler.stream(prepared, ctx))
-    try:
-        result = await unless_disconnected(request, handler.complete(prepared, ctx))
-    except ClientDisconnected:
-        prepared.run.close()
-        return Response(status_code=499)
-    return JSONResponse(result)
+    return await answer(request, prepared.run, handler.complete(prepared, ctx))
 
 
 @openai_route(router, "POST", "/responses/input_tokens", response_model=None,

@@ -33,8 +33,11 @@ def _named(payload: dict[str, Any]) -> bytes:
     return b"event: " + str(payload["type"]).encode() + b"\n" + _data(payload)
 
 
-async def frame(items: AsyncIterator[Any], ctx: RequestContext) -> AsyncIterator[bytes]:
-    """Chunks become ``data:`` lines; an error ends the stream with one error event."""
+async def frame(
+    items: AsyncIterator[Any], ctx: RequestContext, done: bool = True
+) -> AsyncIterator[bytes]:
+    """Chunks become ``data:`` lines; an error ends the stream with one error event;
+    ``done``: OpenAI's closing ``data: [DONE]`` (llama.cpp's routes send none)."""
     try:
         async for item in items:
             if item is KEEP_ALIVE:
@@ -46,7 +49,8 @@ async def frame(items: AsyncIterator[Any], ctx: RequestContext) -> AsyncIterator
                 yield _data(item)
     except APIError as exc:
         yield _data(envelope(exc, ctx.htdi()))
-    yield b"data: [DONE]\n\n"
+    if done:
+        yield b"data: [DONE]\n\n"
 
 
 async def frame_named(items: AsyncIterator[Any]) -> AsyncIterator[bytes]:
@@ -56,8 +60,10 @@ async def frame_named(items: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         yield KEEP_ALIVE_FRAME if item is KEEP_ALIVE else _named(item)
 
 
-def sse_response(items: AsyncIterator[Any], ctx: RequestContext) -> StreamingResponse:
-    return _streaming(frame(items, ctx))
+def sse_response(
+    items: AsyncIterator[Any], ctx: RequestContext, done: bool = True
+) -> StreamingResponse:
+    return _streaming(frame(items, ctx, done))
 
 
 def named_sse_response(items: AsyncIterator[Any]) -> StreamingResponse:

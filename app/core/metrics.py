@@ -20,7 +20,12 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -32,10 +37,28 @@ ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0
                0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 E2E_BUCKETS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0,
                30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000,
+                 100000)
+N_BUCKETS = (1, 2, 5, 10, 20)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                 120.0, 300.0)
 MODEL = ("model_name",)
 EMBEDDING_ROUTES = frozenset({"/v1/embeddings", "/embeddings"})
+# Per finished sequence: (SequenceStats field, vLLM name, help, buckets)
+SEQUENCE_SERIES = (
+    ("prompt_tokens", "vllm:request_prompt_tokens", "Prompt tokens of each finished "
+     "sequence.", TOKEN_BUCKETS),
+    ("generation_tokens", "vllm:request_generation_tokens", "Generated tokens of each "
+     "finished sequence.", TOKEN_BUCKETS),
+    ("max_tokens", "vllm:request_params_max_tokens", "max_tokens of each finished sequence "
+     "(after defaults and caps).", TOKEN_BUCKETS),
+    ("prefill_s", "vllm:request_prefill_time_seconds", "Admission to the batch to first "
+     "token.", E2E_BUCKETS),
+    ("decode_s", "vllm:request_decode_time_seconds", "First token to the sequence's end.",
+     E2E_BUCKETS),
+    ("inference_s", "vllm:request_inference_time_seconds", "Admission to the batch to the "
+     "sequence's end (prefill + decode).", E2E_BUCKETS),
+)
 
 
 class ServerMetrics:
@@ -61,6 +84,13 @@ class ServerMetrics:
         self.queue = Histogram(
             "vllm:request_queue_time_seconds", "Time a sequence waited for a batch slot.",
             MODEL, buckets=TTFT_BUCKETS, registry=r)
+        self.sequence_series = {  # SequenceStats field → its histogram
+            field: Histogram(name, doc, MODEL, buckets=buckets, registry=r)
+            for field, name, doc, buckets in SEQUENCE_SERIES
+        }
+        self.request_n = Histogram(
+            "vllm:request_params_n", "Choices (n) per prompt of a generation request.",
+            MODEL, buckets=N_BUCKETS, registry=r)
         self.http_requests = Counter(
             "http_requests", "HTTP requests by method, route template and status.",
             ["method", "route", "status"], registry=r)
@@ -96,6 +126,14 @@ class ServerMetrics:
     def count_finished(self, model: str, reason: str) -> None:
         self.request_success.labels(model, reason).inc()
 
+    def observe_sequence(self, model: str, stats: Any) -> None:
+        """A finished sequence (``app.generation.timing.SequenceStats``)."""
+        for field, histogram in self.sequence_series.items():
+            histogram.labels(model).observe(getattr(stats, field))
+
+    def observe_params_n(self, model: str, n: int) -> None:
+        self.request_n.labels(model).observe(n)
+
     # ---- HTTP -----------------------------------------------------------------
     def observe_http(
         self, method: str, route: str, status: int, seconds: float, model: str | None
@@ -130,6 +168,19 @@ class _EngineCollector(Collector):
 
     def describe(self) -> list[Metric]:
         return []  # collected live; nothing to pre-register
+
+    def _cache_config(self) -> GaugeMetricFamily:
+        """vLLM's ``cache_config_info``: the engines' KV settings as labels, value 1."""
+        info = GaugeMetricFamily(
+            "vllm:cache_config_info", "KV cache settings of the engines (labels).",
+            labels=["enable_prefix_caching", "prefix_cache_bytes", "max_num_seqs",
+                    "prefill_step_size"])
+        settings = getattr(self.manager, "settings", None)
+        if settings is not None:
+            info.add_metric([str(settings.prefix_cache_bytes > 0).lower(),
+                             str(settings.prefix_cache_bytes), str(settings.max_batch_size),
+                             str(settings.prefill_step_size)], 1.0)
+        return info
 
     def collect(self) -> Iterator[Metric]:
         running = GaugeMetricFamily(
@@ -175,6 +226,15 @@ class _EngineCollector(Collector):
         memory = GaugeMetricFamily(
             "mlx_server_model_memory_bytes", "MLX memory the loaded model's load added.",
             labels=MODEL)
+        iteration = HistogramMetricFamily(
+            "vllm:iteration_tokens_total", "Tokens per engine step (prompt tokens prefilled "
+            "plus tokens generated).", labels=MODEL)
+        kv_usage = GaugeMetricFamily(
+            "vllm:kv_cache_usage_perc", "Prefix-cache KV bytes as a fraction of its byte "
+            "budget (--prefix-cache-bytes; 0 when off).", labels=MODEL)
+        preemptions = CounterMetricFamily(
+            "vllm:num_preemptions", "Sequences preempted (this engine never preempts: a "
+            "running sequence keeps its KV cache until it ends).", labels=MODEL)
         for model_id, managed in list(self.manager.models.items()):
             engine = managed.engine
             loaded.add_metric([model_id, managed.spec.type], 1.0 if managed.state == "loaded"
@@ -188,6 +248,9 @@ class _EngineCollector(Collector):
             stats = getattr(engine, "stats", None)
             if managed.spec.type == "lm" and stats is not None:
                 running.add_metric([model_id], stats.running)
+                hist = stats.iteration_tokens
+                iteration.add_metric([model_id], hist.cumulative(), hist.total)
+                preemptions.add_metric([model_id], 0)
                 waiting.add_metric([model_id], stats.waiting)
                 prompt.add_metric([model_id], stats.prompt_tokens)
                 generated.add_metric([model_id], stats.generated_tokens)
@@ -203,13 +266,16 @@ class _EngineCollector(Collector):
                     queries.add_metric([model_id], cache.stats.prompt_tokens)
                     hits.add_metric([model_id], cache.stats.cached_tokens)
                     cache_bytes.add_metric([model_id], cache.stats.bytes)
+                    kv_usage.add_metric([model_id], cache.stats.bytes / max(1, cache.max_bytes))
+                else:
+                    kv_usage.add_metric([model_id], 0.0)
             elif hasattr(engine, "stats_snapshot"):
                 snap = engine.stats_snapshot()
                 passes.add_metric([model_id], snap.get("forward_passes", 0))
                 served.add_metric([model_id], snap.get("sequences_embedded", 0))
         yield from (running, waiting, prompt, generated, queries, hits, cache_bytes, spec_steps,
                     spec_drafted, spec_accepted, spec_emitted, spec_rate, passes, served, loaded,
-                    load_s, memory)
+                    load_s, memory, iteration, kv_usage, preemptions, self._cache_config())
         if self.lifecycle is not None:
             yield GaugeMetricFamily(
                 "mlx_server_draining", "1 while the server drains before exiting.",

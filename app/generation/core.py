@@ -24,6 +24,7 @@ from app.engine.lm.types import (
     Failed,
     Finished,
     PrefillProgress,
+    PromptLogprobs,
     TextDelta,
     TokenLogprob,
 )
@@ -31,12 +32,13 @@ from app.generation.events import (
     KEEP_ALIVE,
     ChoiceEnd,
     OutputEvent,
+    PromptLogprobsOut,
     TextOut,
     ToolCallEnd,
     Usage,
 )
 from app.generation.limits import check_request_limits, resolve_max_tokens, sampling_params
-from app.generation.prompt import prompt_tokens
+from app.generation.prompt import check_prompt_options, prompt_tokens
 from app.generation.request import GenerationSpec, ToolCall
 from app.generation.structured import compile_schema
 from app.generation.submission import Submission, failure_error, merged_events, submit
@@ -55,6 +57,16 @@ class Collected:
     logprobs: list[list[TokenLogprob]]
     usage: Usage
     stop_sequences: list[str | None]  # the stop string that ended each choice, if one did
+    prompt_logprobs: list[list[TokenLogprob | None] | None]
+
+
+@dataclass
+class Rendered:
+    """Prompts as the model would see them: token ids and their text."""
+
+    tokens: list[list[int]]
+    texts: list[str]
+    context_length: int
 
 
 @dataclass
@@ -100,6 +112,8 @@ class Run:
                         yield out
             elif isinstance(event, PrefillProgress):
                 yield KEEP_ALIVE
+            elif isinstance(event, PromptLogprobs):
+                yield PromptLogprobsOut(choice, event.logprobs)
             elif isinstance(event, Failed):
                 raise failure_error(event)
             elif isinstance(event, Finished):
@@ -143,6 +157,8 @@ class Run:
                     out.logprobs[event.choice] += event.logprobs or []
                 elif isinstance(event, Usage):
                     out.usage = event
+                elif isinstance(event, PromptLogprobsOut):
+                    out.prompt_logprobs[event.choice] = event.logprobs
         finally:
             self.close()
         return out
@@ -173,13 +189,8 @@ class GenerationCore:
     async def count_prompt_tokens(self, spec: GenerationSpec, ctx: RequestContext) -> int:
         """How many tokens the spec's prompt(s) take, rendered (tools included) exactly as
         :meth:`start` would render them; nothing is generated."""
-        plan, lease = await self._checked_lease(spec, ctx)
-        try:
-            loop = asyncio.get_running_loop()
-            prompts = await loop.run_in_executor(None, prompt_tokens, lease.managed, spec, plan)
-        finally:
-            lease.release()
-        return sum(len(prompt) for prompt in prompts)
+        rendered = await self.render(spec, ctx, texts=False)
+        return sum(len(prompt) for prompt in rendered.tokens)
 
     async def _checked_lease(
         self, spec: GenerationSpec, ctx: RequestContext
@@ -187,6 +198,7 @@ class GenerationCore:
         """The request's limits and tool plan checked, and its model leased."""
         ctx.model = spec.model
         check_request_limits(spec, self.settings)
+        check_prompt_options(spec)
         plan = plan_tools(spec)
         if plan is not None and plan.mode != "auto" and spec.output_schema is not None:
             raise errors.invalid_request(
@@ -198,6 +210,25 @@ class GenerationCore:
         managed = await lease.acquire()
         ctx.model = managed.spec.id
         return plan, lease
+
+    async def render(
+        self, spec: GenerationSpec, ctx: RequestContext, texts: bool = True
+    ) -> Rendered:
+        """The prompt(s) ``start`` would queue, without generating (template debugging,
+        token counting); the same checks, no context-length check. ``texts``: decode them
+        too."""
+        plan, lease = await self._checked_lease(spec, ctx)
+        try:
+            managed = lease.managed
+            assert managed is not None
+            loop = asyncio.get_running_loop()
+            tokens = await loop.run_in_executor(None, prompt_tokens, managed, spec, plan)
+            decode = managed.loaded.tokenizer.decode
+            text = [await loop.run_in_executor(None, decode, ids) for ids in tokens
+                    ] if texts else []
+            return Rendered(tokens, text, managed.spec.context_length)
+        finally:
+            lease.release()
 
     async def _queue(
         self, spec: GenerationSpec, ctx: RequestContext, lease: ModelLease, plan: ToolPlan | None
@@ -227,6 +258,8 @@ class GenerationCore:
         grammar = await self._grammar(spec, managed, plan)
         if grammar is not None:
             params = [replace(p, grammar=grammar) for p in params]
+        if spec.prompt_logprobs is not None:
+            params = [replace(p, prompt_logprobs=spec.prompt_logprobs) for p in params]
         submissions: list[Submission] = []
         try:
             for prompt, choice_params in zip(prompts, params, strict=True):

@@ -22,6 +22,15 @@ class TextOut:
 
 
 @dataclass
+class PromptLogprobsOut:
+    """The logprobs of a choice's prompt tokens (``None`` for the first), before its text;
+    only when the spec asked for ``prompt_logprobs``."""
+
+    choice: int
+    logprobs: list[TokenLogprob | None]
+
+
+@dataclass
 class ToolCallStart:
     """A tool call begins: its function name is known (arguments follow as deltas)."""
 
@@ -76,10 +85,12 @@ class KeepAlive:
 KEEP_ALIVE = KeepAlive()
 
 __all__ = [
-    "KEEP_ALIVE", "ChoiceEnd", "KeepAlive", "OutputEvent", "TextOut", "TokenLogprob",
+    "KEEP_ALIVE", "ChoiceEnd", "KeepAlive", "OutputEvent", "PromptLogprobsOut", "TextOut",
+    "TokenLogprob",
     "ToolCallDelta", "ToolCallEnd", "ToolCallStart", "Usage",
 ]
 
 OutputEvent = (
     TextOut | ToolCallStart | ToolCallDelta | ToolCallEnd | ChoiceEnd | Usage | KeepAlive
+    | PromptLogprobsOut
 )

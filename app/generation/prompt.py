@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from app.core import errors
+from app.generation.fim import infill_tokens
 from app.generation.limits import check_token_ids
-from app.generation.request import GenerationSpec
+from app.generation.request import GenerationSpec, PromptOptions
 from app.generation.tools import (
     ToolPlan,
     fallback_system_prompt,
@@ -36,6 +37,37 @@ def apply_template(
     return tokenizer.encode(text, add_special_tokens=False)
 
 
+# Template variables the renderer sets itself; chat_template_kwargs may not override them.
+RESERVED_TEMPLATE_KWARGS = frozenset({
+    "messages", "tools", "add_generation_prompt", "continue_final_message", "tokenize",
+    "chat_template", "return_dict", "conversation",
+})
+
+
+def check_prompt_options(spec: GenerationSpec) -> None:
+    """400 for template options that contradict each other or the conversation."""
+    options, param = spec.prompt_options, spec.names.prompt
+    if spec.messages is None:
+        return
+    if options.continue_final_message:
+        if options.add_generation_prompt:
+            raise errors.invalid_request(
+                "continue_final_message and add_generation_prompt cannot both be true.",
+                param="continue_final_message",
+            )
+        if spec.messages[-1].role != "assistant":
+            raise errors.invalid_request(
+                f"continue_final_message needs an assistant message last in {param}.",
+                param="continue_final_message",
+            )
+    reserved = sorted(RESERVED_TEMPLATE_KWARGS & set(options.template_kwargs))
+    if reserved:
+        raise errors.invalid_request(
+            f"chat_template_kwargs may not set {', '.join(reserved)} (set by the request).",
+            param="chat_template_kwargs",
+        )
+
+
 def conversation_tokens(
     managed: ManagedModel, spec: GenerationSpec, plan: ToolPlan | None
 ) -> list[int]:
@@ -43,7 +75,10 @@ def conversation_tokens(
     assert spec.messages is not None
     tokenizer = managed.loaded.tokenizer
     messages = [template_message(message) for message in spec.messages]
-    kwargs: dict[str, Any] = {}
+    options: PromptOptions = spec.prompt_options
+    kwargs: dict[str, Any] = dict(options.template_kwargs)
+    if options.continue_final_message:
+        kwargs["continue_final_message"] = True
     if plan is not None:
         template = managed.loaded.chat_template or getattr(tokenizer, "chat_template", None)
         if template_supports_tools(template):
@@ -54,7 +89,10 @@ def conversation_tokens(
                 messages[0] = {**messages[0], "content": messages[0]["content"] + "\n\n" + note}
             else:
                 messages.insert(0, {"role": "system", "content": note})
-    return apply_template(tokenizer, messages, param=spec.names.prompt, **kwargs)
+    return apply_template(
+        tokenizer, messages, add_generation_prompt=options.add_generation_prompt,
+        param=spec.names.prompt, **kwargs,
+    )
 
 
 def raw_prompt_tokens(managed: ManagedModel, spec: GenerationSpec) -> list[list[int]]:
@@ -65,6 +103,8 @@ def raw_prompt_tokens(managed: ManagedModel, spec: GenerationSpec) -> list[list[
     vocab = managed.loaded.tokenizer_vocab_size
     if not spec.prompts:
         raise errors.invalid_request(f"{param} must not be empty.", param=param)
+    if spec.fim is not None:
+        return fim_prompt_tokens(managed, spec)
     if all(isinstance(p, str) for p in spec.prompts):
         if any(not p for p in spec.prompts):
             raise errors.invalid_request(f"{param} must not be empty.", param=param)
@@ -76,6 +116,21 @@ def raw_prompt_tokens(managed: ManagedModel, spec: GenerationSpec) -> list[list[
             raise errors.invalid_request(f"{param} must not be empty.", param=param)
         check_token_ids(prompt, vocab, param, f"{param} token ids")
     return ids
+
+
+def fim_prompt_tokens(managed: ManagedModel, spec: GenerationSpec) -> list[list[int]]:
+    """Each prompt is a prefix (may be empty: the cursor at the top of a file)."""
+    assert spec.prompts is not None and spec.fim is not None
+    if not all(isinstance(p, str) for p in spec.prompts):
+        raise errors.invalid_request(
+            f"{spec.names.prompt} must be text when a {spec.names.suffix} is given.",
+            param=spec.names.prompt,
+        )
+    tokenizer = managed.loaded.tokenizer
+    return [
+        infill_tokens(tokenizer, managed.spec.id, prefix, spec.fim, spec.names.suffix)
+        for prefix in spec.prompts  # type: ignore[misc]
+    ]
 
 
 def prompt_tokens(

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from app.generation.fim import FillInMiddle
+
 ToolMode = Literal["auto", "required", "none"]
 
 
@@ -77,6 +79,15 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class PromptOptions:
+    """How a conversation is rendered by the chat template."""
+
+    add_generation_prompt: bool = True  # open the assistant's turn
+    continue_final_message: bool = False  # the last (assistant) message goes on, unclosed
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # extra template variables
+
+
+@dataclass(frozen=True)
 class FieldNames:
     """The dialect's names for the fields errors point at (``param`` in the envelope)."""
 
@@ -86,6 +97,7 @@ class FieldNames:
     tool_choice: str = "tool_choice"
     output_format: str = "response_format"
     stop: str = "stop"
+    suffix: str = "suffix"
 
 
 @dataclass
@@ -107,4 +119,7 @@ class GenerationSpec:
     tool_name: str | None = None  # a named tool choice: this function must be called
     output_schema: dict[str, Any] | bool | None = None  # JSON schema the answer must follow
     logprobs: int | None = None  # None: off; k >= 0: the chosen token and the top k
+    prompt_options: PromptOptions = field(default_factory=PromptOptions)
+    fim: FillInMiddle | None = None  # fill in the middle: the prompts are the prefixes
+    prompt_logprobs: int | None = None  # None: off; k >= 0: each prompt token and the top k
     names: FieldNames = field(default_factory=FieldNames)

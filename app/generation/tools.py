@@ -66,21 +66,48 @@ def _closed(parameters: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+_LITERAL_KEYS = frozenset({"const", "enum", "default", "examples"})  # data, not schemas
+
+
+def rebase_refs(schema: Any, base: str) -> Any:
+    """``schema`` with its local references (``#``, ``#/$defs/X``) pointing into the place
+    ``base`` (a JSON pointer) where it is embedded in a larger schema: a tool's parameters
+    (Pydantic writes ``$defs`` + ``$ref``) sit inside the call schema, whose root is not
+    theirs."""
+    if isinstance(schema, list):
+        return [rebase_refs(item, base) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "$ref" and isinstance(value, str) and value.startswith("#"):
+            out[key] = "#" + base + value[1:]
+        elif key in _LITERAL_KEYS:
+            out[key] = value
+        else:
+            out[key] = rebase_refs(value, base)
+    return out
+
+
 def call_schema(plan: ToolPlan) -> dict[str, Any]:
     """JSON schema of one call to one of the plan's functions."""
+    single = len(plan.tools) == 1
     options = [
         {
             "type": "object",
             "properties": {
                 "name": {"const": tool.name},
-                "arguments": _closed(tool.parameters),
+                "arguments": rebase_refs(
+                    _closed(tool.parameters),
+                    ("" if single else f"/anyOf/{i}") + "/properties/arguments",
+                ),
             },
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }
-        for tool in plan.tools
+        for i, tool in enumerate(plan.tools)
     ]
-    return options[0] if len(options) == 1 else {"anyOf": options}
+    return options[0] if single else {"anyOf": options}
 
 
 def template_supports_tools(chat_template: str | None) -> bool:

@@ -16,16 +16,24 @@ from app.generation.events import (
     ToolCallDelta,
     ToolCallStart,
 )
-from app.generation.request import FunctionTool, GenerationSpec, Message, ToolCall
+from app.generation.request import (
+    FunctionTool,
+    GenerationSpec,
+    Message,
+    PromptOptions,
+    ToolCall,
+)
 from app.handler.logprobs import TokenTexts
 from app.handler.openai_common import (
     StreamEnding,
     openai_call,
     sampling_of,
     schema_for,
+    system_fingerprint,
     usage_dict,
 )
 from app.schemas.openai import ChatCompletionRequest, ChatMessage, NamedToolChoice
+from app.schemas.template import TemplateOptions
 
 
 def _message(message: ChatMessage) -> Message:
@@ -61,6 +69,19 @@ def chat_spec(body: ChatCompletionRequest) -> GenerationSpec:
         tool_name=choice.function.name if isinstance(choice, NamedToolChoice) else None,
         output_schema=schema_for(body.response_format),
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        prompt_options=prompt_options_of(body),
+    )
+
+
+def prompt_options_of(body: TemplateOptions) -> PromptOptions:
+    """vLLM's defaults: a new assistant turn unless the final message is continued."""
+    go_on = bool(body.continue_final_message)
+    return PromptOptions(
+        add_generation_prompt=(
+            not go_on if body.add_generation_prompt is None else body.add_generation_prompt
+        ),
+        continue_final_message=go_on,
+        template_kwargs=dict(body.chat_template_kwargs or {}),
     )
 
 
@@ -78,6 +99,22 @@ class ChatHandler:
             )
         return await self.core.start(chat_spec(body), ctx)
 
+    async def input_tokens(
+        self, body: ChatCompletionRequest, ctx: RequestContext
+    ) -> dict[str, Any]:
+        """The prompt this chat request renders to and its token count (nothing generated)."""
+        ctx.apply_body_metadata(body.metadata)
+        rendered = await self.core.render(chat_spec(body), ctx)
+        return {
+            "object": "chat.completion.input_tokens",
+            "model": ctx.model,
+            "input_tokens": len(rendered.tokens[0]),
+            "max_model_len": rendered.context_length,
+            "prompt": rendered.texts[0],
+            "tokens": rendered.tokens[0],
+            "htdi": ctx.htdi(),
+        }
+
     async def complete(self, run: Run, ctx: RequestContext) -> dict[str, Any]:
         result = await run.collect()
         forced = run.tool_plan is not None and run.tool_plan.mode != "auto"
@@ -87,6 +124,7 @@ class ChatHandler:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": ctx.model,
+            "system_fingerprint": system_fingerprint(run.managed),
             "choices": [
                 {
                     "index": i,
@@ -113,6 +151,7 @@ class ChatHandler:
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": ctx.model,
+            "system_fingerprint": system_fingerprint(run.managed),
         }
         ending = StreamEnding(base, run.choices, include_usage)
         texts_of = TokenTexts(run.tokenizer) if run.spec.logprobs is not None else None

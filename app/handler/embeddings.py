@@ -115,8 +115,15 @@ class EmbeddingsHandler:
         token_ids: list[list[int]], body: EmbeddingRequest, context: int
     ) -> list[list[int]]:
         keep = body.truncate_prompt_tokens
+        if keep is not None and keep > context:
+            raise errors.invalid_request(
+                f"truncate_prompt_tokens ({keep}) is greater than this model's maximum "
+                f"context length ({context} tokens); use at most {context}, or -1 for the "
+                "whole context.",
+                param="truncate_prompt_tokens",
+            )
         if keep is not None:
-            keep = context if keep == -1 else min(keep, context)
+            keep = context if keep == -1 else keep
             return [ids[-keep:] if keep else ids for ids in token_ids]
         for i, ids in enumerate(token_ids):
             if len(ids) > context:

@@ -3,6 +3,10 @@ spec's pieces, and the neutral results → OpenAI's usage, tool-call and stream 
 
 from __future__ import annotations
 
+import hashlib
+import json
+from functools import lru_cache
+from importlib import metadata
 from typing import Any
 
 from app.core import errors
@@ -51,6 +55,23 @@ def schema_for(response_format: ResponseFormat | None) -> dict[str, Any] | bool 
             param="response_format.json_schema.schema",
         )
     return schema
+
+
+@lru_cache(maxsize=1)
+def server_version() -> str:
+    try:
+        return metadata.version("mlx-openai-server-lab")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
+
+
+def system_fingerprint(managed: Any) -> str:
+    """OpenAI's ``system_fingerprint``: the same while the server version, the model's
+    weights (the registry's pinned hashes, else its source) and how they run are the same."""
+    spec = managed.spec
+    weights = spec.file_sha256 or spec.sha256 or json.dumps(spec.source)
+    identity = "|".join([server_version(), spec.id, weights, managed.loaded.weight_dtype])
+    return "fp_" + hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
 def usage_dict(usage: Usage) -> dict[str, Any]:

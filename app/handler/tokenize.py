@@ -48,15 +48,25 @@ class TokenizeHandler:
         else:
             ids = await asyncio.to_thread(self._lm_tokens, tokenizer, body)
             strs = None
-            if body.return_token_strs:
-                texts = TokenTexts(tokenizer)
-                strs = [texts.entry(t, 0.0)["token"] for t in ids]
-        return {
+        out: dict[str, Any] = {
             "count": len(ids),
             "max_model_len": managed.spec.context_length,
             "tokens": ids,
             "token_strs": strs,
-            "htdi": ctx.htdi(),
+        }
+        if body.return_token_strs and managed.spec.type == "lm":
+            out.update(self._token_strs(tokenizer, ids))
+        return {**out, "htdi": ctx.htdi()}
+
+    @staticmethod
+    def _token_strs(tokenizer: Any, ids: list[int]) -> dict[str, Any]:
+        """The vocabulary's own token strings (as vLLM: ``Ġworld``, ``<0xE2>``), which are
+        lossless where decoded text is not (a byte fragment decodes to U+FFFD), and each
+        token's raw bytes."""
+        texts = TokenTexts(tokenizer)
+        return {
+            "token_strs": [str(tokenizer.convert_ids_to_tokens(t)) for t in ids],
+            "token_bytes": [list(texts.raw_bytes(t)) for t in ids],
         }
 
     @staticmethod

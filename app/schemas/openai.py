@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from app.core.errors import invalid_request
 from app.schemas.common import StrictRequest as _Strict
 from app.schemas.common import chunked_prompt, null_means_default
+from app.schemas.template import TemplateOptions
 
 INT64 = 2**63
 MIN_TEMPERATURE = 0.01  # above 0: 1/temperature overflows for tiny values (vLLM's floor)
@@ -153,7 +154,7 @@ class SamplingFields(_Strict):
         return value
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatCompletionRequest(SamplingFields, TemplateOptions):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormat | None = None
@@ -215,6 +216,7 @@ class CompletionRequest(SamplingFields):
     """Legacy ``/v1/completions``."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)  # 0 (with echo): score the prompt only
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
     suffix: str | None = None
@@ -238,4 +240,5 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage
+    system_fingerprint: str | None = None
     htdi: dict[str, Any]

@@ -32,7 +32,8 @@ class TokenizeResponse(BaseModel):
     count: int
     max_model_len: int
     tokens: list[int]
-    token_strs: list[str] | None = None
+    token_strs: list[str] | None = None  # the vocabulary's strings (return_token_strs)
+    token_bytes: list[list[int]] | None = None  # each token's bytes (return_token_strs)
     htdi: dict[str, Any]
 
 

@@ -51,6 +51,22 @@ def test_legacy_completions(client):
     assert streamed == one.choices[0].text
 
 
+def test_prompt_scoring_prefers_the_true_continuation(client):
+    """lm-eval-harness's loglikelihood request: echo + logprobs + max_tokens 0."""
+    totals = {}
+    for city in ("Paris", "Rome"):
+        choice = client.completions.create(
+            model="default", prompt=f"The capital of France is {city}.", max_tokens=0,
+            echo=True, logprobs=1, temperature=0,
+        ).choices[0]
+        lp = choice.logprobs
+        assert choice.text == f"The capital of France is {city}."
+        assert lp.token_logprobs[0] is None and all(v <= 0 for v in lp.token_logprobs[1:])
+        assert choice.finish_reason == "length"
+        totals[city] = sum(lp.token_logprobs[1:])
+    assert totals["Paris"] > totals["Rome"]
+
+
 def test_logprobs_on_chat(client):
     completion = client.chat.completions.create(
         model="default", messages=ASK, max_tokens=5, temperature=0, logprobs=True, top_logprobs=4

@@ -135,12 +135,15 @@ def limit_flags(limits: dict[str, int]) -> list[str]:
 
 @pytest.fixture(scope="session")
 def models_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A registry with a tiny llama (chat, completions) and a tiny BERT (embeddings)."""
+    """A registry with a tiny llama (chat, completions; fill-in-the-middle tokens, so /infill
+    and ``suffix`` are fuzzed past the 400 for models without them) and a tiny BERT
+    (embeddings)."""
     from tests.unit.test_embedding_model import make_tiny_bert
     from tests.unit.tiny_llama import build_tiny_llama
 
     root = tmp_path_factory.mktemp("robustness-models")
-    llama = build_tiny_llama(root / "tiny-llama", context_length=512)
+    llama = build_tiny_llama(root / "tiny-llama", context_length=512, extra_specials=(
+        "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"))
     bert = make_tiny_bert(root / "tiny-bert")
     registry = {"models": [
         {"id": "tiny", "type": "lm", "source": str(llama), "family": "llama",

@@ -40,7 +40,7 @@ CASES = [
      "top_logprobs"),
     ("chat_template_in_request", chat_body(chat_template="{{ 7*7 }}"), CHAT, 400, None,
      "chat_template"),
-    ("chat_template_kwargs_in_request", chat_body(chat_template_kwargs={"x": 1}), CHAT, 400,
+    ("chat_template_kwargs_reserved", chat_body(chat_template_kwargs={"tools": 1}), CHAT, 400,
      None, "chat_template_kwargs"),
     ("max_tokens_over_model_cap", chat_body(max_tokens=257), CHAT, 400,
      "max_tokens_exceeded", "max_tokens"),

@@ -8,8 +8,9 @@ import pytest
 
 from app.api.auth import ApiKeyGuard
 from app.core.limits import check_json_body, is_json_content
-from app.engine.lm.types import Failed, Finished, TextDelta
-from app.generation.timing import RequestTimer
+from app.engine.lm.types import Failed, Finished, SamplingParams, TextDelta
+from app.generation import timing
+from app.generation.timing import RequestTimer, SequenceStats
 
 
 def nested(depth: int) -> bytes:
@@ -78,6 +79,7 @@ class _Managed:
 class _Request:
     enqueued_at: float = 10.0
     admitted_at: float | None = 10.5
+    params: SamplingParams = field(default_factory=lambda: SamplingParams(max_tokens=8))
 
 
 @dataclass
@@ -119,3 +121,31 @@ def test_request_timer_counts_tokens_reasons_and_aborts():
     assert names.count("observe_e2e") == 1
     assert [c[2] for c in sink.calls if c[0] == "count_finished"] == ["length", "error",
                                                                       "abort"]
+
+
+def test_one_inter_token_latency_per_generated_token(monkeypatch: pytest.MonkeyPatch):
+    """Tokens that arrive together (speculation accepting several in one step, or text that
+    waited for a later token) each get an observation: the gap spread evenly over them;
+    tokens that never became text (end of sequence, a stop string) count too."""
+    clock = iter([1.0, 2.0, 2.0, 2.0, 3.0, 5.0])  # one reading per event
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
+    sink = _Sink()
+    timer = RequestTimer(sink=sink)
+    sub = _Submission([_Request()])
+    events = [
+        TextDelta("a", 1, step=1),  # first token: TTFT
+        TextDelta("b", 2, step=2), TextDelta("c", 3, step=2), TextDelta("d", 4, step=2),
+        TextDelta("ef", 6, tokens=2, step=4),  # token 5's text waited for token 6
+        Finished("stop", 5, 8),  # two more tokens without text (a stop string)
+    ]
+    for event in events:
+        timer.observe(_Item(0, event), sub)
+    itl = [value for name, _, value in sink.calls if name == "observe_itl"]
+    assert len(itl) == 8 - 1  # every generated token but the first (that one is TTFT)
+    assert itl == pytest.approx([1 / 3] * 3 + [0.5] * 2 + [1.0] * 2)
+    assert sum(itl) == pytest.approx(5.0 - 2.0 + 1.0)  # first group at 1.0 → last at 5.0
+    (stats,) = [value for name, _, value in sink.calls if name == "observe_sequence"]
+    assert isinstance(stats, SequenceStats)
+    assert (stats.prompt_tokens, stats.generation_tokens, stats.max_tokens) == (5, 8, 8)
+    assert stats.inference_s == pytest.approx(stats.prefill_s + stats.decode_s)
+    assert [value for name, _, value in sink.calls if name == "observe_params_n"] == [1]

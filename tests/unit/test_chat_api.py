@@ -61,6 +61,22 @@ def test_stream_matches_non_stream(client: TestClient):
     assert "htdi" in events[-1]
 
 
+def test_system_fingerprint_on_objects_and_chunks(client: TestClient):
+    """Stable for one model and server version; on chat and legacy objects and chunks."""
+    first = chat(client, max_tokens=2).json()["system_fingerprint"]
+    assert first.startswith("fp_") and len(first) == 15
+    assert chat(client, max_tokens=3).json()["system_fingerprint"] == first
+    chunks = sse_events(chat(client, max_tokens=2, stream=True,
+                             stream_options={"include_usage": True}))
+    assert {c["system_fingerprint"] for c in chunks} == {first}
+    legacy = client.post("/v1/completions", json={"model": "default", "prompt": "Hi",
+                                                  "max_tokens": 2})
+    assert legacy.json()["system_fingerprint"] == first
+    streamed = client.post("/v1/completions", json={"model": "default", "prompt": "Hi",
+                                                    "max_tokens": 2, "stream": True})
+    assert {c["system_fingerprint"] for c in sse_events(streamed)} == {first}
+
+
 def test_n_choices_and_seed(client: TestClient):
     body = dict(max_tokens=6, temperature=1.0, seed=7, n=3)
     a, b = chat(client, **body).json(), chat(client, **body).json()
@@ -177,3 +193,74 @@ def test_stop_token_ids_end_generation(client: TestClient):
     body = chat(client, max_tokens=6, stop_token_ids=[third]).json()
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["usage"]["completion_tokens"] <= 3
+
+
+def _greedy_from_ids(client: TestClient, ids: list[int], max_tokens: int) -> str:
+    resp = client.post("/v1/completions", json={"model": "default", "prompt": ids,
+                                                "max_tokens": max_tokens, "temperature": 0})
+    return resp.json()["choices"][0]["text"]
+
+
+def test_continue_final_message_and_add_generation_prompt(client: TestClient):
+    """Assistant prefill: the last assistant message is continued, not closed; without a
+    generation prompt the conversation ends where the messages end."""
+    tokenizer = client.app.state.manager.models["tiny"].loaded.tokenizer
+    prefill = [*MESSAGES, {"role": "assistant", "content": "The capital is"}]
+    resp = chat(client, messages=prefill, continue_final_message=True, max_tokens=5)
+    assert resp.status_code == 200, resp.text
+    rendered = tokenizer.apply_chat_template(prefill, tokenize=False,
+                                             continue_final_message=True)
+    assert rendered.endswith("assistant\nThe capital is")  # open, no end-of-turn marker
+    ids = tokenizer.encode(rendered, add_special_tokens=False)
+    assert resp.json()["usage"]["prompt_tokens"] == len(ids)
+    assert resp.json()["choices"][0]["message"]["content"] == _greedy_from_ids(client, ids, 5)
+
+    resp = chat(client, add_generation_prompt=False, max_tokens=5)
+    ids = tokenizer.encode(tokenizer.apply_chat_template(
+        MESSAGES, tokenize=False, add_generation_prompt=False), add_special_tokens=False)
+    assert resp.json()["usage"]["prompt_tokens"] == len(ids)
+    assert resp.json()["choices"][0]["message"]["content"] == _greedy_from_ids(client, ids, 5)
+    # the default opens the assistant's turn
+    opened = chat(client, max_tokens=1).json()["usage"]["prompt_tokens"]
+    assert opened > len(ids)
+
+
+@pytest.mark.parametrize("extra", [
+    {"continue_final_message": True},  # the last message is the user's
+    {"messages": [*MESSAGES, {"role": "assistant", "content": "x"}],
+     "continue_final_message": True, "add_generation_prompt": True},
+    {"chat_template_kwargs": {"add_generation_prompt": False}},
+    {"chat_template_kwargs": ["not", "a", "dict"]},
+])
+def test_contradictory_template_options_are_400(client: TestClient, extra):
+    resp = chat(client, max_tokens=2, **extra)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"].split(".")[0] in (
+        "continue_final_message", "chat_template_kwargs")
+
+
+def test_input_tokens_shows_the_rendered_prompt_and_its_count(client: TestClient):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    for extra in ({}, {"tools": tools},
+                  {"messages": [*MESSAGES, {"role": "assistant", "content": "It is"}],
+                   "continue_final_message": True}):
+        body = {"model": "default", "messages": MESSAGES, "max_tokens": 3, "temperature": 0,
+                **extra}
+        resp = client.post("/v1/chat/completions/input_tokens", json=body)
+        assert resp.status_code == 200, resp.text
+        out = resp.json()
+        assert out["object"] == "chat.completion.input_tokens" and out["model"] == "tiny"
+        assert out["input_tokens"] == len(out["tokens"]) and out["max_model_len"] == 1024
+        assert "htdi" in out and resp.headers["x-request-id"]
+        # exactly what a chat completion of the same body is prompted with
+        used = client.post("/v1/chat/completions", json=body).json()["usage"]["prompt_tokens"]
+        assert used == out["input_tokens"]
+    assert out["prompt"].endswith("<|im_start|>assistant\nIt is")
+    assert "What is the capital of France?" in out["prompt"]
+    bad = client.post("/v1/chat/completions/input_tokens",
+                      json={"model": "default", "messages": MESSAGES,
+                            "continue_final_message": True})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "continue_final_message"
+    missing = client.post("/v1/chat/completions/input_tokens",
+                          json={"model": "nope", "messages": MESSAGES})
+    assert missing.status_code == 404

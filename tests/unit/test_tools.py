@@ -77,6 +77,38 @@ def test_named_choice_calls_that_function_and_streams_deltas(client: TestClient)
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
+# What Pydantic writes for a model with a nested model: local $defs and $refs into them.
+PYDANTIC = {
+    "type": "function",
+    "function": {
+        "name": "configure",
+        "parameters": {
+            "$defs": {"Opts": {"type": "object", "properties": {"level": {"enum": [1, 2]}},
+                               "required": ["level"], "title": "Opts"}},
+            "type": "object",
+            "properties": {"opts": {"$ref": "#/$defs/Opts"}},
+            "required": ["opts"],
+            "title": "Configure",
+        },
+    },
+}
+
+
+def test_tool_parameters_with_local_defs_and_refs(client: TestClient):
+    """References resolve against the tool's own parameters, not the call schema around
+    them, in every mode and with one or several tools."""
+    schema = PYDANTIC["function"]["parameters"]
+    for tools in ([PYDANTIC], [PYDANTIC, WEATHER]):
+        for choice in ("auto", "required", {"type": "function", "function": {"name": "configure"}}):
+            resp = ask(client, tools=tools, tool_choice=choice, temperature=0)
+            assert resp.status_code == 200, (choice, resp.text)
+            if choice == "auto":
+                continue  # a random model may or may not call; the request must be taken
+            call = resp.json()["choices"][0]["message"]["tool_calls"][0]
+            if call["function"]["name"] == "configure":
+                jsonschema.validate(json.loads(call["function"]["arguments"]), schema)
+
+
 def test_history_with_tool_calls_renders(client: TestClient):
     messages = [
         {"role": "user", "content": "Weather?"},

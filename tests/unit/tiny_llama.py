@@ -29,13 +29,13 @@ CORPUS = [
 ] * 20
 
 
-def _tokenizer() -> Tokenizer:
+def _tokenizer(specials: list[str]) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=400,
-        special_tokens=SPECIALS,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -43,10 +43,14 @@ def _tokenizer() -> Tokenizer:
     return tok
 
 
-def build_tiny_llama(out: Path, *, seed: int = 0, context_length: int = 512) -> Path:
-    """Write config.json, model.safetensors and tokenizer files into ``out``."""
+def build_tiny_llama(
+    out: Path, *, seed: int = 0, context_length: int = 512, extra_specials: tuple[str, ...] = ()
+) -> Path:
+    """Write config.json, model.safetensors and tokenizer files into ``out``;
+    ``extra_specials``: more special tokens (e.g. fill-in-the-middle markers)."""
     out.mkdir(parents=True, exist_ok=True)
-    tok = _tokenizer()
+    specials = [*SPECIALS, *extra_specials]
+    tok = _tokenizer(specials)
     tok.save(str(out / "tokenizer.json"))
     vocab = tok.get_vocab_size()
     eos = tok.token_to_id("<|im_end|>")
@@ -90,7 +94,7 @@ def build_tiny_llama(out: Path, *, seed: int = 0, context_length: int = 512) -> 
     }
     # End-of-sequence and special tokens are never the greedy pick: tests control finishing.
     head = np.array(weights["lm_head.weight"])
-    for special in SPECIALS:
+    for special in specials:
         head[tok.token_to_id(special)] = 0.0
     weights["lm_head.weight"] = mx.array(head)
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "mlx"})

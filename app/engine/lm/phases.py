@@ -28,6 +28,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, GenerationBatch
 
 from app.engine.lm.eager_tokens import EagerTokenBatch
+from app.engine.lm.prompt_scores import PromptScorer, scoring
 
 Phase = Literal["decode", "prompt", "both"]
 
@@ -51,6 +52,16 @@ class PhasedBatchGenerator(BatchGenerator):
         if eager_tokens is None:
             eager_tokens = self.stream.device == mx.cpu
         self._generation_batch.eager = eager_tokens
+        self.prompt_scores = PromptScorer()  # prompt logprobs, taken during the prefill
+        scoring(self._prompt_batch, self.prompt_scores)
+
+    def _make_batch(self, n: int) -> Any:
+        return scoring(super()._make_batch(n), self.prompt_scores)
+
+    def remove(self, uids: Any, return_prompt_caches: bool = False) -> dict:
+        uids = list(uids)
+        self.prompt_scores.drop(uids)
+        return super().remove(uids, return_prompt_caches)
 
     def _has_decode_work(self) -> bool:
         return len(self._generation_batch) > 0

@@ -29,6 +29,7 @@ class PrefixCacheStats:
 class PrefixCache:
     def __init__(self, max_bytes: int, max_entries: int = 256) -> None:
         self._cache = LRUPromptCache(max_size=max_entries, max_bytes=max_bytes)
+        self.max_bytes = max_bytes
         self.stats = PrefixCacheStats()
 
     def fetch(self, prompt: list[int]) -> tuple[list[Any] | None, int]:

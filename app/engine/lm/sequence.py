@@ -8,7 +8,13 @@ from typing import Any
 import mlx.core as mx
 
 from app.engine.lm.stops import StopStringMatcher
-from app.engine.lm.types import Finished, GenerationRequest, TextDelta, TokenLogprob
+from app.engine.lm.types import (
+    Finished,
+    GenerationRequest,
+    PromptLogprobs,
+    TextDelta,
+    TokenLogprob,
+)
 
 
 def token_logprob(row: mx.array, token: int, top: int) -> TokenLogprob:
@@ -34,13 +40,17 @@ class SequenceState:
     completion_tokens: int = 0
     stops: StopStringMatcher = field(init=False)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    unsent_tokens: int = 0  # generated tokens whose text has not been pushed yet
 
     def __post_init__(self) -> None:
         self.stops = StopStringMatcher(self.request.params.stop)
 
-    def on_token(self, token: int, row: mx.array | None, finish_reason: str | None) -> str | None:
+    def on_token(
+        self, token: int, row: mx.array | None, finish_reason: str | None, step: int = 0
+    ) -> str | None:
         """Push the text this token completes; return the finish reason if it ended."""
         self.completion_tokens += 1
+        self.unsent_tokens += 1
         want = self.request.params.logprobs
         if want is not None and row is not None:
             self.pending_logprobs.append(token_logprob(row, token, want))
@@ -56,13 +66,24 @@ class SequenceState:
             text += self.stops.flush()
         if text:
             logprobs = self._take_logprobs()
-            self.request.push(TextDelta(text, token, logprobs))
+            self.request.push(TextDelta(text, token, logprobs, self.unsent_tokens, step))
+            self.unsent_tokens = 0
         if hit:
             self.pending_logprobs.clear()  # they belong to the stop string, never emitted
             return self.finish("stop", self.stops.matched)
         if finish_reason is not None:
             return self.finish(finish_reason)
         return None
+
+    def prompt_done(self, scores: list[TokenLogprob | None] | None) -> bool:
+        """The prefill is over: hand on the prompt's logprobs if they were collected; a
+        request for no tokens (``max_tokens`` 0: prompt scoring) ends here."""
+        if scores is not None:
+            self.request.push(PromptLogprobs(scores))
+        if self.request.params.max_tokens > 0:
+            return False
+        self.finish("length")
+        return True
 
     def _take_logprobs(self) -> list[TokenLogprob] | None:
         if self.request.params.logprobs is None:

@@ -28,6 +28,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: off; k >= 0: chosen token plus the top k
     grammar: str | None = None  # llguidance grammar the output must follow
     speculative: bool = True  # may this sequence decode with prompt-lookup drafts
+    prompt_logprobs: int | None = None  # None: off; k >= 0: each prompt token plus the top k
 
 
 @dataclass
@@ -46,6 +47,16 @@ class TextDelta:
     text: str
     token_id: int
     logprobs: list[TokenLogprob] | None = None
+    tokens: int = 1  # generated tokens this text completes (text may wait for later ones)
+    step: int = 0  # the engine step that produced it (speculation returns several a step)
+
+
+@dataclass
+class PromptLogprobs:
+    """The prompt's token logprobs (``None`` for the first token), sent once its prefill is
+    done, before any text."""
+
+    logprobs: list[TokenLogprob | None]
 
 
 @dataclass
@@ -77,7 +88,7 @@ class PrefillProgress:
     total: int
 
 
-EngineEvent = TextDelta | Finished | Failed | PrefillProgress
+EngineEvent = TextDelta | Finished | Failed | PrefillProgress | PromptLogprobs
 
 
 @dataclass(eq=False)

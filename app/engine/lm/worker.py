@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
@@ -26,6 +26,7 @@ from app.core.threads import join_fully
 from app.engine.base import EngineStoppedError, QueueFullError
 from app.engine.lm.detokenizer import make_detokenizer
 from app.engine.lm.grammar import GrammarFactory
+from app.engine.lm.iteration_stats import TokenHistogram, step_tokens
 from app.engine.lm.prefix_cache import PrefixCache
 from app.engine.lm.processors import make_processors
 from app.engine.lm.sampling import make_request_sampler
@@ -60,6 +61,7 @@ class EngineStats:
     generated_tokens: int = 0
     prompt_tokens: int = 0
     max_running: int = 0
+    iteration_tokens: TokenHistogram = field(default_factory=TokenHistogram)
 
 
 class ModelEngine:
@@ -285,7 +287,7 @@ class ModelEngine:
         prompts, caches, known, stop_sets = [], [], [], []
         for request in requests:
             cache, cached = None, 0
-            if self.prefix_cache is not None:
+            if self.prefix_cache is not None and request.params.prompt_logprobs is None:
                 cache, cached = self.prefix_cache.fetch(request.prompt_tokens)
             prompts.append(request.prompt_tokens[cached:])
             caches.append(cache)
@@ -297,7 +299,7 @@ class ModelEngine:
             stop_sets.append(stop_ids)
         uids = self._generator.insert(
             prompts,
-            max_tokens=[r.params.max_tokens for r in requests],
+            max_tokens=[max(1, r.params.max_tokens) for r in requests],  # 0: ends at prefill
             caches=caches,
             all_tokens=known,
             samplers=[make_request_sampler(r.params) for r in requests],
@@ -309,6 +311,8 @@ class ModelEngine:
         now = time.monotonic()
         for uid, request, stops, prefix in zip(uids, requests, stop_sets, known, strict=True):
             request.admitted_at = now
+            if request.params.prompt_logprobs is not None:
+                self._generator.prompt_scores.watch(uid, request.params.prompt_logprobs)
             self._active[uid] = SequenceState(
                 request=request,
                 detokenizer=make_detokenizer(self.tokenizer),
@@ -344,21 +348,26 @@ class ModelEngine:
 
     def _step(self) -> None:
         assert self._generator is not None
-        started = time.perf_counter()
+        started, tokens_before = time.perf_counter(), step_tokens(self._generator)
         prompt_responses, generation_responses = self._generator.next()
         self.stats.steps += 1
+        self.stats.iteration_tokens.observe(step_tokens(self._generator) - tokens_before)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "engine %s step %d: %.0f ms, %d running, %d tokens out, %d prompts in progress",
                 self.name, self.stats.steps, (time.perf_counter() - started) * 1e3,
                 len(self._active), len(generation_responses), len(prompt_responses),
             )
+        ended: list[int] = []
         for response in prompt_responses:
             seq = self._active.get(response.uid)
-            if seq is not None and not response.end_of_prompt:
-                done, total = response.progress
-                seq.request.push(PrefillProgress(done, total))
-        ended: list[int] = []
+            if seq is None:
+                continue
+            if not response.end_of_prompt:
+                seq.request.push(PrefillProgress(*response.progress))
+            elif seq.prompt_done(self._generator.prompt_scores.take(response.uid)):
+                ended.append(response.uid)  # max_tokens 0: the prompt was all it wanted
+                self._active.pop(response.uid)
         finished: list[tuple[list[int], Any]] = []
         for response in generation_responses:
             seq = self._active.get(response.uid)
@@ -372,7 +381,8 @@ class ModelEngine:
                     if self.fault_hook is not None:
                         self.fault_hook(seq.request, seq.completion_tokens + 1)
                     row = response.logprobs if seq.request.params.logprobs is not None else None
-                    reason = seq.on_token(response.token, row, response.finish_reason)
+                    reason = seq.on_token(response.token, row, response.finish_reason,
+                                          self.stats.steps)
             except Exception as exc:  # noqa: BLE001 - isolate a per-request failure
                 log.exception("engine %s: request %s failed", self.name, seq.request.request_id)
                 seq.request.push(Failed(f"generation failed: {type(exc).__name__}: {exc}"))
