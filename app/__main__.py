@@ -147,6 +147,8 @@ def cmd_serve(settings: Settings) -> int:
     )
     server = make_server(config, app.state.lifecycle)
     server.run()
+    if getattr(app.state, "failed_preloads", None):
+        return 4  # --require-models and a preload model failed (logged)
     return 0 if server.started else 3
 
 

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
 
     # Start-up
     preload: bool = Field(True, description="load models marked preload at start-up")
+    require_models: bool = Field(
+        False, description="exit with status 4 when a preload model fails to load (for "
+        "supervisors)"
+    )
     blas: Literal["auto", "openblas", "off"] = Field(
         "auto", description="Linux CPU: preload OpenBLAS before MLX (off: MLX's reference BLAS)"
     )

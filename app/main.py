@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -53,7 +55,9 @@ STREAMING_PATHS = (
 )
 
 
-async def _log_models_ready(manager: ModelManager, settings: Settings, started: float) -> None:
+async def _log_models_ready(
+    app: FastAPI, manager: ModelManager, settings: Settings, started: float
+) -> None:
     """Start-up lines once the preloads are done: each model's state and load time, then
     where the server is ready (not when a preload failed: the manager logged why)."""
     await manager.wait_ready()
@@ -71,6 +75,12 @@ async def _log_models_ready(manager: ModelManager, settings: Settings, started: 
                "startup_seconds": round(elapsed, 3)},
     )
     failed = [r for r in report if r["state"] == "failed"]  # the manager logged each cause
+    if failed and settings.require_models:
+        app.state.failed_preloads = [r["model"] for r in failed]
+        log.error("stopping: --require-models, and preload model(s) %s failed to load",
+                  ", ".join(app.state.failed_preloads), extra={"event": "require_models"})
+        os.kill(os.getpid(), signal.SIGTERM)  # the normal shutdown; the exit status says why
+        return
     host = "0.0.0.0 (all interfaces)" if settings.host in ("0.0.0.0", "::") else settings.host
     loaded = [r["model"] for r in report if r["state"] == "loaded"]
     if not failed:
@@ -106,7 +116,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         manager.start_preloads()
         install_sighup_reload(app)
         app.state.load_started = started
-        report = asyncio.ensure_future(_log_models_ready(manager, settings, started))
+        report = asyncio.ensure_future(_log_models_ready(app, manager, settings, started))
         try:
             yield
         finally:

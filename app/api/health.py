@@ -40,20 +40,28 @@ async def ready(request: Request) -> JSONResponse:
     """Readiness: 503 ``model_loading`` until the preload models are loaded,
     ``model_not_loaded`` when one was unloaded or failed, ``shutting_down`` while draining."""
     manager: ModelManager = request.app.state.manager
-    states = {m.spec.id: m.state for m in manager.models.values()}
+    preloads = [m for m in manager.models.values() if m.spec.preload and not m.removed]
     if manager.ready():
+        states = {m.spec.id: m.state for m in preloads}
         return JSONResponse(Readiness(models=states).model_dump())
     if manager.draining:
-        error = errors.shutting_down()
-    else:
-        missing = {m.spec.id: m.state for m in manager.models.values()
-                   if m.spec.preload and not m.removed and m.state != "loaded"}
-        loading = any(s == "loading" for s in missing.values())
+        return error_response(request, errors.shutting_down())
+    failed = [m for m in preloads if m.state == "failed"]
+    if failed:  # the cause, as a request for the model would be told it
         error = errors.APIError(
             503,
-            "Models not loaded: " + ", ".join(f"{m} ({s})" for m, s in missing.items()) + ".",
-            type="server_error",
-            code="model_loading" if loading else "model_not_loaded",
-            headers={"Retry-After": "2"},
+            "Preload model(s) failed to load: "
+            + "; ".join(f"{m.spec.id}: {m.error}" for m in failed),
+            type="server_error", code="model_load_failed",
         )
+        return error_response(request, error)
+    missing = {m.spec.id: m.state for m in preloads if m.state != "loaded"}
+    loading = any(s == "loading" for s in missing.values())
+    error = errors.APIError(
+        503,
+        "Models not loaded: " + ", ".join(f"{m} ({s})" for m, s in missing.items()) + ".",
+        type="server_error",
+        code="model_loading" if loading else "model_not_loaded",
+        headers={"Retry-After": "2"},
+    )
     return error_response(request, error)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,6 +15,8 @@ from app.config import Settings
 from app.lifecycle.registry import ModelRegistry, ModelSpec
 from app.main import create_app
 from tests.robustness.conftest import assert_envelope, chat_body
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_ready_follows_model_loading_and_draining(tiny_llama_dir: Path, tmp_path: Path):
@@ -49,3 +53,39 @@ def test_ready_follows_model_loading_and_draining(tiny_llama_dir: Path, tmp_path
                         "shutting_down")
         assert client.get("/health").status_code == 200
         assert "mlx_server_draining 1.0" in client.get("/metrics").text
+
+
+def _failing_registry(tiny_llama_dir: Path, tmp_path: Path) -> ModelRegistry:
+    return ModelRegistry([
+        ModelSpec(id="tiny", source=str(tiny_llama_dir), preload=True, context_length=256),
+        ModelSpec(id="lazy", source=str(tiny_llama_dir), context_length=256),
+        ModelSpec(id="ghost", source=str(tmp_path / "missing.gguf"), preload=True),
+    ])
+
+
+def test_ready_names_a_failed_preload_and_its_cause(tiny_llama_dir: Path, tmp_path: Path):
+    app = create_app(Settings(cache_dir=tmp_path), _failing_registry(tiny_llama_dir, tmp_path))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while app.state.manager.models["tiny"].state != "loaded" or \
+                app.state.manager.models["ghost"].state != "failed":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        resp = client.get("/ready")
+        assert_envelope(resp, 503, "model_load_failed")
+        assert "ghost" in resp.json()["error"]["message"]
+        assert "missing.gguf" in resp.json()["error"]["message"]  # the same cause requests get
+        assert "lazy" not in resp.json()["error"]["message"]  # not a preload model
+
+
+def test_require_models_exits_non_zero_when_a_preload_fails(tiny_llama_dir: Path,
+                                                           tmp_path: Path):
+    models = tmp_path / "models.yaml"
+    models.write_text(f"models:\n  - id: ghost\n    source: {tmp_path / 'missing.gguf'}\n"
+                      "    preload: true\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "serve", "--port", "0", "--models-file", str(models),
+         "--cache-dir", str(tmp_path / "cache"), "--require-models"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "--require-models, and preload model(s) ghost failed" in proc.stderr
