@@ -143,7 +143,7 @@ class Run:
         """Every event of the run gathered per choice; the run is closed afterwards."""
         n = self.choices
         out = Collected([""] * n, [None] * n, [None] * n, [[] for _ in range(n)],
-                        Usage(0, 0, 0), [None] * n)
+                        Usage(0, 0, 0), [None] * n, [None] * n)
         try:
             async for event in self.events():
                 if isinstance(event, TextOut):

@@ -35,23 +35,56 @@ from app.handler.openai_common import (
 from app.schemas.openai import ChatCompletionRequest, ChatMessage, NamedToolChoice
 from app.schemas.template import TemplateOptions
 
+ROLES = {"developer": "system", "function": "tool"}  # OpenAI's aliases and legacy roles
+
 
 def _message(message: ChatMessage) -> Message:
+    calls = [ToolCall(call.id, call.function.name, call.function.arguments)
+             for call in message.tool_calls or []]
+    if message.function_call is not None:  # the deprecated single-call form
+        legacy = message.function_call
+        calls.append(ToolCall(f"call_{legacy.name}", legacy.name, legacy.arguments))
+    tool_call_id = message.tool_call_id
+    if message.role == "function" and tool_call_id is None and message.name:
+        tool_call_id = f"call_{message.name}"
     return Message(
-        role="system" if message.role == "developer" else message.role,
-        content=message.text(),
+        role=ROLES.get(message.role, message.role),
+        content=message.text() or (message.refusal or ""),
         name=message.name,
-        tool_calls=[
-            ToolCall(call.id, call.function.name, call.function.arguments)
-            for call in message.tool_calls or []
-        ],
-        tool_call_id=message.tool_call_id,
+        tool_calls=calls,
+        tool_call_id=tool_call_id,
     )
+
+
+def _refuse_what_cannot_be_honoured(body: ChatCompletionRequest) -> None:
+    """Fields OpenAI documents that would change the answer if silently ignored."""
+    if body.modalities and "audio" in body.modalities:
+        raise errors.invalid_request(
+            "modalities 'audio' is not supported: the models here answer in text only.",
+            param="modalities")
+    if body.web_search_options is not None:
+        raise errors.invalid_request(
+            "web_search_options is not supported: this server cannot search the web.",
+            param="web_search_options")
+    if body.functions and body.tools:
+        raise errors.invalid_request(
+            "functions is the deprecated form of tools; send one of them.", param="functions")
+
+
+def _tools(body: ChatCompletionRequest) -> list[FunctionTool]:
+    """``tools``, or the deprecated ``functions`` taken as tools."""
+    specs = [t.function for t in body.tools or []] + list(body.functions or [])
+    return [FunctionTool(f.name, f.description, f.parameters, f.strict) for f in specs]
 
 
 def chat_spec(body: ChatCompletionRequest) -> GenerationSpec:
     """The neutral request behind an OpenAI chat request."""
+    _refuse_what_cannot_be_honoured(body)
     choice = body.tool_choice
+    if body.functions and choice is None and body.function_call is not None:
+        legacy = body.function_call
+        choice = legacy if isinstance(legacy, str) else NamedToolChoice(
+            type="function", function=legacy)
     return GenerationSpec(
         model=body.model,
         capability="chat",
@@ -59,12 +92,7 @@ def chat_spec(body: ChatCompletionRequest) -> GenerationSpec:
         n=body.n or 1,
         max_tokens=body.max_completion_tokens or body.max_tokens,
         messages=[_message(m) for m in body.messages],
-        tools=[
-            FunctionTool(
-                t.function.name, t.function.description, t.function.parameters, t.function.strict
-            )
-            for t in body.tools or []
-        ],
+        tools=_tools(body),
         tool_choice=None if isinstance(choice, NamedToolChoice) else choice,
         tool_name=choice.function.name if isinstance(choice, NamedToolChoice) else None,
         output_schema=schema_for(body.response_format),

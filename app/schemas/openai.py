@@ -39,11 +39,16 @@ class ToolCall(_Strict):
 
 
 class ChatMessage(_Strict):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
     name: str | None = Field(None, max_length=256)
     tool_calls: list[ToolCall] | None = Field(None, max_length=64)
     tool_call_id: str | None = Field(None, max_length=256)
+    # What stored OpenAI histories carry on assistant turns: a refusal's text, an audio
+    # answer's reference (only null can be replayed here), a deprecated function_call.
+    refusal: str | None = None
+    audio: None = None
+    function_call: FunctionCall | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -163,7 +168,17 @@ class ChatCompletionRequest(SamplingFields, TemplateOptions):
     tools: list[ToolSpec] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    store: bool | None = None
+    store: bool | None = None  # accepted; chat completions are not stored here
+    # Fields OpenAI documents (docs/PHASE4_TIER3A_CONTRACT.md says what each does here)
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    modalities: list[Literal["text", "audio"]] | None = None
+    prediction: dict[str, Any] | None = None
+    prompt_cache_key: str | None = Field(None, max_length=1024)
+    safety_identifier: str | None = Field(None, max_length=512)
+    web_search_options: dict[str, Any] | None = None
+    functions: list[FunctionSpec] | None = Field(None, max_length=128)  # deprecated: tools
+    function_call: Literal["none", "auto"] | NamedFunction | None = None  # ... tool_choice
 
 
 # ---- responses ---------------------------------------------------------------

@@ -264,3 +264,32 @@ def test_input_tokens_shows_the_rendered_prompt_and_its_count(client: TestClient
     missing = client.post("/v1/chat/completions/input_tokens",
                           json={"model": "nope", "messages": MESSAGES})
     assert missing.status_code == 404
+
+
+def test_fields_openai_documents_are_accepted(client: TestClient):
+    """What SDKs and stored OpenAI histories send: accepted, honoured where they can be."""
+    history = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "refusal": None, "audio": None, "name": "bot",
+         "function_call": {"name": "get_weather", "arguments": "{}"}},
+        {"role": "function", "name": "get_weather", "content": "Sunny"},
+    ]
+    body = {"model": "default", "messages": history, "max_tokens": 4, "service_tier": "auto",
+            "store": False, "verbosity": "low", "modalities": ["text"],
+            "prediction": {"type": "content", "content": "Sunny"}, "prompt_cache_key": "k",
+            "safety_identifier": "u1"}
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    legacy = {"model": "default", "messages": [{"role": "user", "content": "hi"}],
+              "functions": [{"name": "add", "parameters": {"type": "object", "properties": {
+                  "a": {"type": "integer"}}, "required": ["a"]}}],
+              "function_call": {"name": "add"}, "max_tokens": 64, "temperature": 0}
+    message = client.post("/v1/chat/completions", json=legacy).json()["choices"][0]["message"]
+    assert message["tool_calls"][0]["function"]["name"] == "add"  # functions act as tools
+
+
+def test_fields_that_cannot_be_honoured_are_refused(client: TestClient):
+    base = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+    for extra, param in (({"modalities": ["text", "audio"]}, "modalities"),
+                         ({"web_search_options": {}}, "web_search_options")):
+        resp = client.post("/v1/chat/completions", json={**base, **extra})
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == param
