@@ -76,11 +76,39 @@ class Settings(BaseSettings):
     max_stop_sequences: int = Field(16, ge=1)
     max_embedding_inputs: int = Field(2048, ge=1)
     queue_depth: int = Field(256, ge=1, description="waiting requests per model")
-    queue_timeout_s: float = Field(600.0, gt=0)
+    queue_timeout_s: float = Field(120.0, gt=0, description="longest wait for a batch slot")
+    max_sequences_per_request: int = Field(
+        32, ge=1, description="sequences one request may create (prompts × n)"
+    )
+    max_running_per_request: int | None = Field(
+        None, ge=1, description="batch slots one request may hold (default: half the batch)"
+    )
+    reserved_batch_slots: int | None = Field(
+        None,
+        ge=0,
+        description="free batch slots kept for requests and clients with nothing running "
+        "(default: an eighth of the batch)",
+    )
+    max_sequences_per_client: int = Field(
+        0, ge=0, description="sequences one client (X-House-ID) may have queued or running; 0: off"
+    )
+    max_chars_per_token: float = Field(
+        16.0,
+        gt=0,
+        description="prompt text longer than the model's context length times this is "
+        "refused before tokenizing",
+    )
+    tokenize_workers: int = Field(2, ge=1, description="threads that tokenize request text")
 
     # Engine
     max_batch_size: int = Field(32, ge=1, description="sequences decoded together")
-    prefill_step_size: int = Field(512, ge=16)
+    prefill_step_size: int = Field(512, ge=16, description="most prompt tokens per prefill call")
+    prefill_chunk_ms: float = Field(
+        500.0,
+        ge=0,
+        description="time one prefill call should take: long prompts are prefilled in chunks "
+        "this long between decode steps and other prompts' prefills; 0: prefill_step_size",
+    )
     split_phases: bool = Field(
         True,
         description="decode steps and prompt prefills as separate engine steps, so decoded "
@@ -105,6 +133,9 @@ class Settings(BaseSettings):
     # Embeddings micro-batching
     embedding_batch_size: int = Field(32, ge=1)
     embedding_batch_wait_ms: float = Field(5.0, ge=0)
+    embedding_queue_depth: int = Field(
+        64, ge=1, description="embedding requests waiting per model (429 beyond)"
+    )
 
     # Security (docs/PHASE4_TIER3A_CONTRACT.md, "Auth")
     api_key: SecretStr | None = Field(

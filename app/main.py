@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.chat = ChatHandler(core)
     app.state.completions = CompletionsHandler(core)
     app.state.embeddings = EmbeddingsHandler(manager, settings)
-    app.state.tokenize = TokenizeHandler(manager)
+    app.state.tokenize = TokenizeHandler(manager, settings)
     app.state.started_at = int(time.time())
     install_error_handlers(app)
     app.include_router(health.router)

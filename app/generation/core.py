@@ -39,7 +39,14 @@ from app.generation.limits import check_request_limits, resolve_max_tokens, samp
 from app.generation.prompt import prompt_tokens
 from app.generation.request import GenerationSpec, ToolCall
 from app.generation.structured import compile_schema
-from app.generation.submission import Submission, failure_error, merged_events, submit
+from app.generation.submission import (
+    Submission,
+    failure_error,
+    merged_events,
+    next_group,
+    submit,
+)
+from app.generation.text_size import check_spec_size, spec_chars, tokenize_bounded
 from app.generation.tool_stream import ToolCallStream
 from app.generation.tools import ToolPlan, call_schema, plan_tools
 from app.lifecycle.manager import ManagedModel, ModelLease, ModelManager
@@ -183,14 +190,12 @@ class GenerationCore:
     ) -> Run:
         managed = lease.managed
         assert managed is not None
-        loop = asyncio.get_running_loop()
-        prompts = await loop.run_in_executor(None, prompt_tokens, managed, spec, plan)
-        if len(prompts) * spec.n > self.settings.max_n * 16:
-            raise errors.invalid_request(
-                f"{len(prompts)} prompts × n={spec.n} is more choices than allowed "
-                f"({self.settings.max_n * 16}).",
-                param=spec.names.prompt,
-            )
+        settings = self.settings
+        check_spec_size(spec, managed.spec.context_length, settings.max_chars_per_token,
+                        settings.max_sequences_per_request)
+        prompts = await tokenize_bounded(
+            settings.tokenize_workers, sum(spec_chars(spec)), prompt_tokens, managed, spec, plan
+        )
         vocab = managed.loaded.tokenizer_vocab_size
         params = [
             sampling_params(
@@ -207,10 +212,12 @@ class GenerationCore:
         if grammar is not None:
             params = [replace(p, grammar=grammar) for p in params]
         submissions: list[Submission] = []
+        group = next_group()
         try:
             for prompt, choice_params in zip(prompts, params, strict=True):
                 submissions.append(
-                    submit(managed, prompt, choice_params, spec.n, ctx.request_id)
+                    submit(managed, prompt, choice_params, spec.n, ctx.request_id,
+                           group=group, client=ctx.house_id or "")
                 )
         except errors.APIError:
             for submission in submissions:

@@ -356,6 +356,7 @@ class ModelManager:
 
 
     async def _start_language_model(self, spec: ModelSpec) -> tuple[Any, Any]:
+        from app.engine.lm.admission import AdmissionPolicy
         from app.engine.lm.worker import ModelEngine
 
         s = self.settings
@@ -365,6 +366,11 @@ class ModelManager:
             queue_depth=s.queue_depth,
             queue_timeout_s=s.queue_timeout_s,
             prefill_step_size=s.prefill_step_size,
+            prefill_chunk_s=s.prefill_chunk_ms / 1000.0,
+            admission=AdmissionPolicy.for_batch(
+                s.max_batch_size, s.max_running_per_request, s.reserved_batch_slots
+            ),
+            max_sequences_per_client=s.max_sequences_per_client,
             admission_gap_s=s.admission_gap_ms / 1000.0,
             split_phases=s.split_phases,
             prefix_cache_bytes=s.prefix_cache_bytes,

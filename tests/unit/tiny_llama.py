@@ -43,8 +43,10 @@ def _tokenizer() -> Tokenizer:
     return tok
 
 
-def build_tiny_llama(out: Path, *, seed: int = 0, context_length: int = 512) -> Path:
-    """Write config.json, model.safetensors and tokenizer files into ``out``."""
+def build_tiny_llama(out: Path, *, seed: int = 0, context_length: int = 512,
+                     hidden_size: int = 64, layers: int = 2) -> Path:
+    """Write config.json, model.safetensors and tokenizer files into ``out`` (a larger
+    ``hidden_size`` / ``layers`` makes a model slow enough for scheduling tests)."""
     out.mkdir(parents=True, exist_ok=True)
     tok = _tokenizer()
     tok.save(str(out / "tokenizer.json"))
@@ -52,9 +54,9 @@ def build_tiny_llama(out: Path, *, seed: int = 0, context_length: int = 512) -> 
     eos = tok.token_to_id("<|im_end|>")
     config = {
         "model_type": "llama",
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "intermediate_size": 128,
+        "hidden_size": hidden_size,
+        "num_hidden_layers": layers,
+        "intermediate_size": 2 * hidden_size,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "rms_norm_eps": 1e-5,

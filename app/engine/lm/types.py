@@ -91,6 +91,8 @@ class GenerationRequest:
     enqueued_at: float = field(default_factory=time.monotonic)
     admitted_at: float | None = None  # when it joined the running batch
     cancelled: bool = False
+    group: int = 0  # the API request it belongs to (app.engine.lm.admission: fairness)
+    client: str = ""  # who sent it (X-House-ID); "" when unknown
 
     def push(self, event: EngineEvent) -> None:
         """Thread-safe hand-off to the request's event loop."""
