@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from app.api.cancellation import ClientDisconnected, unless_disconnected
 from app.api.errors import request_context
 from app.handler.embeddings import EmbeddingsHandler
 from app.schemas.embeddings import EmbeddingRequest, EmbeddingResponse
@@ -13,6 +14,10 @@ router = APIRouter()
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse)
-async def create_embeddings(body: EmbeddingRequest, request: Request) -> JSONResponse:
+async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
     handler: EmbeddingsHandler = request.app.state.embeddings
-    return JSONResponse(await handler.create(body, request_context(request)))
+    try:  # a client that leaves cancels its request (the batcher drops it before its next pass)
+        result = await unless_disconnected(request, handler.create(body, request_context(request)))
+    except ClientDisconnected:
+        return Response(status_code=499)
+    return JSONResponse(result)

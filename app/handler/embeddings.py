@@ -10,6 +10,7 @@ import numpy as np
 from app.config import Settings
 from app.core import errors
 from app.core.context import RequestContext
+from app.engine.base import QueueFullError
 from app.generation.text_size import check_texts, tokenize_bounded
 from app.lifecycle.manager import ModelManager
 from app.schemas.embeddings import EmbeddingRequest
@@ -100,6 +101,8 @@ class EmbeddingsHandler:
             vectors = await managed.engine.embed(token_ids)
         except ValueError as exc:  # the batcher's validation of token ids
             raise errors.invalid_request(str(exc), param="input") from exc
+        except QueueFullError as exc:
+            raise errors.queue_full(str(exc)) from exc
         if body.dimensions is not None and body.dimensions < dims:
             vectors = _shorten(vectors, body.dimensions)
         tokens = sum(len(ids) for ids in token_ids)

@@ -399,6 +399,7 @@ class ModelManager:
             loaded,
             max_batch_size=self.settings.embedding_batch_size,
             max_wait_ms=self.settings.embedding_batch_wait_ms,
+            queue_depth=self.settings.embedding_queue_depth,
             name=spec.id,
         )
         batcher.start()
