@@ -312,7 +312,7 @@ class ModelEngine:
             known.append(request.prompt_tokens[:cached])
             params = request.params
             stop_ids = set(params.stop_token_ids)
-            if not params.ignore_eos:
+            if not params.ignore_eos or params.grammar is not None:  # a complete grammar ends
                 stop_ids |= self.eos_token_ids
             stop_sets.append(stop_ids)
         uids = self._generator.insert(
