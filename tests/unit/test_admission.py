@@ -56,3 +56,16 @@ def test_a_lone_request_may_use_the_batch_up_to_its_cap() -> None:
             _requests(loop, 1, 10), [])) == 4
     finally:
         loop.close()
+
+
+def test_admission_takes_no_more_than_the_next_prefill_pass() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        policy = AdmissionPolicy.for_batch(32)
+        big = _requests(loop, 1, 32)
+        first = policy.select(big, [], at_most=8)
+        assert first == big[:8]
+        small = _requests(loop, 2, 1)
+        assert policy.select(big[8:] + small, first, at_most=1) == small
+    finally:
+        loop.close()

@@ -11,6 +11,10 @@ tokens. :class:`AdmissionPolicy` instead
   newcomer's first sequence starts as soon as a slot is free rather than after the big
   request's next sequence.
 
+The engine admits only as many sequences as its next prefill pass takes (``at_most``): the
+generator prefills in insertion order, so sequences admitted early would otherwise keep a
+newcomer's prompt waiting behind theirs.
+
 A sequence's request is its ``group`` (one per API request) and its client its ``client``
 (the caller's X-House-ID; requests without one are each their own client). Running
 sequences are never preempted.
@@ -50,9 +54,12 @@ class AdmissionPolicy:
         return cls(max_batch_size, per_request, min(reserved, max_batch_size - 1))
 
     def select(
-        self, waiting: Iterable[GenerationRequest], running: Iterable[GenerationRequest]
+        self,
+        waiting: Iterable[GenerationRequest],
+        running: Iterable[GenerationRequest],
+        at_most: int | None = None,
     ) -> list[GenerationRequest]:
-        """The waiting sequences to admit now, in admission order."""
+        """The waiting sequences to admit now (at most ``at_most``), in admission order."""
         by_request: Counter[int] = Counter()
         by_client: Counter[str] = Counter()
         held = 0
@@ -66,7 +73,8 @@ class AdmissionPolicy:
             queues.setdefault(request.group, deque()).append(request)
         arrival = {group: i for i, group in enumerate(queues)}
         taken: list[GenerationRequest] = []
-        while free > 0 and queues:
+        limit = free if at_most is None else min(free, at_most)
+        while len(taken) < limit and queues:
             group = min(queues, key=lambda g: (by_client[client_of(queues[g][0])],
                                                by_request[g], arrival[g]))
             client = client_of(queues[group][0])

@@ -67,6 +67,10 @@ class PhasedBatchGenerator(BatchGenerator):
         """Prompts inserted and not yet decoding (waiting for or in their prefill)."""
         return bool(self._unprocessed_sequences) or len(self._prompt_batch) > 0
 
+    def prompts_pending(self) -> int:
+        """How many inserted sequences wait for or are in their prefill."""
+        return len(self._unprocessed_sequences) + len(self._prompt_batch)
+
     def _has_prompt_work(self) -> bool:
         return self.prompts_waiting() and len(self._generation_batch) < self.completion_batch_size
 

@@ -292,7 +292,10 @@ class ModelEngine:
                 )
                 continue
             live.append(request)
-        taken = self.admission.select(live, (seq.request for seq in self._active.values()))
+        # no more than the next prefill pass takes: the generator prefills in insertion order
+        pending = self._generator.prompts_pending() if self._generator is not None else 0
+        taken = self.admission.select(live, (seq.request for seq in self._active.values()),
+                                      at_most=max(0, self.prefill_batch_size - pending))
         chosen = {id(r) for r in taken}
         self._waiting = deque(r for r in live if id(r) not in chosen)
         self.stats.waiting = len(self._waiting)
