@@ -99,6 +99,9 @@ class Settings(BaseSettings):
         "refused before tokenizing",
     )
     tokenize_workers: int = Field(2, ge=1, description="threads that tokenize request text")
+    grammar_compile_timeout_s: float = Field(
+        10.0, gt=0, description="longest a response_format / tool schema may take to compile"
+    )
 
     # Engine
     max_batch_size: int = Field(32, ge=1, description="sequences decoded together")

@@ -61,10 +61,13 @@ def _short_chat(model: str) -> dict:
             "max_tokens": 4, "temperature": 0}
 
 
-async def _background(client: httpx.AsyncClient, path: str, body: dict) -> None:
-    """A streamed request read until cancelled."""
+async def _background(client: httpx.AsyncClient, path: str, body: dict,
+                      statuses: list[int] | None = None) -> None:
+    """A streamed request read until cancelled; its status goes into ``statuses``."""
     try:
         async with client.stream("POST", path, json={**body, "stream": True}) as resp:
+            if statuses is not None:
+                statuses.append(resp.status_code)
             async for _ in resp.aiter_lines():
                 pass
     except (httpx.HTTPError, asyncio.CancelledError):
@@ -84,16 +87,19 @@ async def prefill(client: httpx.AsyncClient, args: argparse.Namespace) -> dict:
 
 
 async def flood(client: httpx.AsyncClient, args: argparse.Namespace) -> dict:
-    prompts = [f"Story {i}: once upon a time" for i in range(16)]
+    prompts = [f"Story {i}: once upon a time" for i in range(args.flood_prompts)]
     big = {"model": args.model, "prompt": prompts, "n": 8, "max_tokens": 2048,
            "ignore_eos": True, "temperature": 1.0}
-    tasks = [asyncio.create_task(_background(client, "/v1/completions", big)) for _ in range(2)]
+    statuses: list[int] = []
+    tasks = [asyncio.create_task(_background(client, "/v1/completions", big, statuses))
+             for _ in range(2)]
     await asyncio.sleep(3.0)
     ttft = await _ttft(client, _short_chat(args.model), args.timeout)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return {"scenario": "flood", "short_ttft_s": ttft}
+    return {"scenario": "flood", "prompts": args.flood_prompts, "big_statuses": statuses,
+            "short_ttft_s": ttft}
 
 
 async def oversize(client: httpx.AsyncClient, args: argparse.Namespace) -> dict:
@@ -134,6 +140,7 @@ async def main() -> None:
     parser.add_argument("--embedding-model", default="default-embedding")
     parser.add_argument("--pid", type=int, default=None, help="server pid, for RSS")
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--flood-prompts", type=int, default=16, help="prompts per big request")
     args = parser.parse_args()
     limits = httpx.Limits(max_connections=16)
     async with httpx.AsyncClient(base_url=args.base_url, timeout=args.timeout,

@@ -12,7 +12,6 @@ engine events.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from app.config import Settings
 from app.core import errors
 from app.core.context import RequestContext
+from app.engine.lm.grammar import CompiledGrammar
 from app.engine.lm.types import (
     Failed,
     Finished,
@@ -38,7 +38,7 @@ from app.generation.events import (
 from app.generation.limits import check_request_limits, resolve_max_tokens, sampling_params
 from app.generation.prompt import prompt_tokens
 from app.generation.request import GenerationSpec, ToolCall
-from app.generation.structured import compile_schema
+from app.generation.structured import compile_schema_within
 from app.generation.submission import (
     Submission,
     failure_error,
@@ -227,20 +227,20 @@ class GenerationCore:
 
     async def _grammar(
         self, spec: GenerationSpec, managed: ManagedModel, plan: ToolPlan | None
-    ) -> str | None:
+    ) -> CompiledGrammar | None:
         """The grammar decoding must follow: the output schema, or a forced tool call.
-        Every tool's parameter schema is compiled (and so validated) either way."""
-        loop = asyncio.get_running_loop()
+        Every tool's parameter schema is compiled (and so validated) either way; each once
+        per request, off the engine thread, within ``grammar_compile_timeout_s``."""
+        timeout = self.settings.grammar_compile_timeout_s
         grammar = None
         if spec.output_schema is not None:
-            grammar = await loop.run_in_executor(
-                None, compile_schema, managed, spec.output_schema, spec.names.output_format
+            grammar = await compile_schema_within(
+                managed, spec.output_schema, spec.names.output_format, timeout
             )
         if plan is not None:
-            call_grammar = await loop.run_in_executor(
-                None, compile_schema, managed, call_schema(plan), spec.names.tools
+            call_grammar = await compile_schema_within(
+                managed, call_schema(plan), spec.names.tools, timeout
             )
             if plan.mode in ("required", "named"):
                 grammar = call_grammar
         return grammar
-
