@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     keep_alive_s: float = Field(
         1800.0, ge=-1, description="idle seconds before a non-preload model unloads (-1: never)"
     )
+    load_retry_backoff_s: float = Field(
+        10.0, ge=0, description="a model that failed to load is not tried again for this long "
+        "(doubling per consecutive failure, at most 300 s); the admin load tries at once",
+    )
     memory_budget_bytes: int | None = Field(
         None, ge=0, description="memory for loaded models (default: 75%% of RAM)"
     )
