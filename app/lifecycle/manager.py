@@ -12,7 +12,7 @@ from typing import Any
 from app.config import Settings
 from app.core import errors
 from app.core.faults import fault_hook_from_env
-from app.lifecycle.load_failures import LoadFailure, load_failed, next_failure
+from app.lifecycle.load_failures import LoadFailure, load_failed, next_failure, public_reason
 from app.lifecycle.registry import ModelRegistry, ModelSpec
 from app.lifecycle.residency import (
     default_memory_budget,
@@ -234,8 +234,9 @@ class ModelManager:
         assert managed._load_task is not None
         await asyncio.shield(managed._load_task)
         if managed.state != "loaded":
-            failure = managed.failure or LoadFailure(managed.error or "unknown", time.monotonic())
-            raise load_failed(spec.id, failure, failure.retry_in(backoff))
+            if managed.failure is None:  # the memory budget: retry as soon as room frees
+                raise load_failed(spec.id, LoadFailure(managed.error or "", 0.0), 1.0)
+            raise load_failed(spec.id, managed.failure, managed.failure.retry_in(backoff))
 
     # ---- admin -----------------------------------------------------------------
     async def load(self, name: str) -> ManagedModel:
@@ -309,8 +310,10 @@ class ModelManager:
                 after = await asyncio.to_thread(_active_memory)
             except Exception as exc:  # noqa: BLE001 - logged whole; clients get it without paths
                 managed.state = "failed"
-                managed.failure = next_failure(managed.failure, exc)
-                managed.error = managed.failure.reason
+                # the memory budget depends on other models' use: no back-off for it
+                transient = isinstance(exc, MemoryError)
+                managed.failure = None if transient else next_failure(managed.failure, exc)
+                managed.error = public_reason(exc)
                 log.error("model %s failed to load: %s", managed.spec.id, exc)
                 return
             managed.failure = None
