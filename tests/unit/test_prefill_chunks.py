@@ -10,9 +10,9 @@ def test_budget_sizes_chunks_by_measured_cost() -> None:
     budget = PrefillBudget(target_s=0.5, max_chunk=512)
     assert budget.chunk(1) == 128  # nothing measured yet
     budget.observe(padded_tokens=128, seconds=1.28)  # 10 ms per token
-    assert budget.chunk(1) == 50 and budget.chunk(2) == MIN_CHUNK
+    assert budget.chunk(1) == 32 and budget.chunk(2) == MIN_CHUNK  # 50 and 25 fit
     budget.observe(padded_tokens=100, seconds=0.01)  # faster now: the average follows
-    assert budget.chunk(1) == 99
+    assert budget.chunk(1) == 64  # 99 fit: a power of two
     fast = PrefillBudget(target_s=0.5, max_chunk=512)
     fast.observe(padded_tokens=512, seconds=0.005)
     assert fast.chunk(8) == 512  # fast hardware keeps the stock chunks

@@ -7,7 +7,8 @@ the chunk's length), and only then gets its first token. With mlx-lm's fixed
 cores, so a short chat's first token came after ~40 s. :class:`PrefillBudget` measures what
 a padded prompt token costs (an exponential average over recent calls, which follows the
 attention cost growing with the context and the machine's load) and sizes each call's chunk
-so that the call takes about ``target_s``. Fast hardware (GPUs) reaches ``prefill_step_size``
+so that the call takes about ``target_s`` (rounded down to a power of two, so that the
+model sees few distinct input shapes). Fast hardware (GPUs) reaches ``prefill_step_size``
 and keeps the stock chunks.
 """
 
@@ -34,7 +35,10 @@ class PrefillBudget:
         if self.seconds_per_token is None:
             return min(self.max_chunk, FIRST_CHUNK)
         fit = int(self.target_s / (max(1, rows) * self.seconds_per_token))
-        return max(min(MIN_CHUNK, self.max_chunk), min(self.max_chunk, fit))
+        if fit >= self.max_chunk:
+            return self.max_chunk
+        # a power of two: few distinct input shapes, so few traces (app/kernels/shape_compile)
+        return min(self.max_chunk, max(MIN_CHUNK, 1 << max(0, fit.bit_length() - 1)))
 
     def observe(self, padded_tokens: int, seconds: float) -> None:
         """One call prefilled ``padded_tokens`` (rows × its longest input) in ``seconds``."""
