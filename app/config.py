@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     keep_alive_s: float = Field(
         1800.0, ge=-1, description="idle seconds before a non-preload model unloads (-1: never)"
     )
+    load_retry_backoff_s: float = Field(
+        10.0, ge=0, description="a model that failed to load is not tried again for this long "
+        "(doubling per consecutive failure, at most 300 s); the admin load tries at once",
+    )
     memory_budget_bytes: int | None = Field(
         None, ge=0, description="memory for loaded models (default: 75%% of RAM)"
     )
@@ -101,12 +105,43 @@ class Settings(BaseSettings):
     max_embedding_inputs: int = Field(2048, ge=1, description="inputs per embeddings request")
     queue_depth: int = Field(256, ge=1, description="waiting requests per model")
     queue_timeout_s: float = Field(
-        600.0, gt=0, description="a request still waiting for the engine after this gets 503"
+        120.0, gt=0, description="a request still waiting for the engine after this gets 503"
+    )
+    max_sequences_per_request: int = Field(
+        32, ge=1, description="sequences one request may create (prompts × n)"
+    )
+    max_running_per_request: int | None = Field(
+        None, ge=1, description="batch slots one request may hold (default: half the batch)"
+    )
+    reserved_batch_slots: int | None = Field(
+        None,
+        ge=0,
+        description="free batch slots kept for requests and clients with nothing running "
+        "(default: an eighth of the batch)",
+    )
+    max_sequences_per_client: int = Field(
+        0, ge=0, description="sequences one client (X-House-ID) may have queued or running; 0: off"
+    )
+    max_chars_per_token: float = Field(
+        16.0,
+        gt=0,
+        description="prompt text longer than the model's context length times this is "
+        "refused before tokenizing",
+    )
+    tokenize_workers: int = Field(2, ge=1, description="threads that tokenize request text")
+    grammar_compile_timeout_s: float = Field(
+        10.0, gt=0, description="longest a response_format / tool schema may take to compile"
     )
 
     # Engine
     max_batch_size: int = Field(32, ge=1, description="sequences decoded together")
-    prefill_step_size: int = Field(512, ge=16, description="prompt tokens per prefill chunk")
+    prefill_step_size: int = Field(512, ge=16, description="most prompt tokens per prefill call")
+    prefill_chunk_ms: float = Field(
+        500.0,
+        ge=0,
+        description="time one prefill call should take: long prompts are prefilled in chunks "
+        "this long between decode steps and other prompts' prefills; 0: prefill_step_size",
+    )
     split_phases: bool = Field(
         True,
         description="decode steps and prompt prefills as separate engine steps, so decoded "
@@ -151,6 +186,9 @@ class Settings(BaseSettings):
     )
     responses_store_max_age_s: float = Field(
         30 * 24 * 3600.0, gt=0, description="stored responses older than this are deleted"
+    )
+    embedding_queue_depth: int = Field(
+        64, ge=1, description="embedding requests waiting per model (429 beyond)"
     )
 
     # Security (docs/PHASE4_TIER3A_CONTRACT.md, "Auth")

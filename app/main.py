@@ -143,7 +143,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.messages = MessagesHandler(core)
     app.state.infill = InfillHandler(core)
     app.state.embeddings = EmbeddingsHandler(manager, settings)
-    app.state.tokenize = TokenizeHandler(manager)
+    app.state.tokenize = TokenizeHandler(manager, settings)
     store = None
     if settings.responses_store == "on":
         store = open_store(settings.cache_dir / "responses.sqlite3",

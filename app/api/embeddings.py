@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.api.body import json_body, openai_route
+from app.api.cancellation import ClientDisconnected, unless_disconnected
 from app.api.errors import request_context
 from app.handler.embeddings import EmbeddingsHandler
 from app.schemas.embeddings import EmbeddingRequest, EmbeddingResponse
@@ -19,6 +20,10 @@ router = APIRouter()
               body_model=EmbeddingRequest)
 async def create_embeddings(
     request: Request, body: Annotated[EmbeddingRequest, json_body(EmbeddingRequest)]
-) -> JSONResponse:
+) -> Response:
     handler: EmbeddingsHandler = request.app.state.embeddings
-    return JSONResponse(await handler.create(body, request_context(request)))
+    try:  # a client that leaves cancels its request (the batcher drops it before its next pass)
+        result = await unless_disconnected(request, handler.create(body, request_context(request)))
+    except ClientDisconnected:
+        return Response(status_code=499)
+    return JSONResponse(result)

@@ -100,3 +100,13 @@ class IdleRelease:
         self._seen = work_done
         release_memory()
         return True
+
+
+def trim_heap() -> None:
+    """Return free C-heap pages to the OS (glibc only); safe from any thread, since it
+    leaves MLX's buffer pool alone. For after a large request's temporaries are freed."""
+    if _malloc_trim is not None:
+        try:
+            _malloc_trim(0)
+        except Exception:  # noqa: BLE001 - best effort, never fatal
+            log.debug("malloc_trim failed", exc_info=True)

@@ -12,7 +12,6 @@ engine events.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from app.config import Settings
 from app.core import errors
 from app.core.context import RequestContext
+from app.engine.lm.grammar import CompiledGrammar
 from app.engine.lm.types import (
     Failed,
     Finished,
@@ -40,8 +40,15 @@ from app.generation.events import (
 from app.generation.limits import check_request_limits, resolve_max_tokens, sampling_params
 from app.generation.prompt import check_prompt_options, prompt_tokens
 from app.generation.request import GenerationSpec, ToolCall
-from app.generation.structured import compile_schema
-from app.generation.submission import Submission, failure_error, merged_events, submit
+from app.generation.structured import compile_schema_within
+from app.generation.submission import (
+    Submission,
+    failure_error,
+    merged_events,
+    next_group,
+    submit,
+)
+from app.generation.text_size import check_spec_size, spec_chars, tokenize_bounded
 from app.generation.tool_stream import ToolCallStream
 from app.generation.tools import ToolPlan, call_schema, plan_tools
 from app.lifecycle.manager import ManagedModel, ModelLease, ModelManager
@@ -235,14 +242,12 @@ class GenerationCore:
     ) -> Run:
         managed = lease.managed
         assert managed is not None
-        loop = asyncio.get_running_loop()
-        prompts = await loop.run_in_executor(None, prompt_tokens, managed, spec, plan)
-        if len(prompts) * spec.n > self.settings.max_n * 16:
-            raise errors.invalid_request(
-                f"{len(prompts)} prompts × n={spec.n} is more choices than allowed "
-                f"({self.settings.max_n * 16}).",
-                param=spec.names.prompt,
-            )
+        settings = self.settings
+        check_spec_size(spec, managed.spec.context_length, settings.max_chars_per_token,
+                        settings.max_sequences_per_request)
+        prompts = await tokenize_bounded(
+            settings.tokenize_workers, sum(spec_chars(spec)), prompt_tokens, managed, spec, plan
+        )
         vocab = managed.loaded.tokenizer_vocab_size
         params = [
             sampling_params(
@@ -261,10 +266,12 @@ class GenerationCore:
         if spec.prompt_logprobs is not None:
             params = [replace(p, prompt_logprobs=spec.prompt_logprobs) for p in params]
         submissions: list[Submission] = []
+        group = next_group()
         try:
             for prompt, choice_params in zip(prompts, params, strict=True):
                 submissions.append(
-                    submit(managed, prompt, choice_params, spec.n, ctx.request_id)
+                    submit(managed, prompt, choice_params, spec.n, ctx.request_id,
+                           group=group, client=ctx.house_id or "")
                 )
         except errors.APIError:
             for submission in submissions:
@@ -274,20 +281,20 @@ class GenerationCore:
 
     async def _grammar(
         self, spec: GenerationSpec, managed: ManagedModel, plan: ToolPlan | None
-    ) -> str | None:
+    ) -> CompiledGrammar | None:
         """The grammar decoding must follow: the output schema, or a forced tool call.
-        Every tool's parameter schema is compiled (and so validated) either way."""
-        loop = asyncio.get_running_loop()
+        Every tool's parameter schema is compiled (and so validated) either way; each once
+        per request, off the engine thread, within ``grammar_compile_timeout_s``."""
+        timeout = self.settings.grammar_compile_timeout_s
         grammar = None
         if spec.output_schema is not None:
-            grammar = await loop.run_in_executor(
-                None, compile_schema, managed, spec.output_schema, spec.names.output_format
+            grammar = await compile_schema_within(
+                managed, spec.output_schema, spec.names.output_format, timeout
             )
         if plan is not None:
-            call_grammar = await loop.run_in_executor(
-                None, compile_schema, managed, call_schema(plan), spec.names.tools
+            call_grammar = await compile_schema_within(
+                managed, call_schema(plan), spec.names.tools, timeout
             )
             if plan.mode in ("required", "named"):
                 grammar = call_grammar
         return grammar
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -18,6 +19,13 @@ from app.engine.lm.types import (
 )
 from app.generation.limits import choice_params
 from app.lifecycle.manager import ManagedModel
+
+_groups = itertools.count(1)
+
+
+def next_group() -> int:
+    """A fresh id for one API request's sequences (the engine's fairness unit)."""
+    return next(_groups)
 
 
 @dataclass
@@ -36,16 +44,21 @@ class Submission:
 
 
 def submit(
-    managed: ManagedModel, prompt: list[int], params: SamplingParams, n: int, request_id: str
+    managed: ManagedModel, prompt: list[int], params: SamplingParams, n: int, request_id: str,
+    *, group: int = 0, client: str = "",
 ) -> Submission:
-    """Queue ``n`` choices of one prompt; a full or stopped engine takes none of them."""
+    """Queue ``n`` choices of one prompt; a full or stopped engine takes none of them.
+    ``group``: the API request (:func:`next_group`), ``client``: its X-House-ID."""
     loop = asyncio.get_running_loop()
+    group = group or next_group()
     requests = [
         GenerationRequest(
             prompt_tokens=prompt,
             params=choice_params(params, i),
             loop=loop,
             request_id=request_id,
+            group=group,
+            client=client,
         )
         for i in range(n)
     ]

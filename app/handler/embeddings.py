@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from typing import Any
 
@@ -11,6 +10,8 @@ import numpy as np
 from app.config import Settings
 from app.core import errors
 from app.core.context import RequestContext
+from app.engine.base import QueueFullError
+from app.generation.text_size import check_texts, tokenize_bounded
 from app.lifecycle.manager import ModelManager
 from app.schemas.embeddings import EmbeddingRequest
 
@@ -88,14 +89,20 @@ class EmbeddingsHandler:
                     f"dimensions must be at most {dims} for this model.", param="dimensions"
                 )
         if texts is not None:
-            loop = asyncio.get_running_loop()
-            token_ids = await loop.run_in_executor(None, loaded.tokenize, texts)
+            if body.truncate_prompt_tokens is None:
+                check_texts(texts, spec.context_length, self.settings.max_chars_per_token,
+                            "input")
+            token_ids = await tokenize_bounded(
+                self.settings.tokenize_workers, sum(map(len, texts)), loaded.tokenize, texts
+            )
         assert token_ids is not None
         token_ids = self._fit_context(token_ids, body, spec.context_length)
         try:
             vectors = await managed.engine.embed(token_ids)
         except ValueError as exc:  # the batcher's validation of token ids
             raise errors.invalid_request(str(exc), param="input") from exc
+        except QueueFullError as exc:
+            raise errors.queue_full(str(exc)) from exc
         if body.dimensions is not None and body.dimensions < dims:
             vectors = _shorten(vectors, body.dimensions)
         tokens = sum(len(ids) for ids in token_ids)

@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from app.config import Settings
 from app.core import errors
 from app.core.context import RequestContext
 from app.generation.limits import check_token_ids
 from app.generation.prompt import apply_template
+from app.generation.text_size import check_texts, tokenize_bounded
 from app.handler.logprobs import TokenTexts
 from app.lifecycle.manager import ModelManager
 from app.schemas.tokenize import DetokenizeRequest, TokenizeRequest
 
 
 class TokenizeHandler:
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, settings: Settings | None = None) -> None:
         self.manager = manager
+        self.settings = settings or Settings()
 
     def _lease(self, name: str) -> Any:
         """Lease the model under any of its capabilities (every model has a tokenizer)."""
@@ -38,15 +41,21 @@ class TokenizeHandler:
     async def _tokenize(
         self, body: TokenizeRequest, ctx: RequestContext, managed: Any, tokenizer: Any
     ) -> dict[str, Any]:
+        texts = [body.prompt] if body.prompt is not None else [
+            "".join(m.text() for m in body.messages or [])
+        ]
+        check_texts(texts, managed.spec.context_length, self.settings.max_chars_per_token,
+                    "prompt" if body.prompt is not None else "messages")
+        workers, chars = self.settings.tokenize_workers, len(texts[0])
         if managed.spec.type != "lm":
             if body.messages is not None:
                 raise errors.invalid_request(
                     "messages need a chat model; give 'prompt' instead.", param="messages"
                 )
-            ids = (await asyncio.to_thread(managed.loaded.tokenize, [body.prompt]))[0]
+            ids = (await tokenize_bounded(workers, chars, managed.loaded.tokenize, texts))[0]
             strs = None
         else:
-            ids = await asyncio.to_thread(self._lm_tokens, tokenizer, body)
+            ids = await tokenize_bounded(workers, chars, self._lm_tokens, tokenizer, body)
             strs = None
         out: dict[str, Any] = {
             "count": len(ids),

@@ -12,6 +12,7 @@ from typing import Any
 from app.config import Settings
 from app.core import errors
 from app.core.faults import fault_hook_from_env
+from app.lifecycle.load_failures import LoadFailure, load_failed, next_failure, public_reason
 from app.lifecycle.registry import ModelRegistry, ModelSpec
 from app.lifecycle.residency import (
     default_memory_budget,
@@ -38,6 +39,7 @@ class ManagedModel:
     memory_bytes: int | None = None  # MLX active memory the load added
     leases: int = 0  # requests using the model (streams until their last chunk)
     removed: bool = False  # dropped from the registry; unloads once idle
+    failure: LoadFailure | None = None  # the latest failed load (back-off), until one succeeds
     _load_task: asyncio.Future | None = None
 
     def metadata(self) -> dict[str, Any]:
@@ -223,23 +225,26 @@ class ModelManager:
         ):
             asyncio.ensure_future(self._unload(managed))
 
-    async def _ensure_loaded(self, managed: ManagedModel) -> None:
+    async def _ensure_loaded(self, managed: ManagedModel, force: bool = False) -> None:
+        """Load ``managed`` unless loaded; ``force``: even within a failure's back-off."""
         spec = managed.spec
         if managed.state == "loaded":
             return
         if managed.state == "loading" and spec.preload and managed.load_seconds is None:
             raise errors.model_loading(spec.id)
+        backoff = self.settings.load_retry_backoff_s
+        if managed.state == "failed" and managed.failure is not None and not force:
+            wait = managed.failure.retry_in(backoff)
+            if wait > 0:  # not tried again for every request
+                raise load_failed(spec.id, managed.failure, wait)
         if managed.state in ("unloaded", "failed"):
             self._begin_load(managed)
         assert managed._load_task is not None
         await asyncio.shield(managed._load_task)
         if managed.state != "loaded":
-            raise errors.APIError(
-                503,
-                f"The model {spec.id!r} failed to load: {managed.error}",
-                type="server_error",
-                code="model_load_failed",
-            )
+            if managed.failure is None:  # the memory budget: retry as soon as room frees
+                raise load_failed(spec.id, LoadFailure(managed.error or "", 0.0), 1.0)
+            raise load_failed(spec.id, managed.failure, managed.failure.retry_in(backoff))
 
     # ---- admin -----------------------------------------------------------------
     async def load(self, name: str) -> ManagedModel:
@@ -247,7 +252,7 @@ class ModelManager:
         if spec is None:
             raise errors.model_not_found(name)
         managed = self.models[spec.id]
-        await self._ensure_loaded(managed)
+        await self._ensure_loaded(managed, force=True)  # an operator's load tries at once
         managed.last_used = time.time()
         return managed
 
@@ -311,11 +316,15 @@ class ModelManager:
                 else:
                     engine, loaded = await self._start_embedding_model(managed.spec)
                 after = await asyncio.to_thread(_active_memory)
-            except Exception as exc:  # noqa: BLE001 - the cause is shown to clients and logs
+            except Exception as exc:  # noqa: BLE001 - logged whole; clients get it without paths
                 managed.state = "failed"
-                managed.error = str(exc) or type(exc).__name__
-                log.error("model %s failed to load: %s", managed.spec.id, managed.error)
+                # the memory budget depends on other models' use: no back-off for it
+                transient = isinstance(exc, MemoryError)
+                managed.failure = None if transient else next_failure(managed.failure, exc)
+                managed.error = public_reason(exc)
+                log.error("model %s failed to load: %s", managed.spec.id, exc)
                 return
+            managed.failure = None
             managed.engine, managed.loaded = engine, loaded
             if managed.spec.type == "lm":
                 managed.spec.adopt_context_length(getattr(loaded, "context_length", None))
@@ -366,6 +375,7 @@ class ModelManager:
 
 
     async def _start_language_model(self, spec: ModelSpec) -> tuple[Any, Any]:
+        from app.engine.lm.admission import AdmissionPolicy
         from app.engine.lm.worker import ModelEngine
 
         s = self.settings
@@ -375,6 +385,11 @@ class ModelManager:
             queue_depth=s.queue_depth,
             queue_timeout_s=s.queue_timeout_s,
             prefill_step_size=s.prefill_step_size,
+            prefill_chunk_s=s.prefill_chunk_ms / 1000.0,
+            admission=AdmissionPolicy.for_batch(
+                s.max_batch_size, s.max_running_per_request, s.reserved_batch_slots
+            ),
+            max_sequences_per_client=s.max_sequences_per_client,
             admission_gap_s=s.admission_gap_ms / 1000.0,
             split_phases=s.split_phases,
             prefix_cache_bytes=s.prefix_cache_bytes,
@@ -404,6 +419,7 @@ class ModelManager:
             loaded,
             max_batch_size=self.settings.embedding_batch_size,
             max_wait_ms=self.settings.embedding_batch_wait_ms,
+            queue_depth=self.settings.embedding_queue_depth,
             name=spec.id,
         )
         batcher.start()

@@ -93,3 +93,12 @@ def test_constrained_and_free_requests_share_a_batch(client: TestClient):
             jsonschema.validate(json.loads(choice["message"]["content"]), FINITE_SCHEMA)
         else:
             assert choice["finish_reason"] == "length"
+
+
+def test_completed_grammar_ends_the_choice_even_with_ignore_eos(client: TestClient):
+    """Issue 23 item 12: nothing follows the JSON, whatever ignore_eos says."""
+    resp = constrained(client, temperature=1.0, seed=5, ignore_eos=True)
+    assert resp.status_code == 200, resp.text
+    choice = resp.json()["choices"][0]
+    assert choice["finish_reason"] == "stop", choice
+    jsonschema.validate(json.loads(choice["message"]["content"]), FINITE_SCHEMA)

@@ -44,10 +44,12 @@ def _tokenizer(specials: list[str]) -> Tokenizer:
 
 
 def build_tiny_llama(
-    out: Path, *, seed: int = 0, context_length: int = 512, extra_specials: tuple[str, ...] = ()
+    out: Path, *, seed: int = 0, context_length: int = 512, extra_specials: tuple[str, ...] = (),
+    hidden_size: int = 64, layers: int = 2,
 ) -> Path:
     """Write config.json, model.safetensors and tokenizer files into ``out``;
-    ``extra_specials``: more special tokens (e.g. fill-in-the-middle markers)."""
+    ``extra_specials``: more special tokens (e.g. fill-in-the-middle markers); a larger
+    ``hidden_size`` / ``layers`` makes a model slow enough for scheduling tests."""
     out.mkdir(parents=True, exist_ok=True)
     specials = [*SPECIALS, *extra_specials]
     tok = _tokenizer(specials)
@@ -56,9 +58,9 @@ def build_tiny_llama(
     eos = tok.token_to_id("<|im_end|>")
     config = {
         "model_type": "llama",
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "intermediate_size": 128,
+        "hidden_size": hidden_size,
+        "num_hidden_layers": layers,
+        "intermediate_size": 2 * hidden_size,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "rms_norm_eps": 1e-5,

@@ -15,6 +15,13 @@ request ~20% of its latency), and N
 clients that each wait for their answer are gathered into one pass without waiting out
 the window.
 
+A request larger than one pass is served a pass at a time, and requests that arrive in the
+meantime join the next pass ahead of its remainder (smallest remainder first), so a one-word
+request is not held behind a 128-document one; a request whose client has left (its future
+cancelled) is dropped before its next pass. At most ``queue_depth`` requests are queued or in
+progress; beyond that :meth:`EmbeddingBatcher.embed` raises
+:class:`~app.engine.base.QueueFullError` (a 429 with ``Retry-After``).
+
 A failing forward pass that mixed several requests is retried request by request, so an
 error only fails the requests that actually cause it; the worker keeps running.
 """
@@ -25,12 +32,13 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from app.core.blas.governor import blas_governor
-from app.engine.base import STOP, QueueWorker, deliver
+from app.engine.base import STOP, QueueFullError, QueueWorker, deliver
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +59,7 @@ class EmbeddingBatcherStats:
 
 
 class _Request:
-    __slots__ = ("token_ids", "future", "loop", "results", "remaining", "error")
+    __slots__ = ("token_ids", "future", "loop", "results", "remaining", "error", "order")
 
     def __init__(self, token_ids: list[list[int]], future: asyncio.Future[Any], loop: Any) -> None:
         self.token_ids = token_ids
@@ -60,6 +68,8 @@ class _Request:
         self.results: list[list[float] | None] = [None] * len(token_ids)
         self.remaining = len(token_ids)
         self.error: BaseException | None = None
+        # sequence indices not yet in a pass, shortest first (similar lengths pad less)
+        self.order = deque(sorted(range(len(token_ids)), key=lambda i: len(token_ids[i])))
 
 
 class EmbeddingBatcher(QueueWorker):
@@ -73,6 +83,7 @@ class EmbeddingBatcher(QueueWorker):
         *,
         max_batch_size: int = 32,
         max_wait_ms: float = 5.0,
+        queue_depth: int = 64,
         validate: ValidateFn | None = None,
         warmup: Callable[[], object] | None = None,
         name: str = "embeddings",
@@ -88,6 +99,9 @@ class EmbeddingBatcher(QueueWorker):
         self._validate = validate
         self.max_batch_size = max_batch_size
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
+        self.queue_depth = queue_depth
+        self._outstanding = 0  # requests queued or in progress (any thread, under the lock)
+        self._backlog: deque[_Request] = deque()  # worker thread only: requests being served
         self.stats = EmbeddingBatcherStats()
         self._stats_lock = threading.Lock()
         self._expected_requests = 1  # worker thread only: see the module docstring
@@ -115,12 +129,30 @@ class EmbeddingBatcher(QueueWorker):
             self._validate(batch)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[list[float]]] = loop.create_future()
-        self._put(_Request(batch, future, loop))
+        with self._stats_lock:
+            if self._outstanding >= self.queue_depth:
+                raise QueueFullError(
+                    f"model {self.name} has {self._outstanding} embedding requests in progress "
+                    f"(queue depth {self.queue_depth})"
+                )
+            self._outstanding += 1
+        try:
+            self._put(_Request(batch, future, loop))
+        except BaseException:
+            self._done(future)
+            raise
+        future.add_done_callback(self._done)
         return await future
+
+    def _done(self, _future: asyncio.Future) -> None:
+        """A request was answered, failed or abandoned: it no longer counts."""
+        with self._stats_lock:
+            self._outstanding -= 1
 
     # -- worker thread -------------------------------------------------------------------
     def _serve(self, item: _Request) -> object | None:
-        """Gather requests into one pass (see the module docstring), then run it."""
+        """Gather requests into a pass (see the module docstring), then serve them pass by
+        pass, letting newly queued requests into each next pass."""
         pending: list[_Request] = [item]
         queued = len(item.token_ids)
         stop_after = False
@@ -138,28 +170,46 @@ class EmbeddingBatcher(QueueWorker):
                 break
             pending.append(item)
             queued += len(item.token_ids)
-        try:
-            self._process(pending)
-        except Exception as exc:  # never let the worker die
-            logger.exception("%s batcher: unexpected error", self.name)
-            for req in pending:
-                self._fail(req, exc)
+        self._backlog.extend(pending)
+        while self._backlog:
+            batch = self._next_pass()
+            try:
+                if batch:
+                    self._run_pass(batch, retry=True)
+            except Exception as exc:  # never let the worker die
+                logger.exception("%s batcher: unexpected error", self.name)
+                for req in {id(r): r for r, _ in batch}.values():
+                    self._fail(req, exc)
+            while not stop_after:  # arrivals join the next pass
+                item = self._take(0)
+                if item is None:
+                    break
+                if item is STOP:
+                    stop_after = True
+                else:
+                    self._backlog.append(item)
         if stop_after:
             return STOP
         self._expected_requests = max(1, len(pending) + self._queued_at_results)
         return None
 
-    def _process(self, pending: list[_Request]) -> None:
-        live = []
-        for req in pending:
+    def _next_pass(self) -> list[tuple[_Request, int]]:
+        """Up to ``max_batch_size`` sequences, smallest remainders first; drops requests that
+        were cancelled, failed or fully handed to passes."""
+        live: list[_Request] = []
+        for req in self._backlog:
             if req.future.cancelled():  # racy read is fine: only skips wasted work
                 self._count(requests_cancelled=1)
-            else:
+            elif req.error is None and req.order:
                 live.append(req)
-        items = [(req, i) for req in live for i in range(len(req.token_ids))]
+        live.sort(key=lambda r: len(r.order))
+        items: list[tuple[_Request, int]] = []
+        for req in live:
+            while req.order and len(items) < self.max_batch_size:
+                items.append((req, req.order.popleft()))
+        self._backlog = deque(req for req in live if req.order)
         items.sort(key=lambda it: len(it[0].token_ids[it[1]]))
-        for start in range(0, len(items), self.max_batch_size):
-            self._run_pass(items[start : start + self.max_batch_size], retry=True)
+        return items
 
     def _forward_governed(self, batch: list[list[int]]) -> Sequence[Any]:
         """The forward pass, telling the BLAS governor about it: a one-sequence pass runs on

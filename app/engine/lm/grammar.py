@@ -3,12 +3,20 @@
 llguidance's own MLX helper uses a Metal kernel, so the bitmask is applied here with
 portable MLX ops (works on CPU, Metal and CUDA). Each constrained sequence owns its own
 ``LLMatcher``, so constraints hold inside a continuous batch.
+
+Compiling a grammar is the expensive part (an 8,000-branch ``anyOf`` takes seconds), so it
+happens once per distinct schema, off the engine thread (:meth:`GrammarFactory.compile_schema`,
+called from the request's executor, LRU-cached by the schema's hash); the engine only clones
+the compiled matcher for each choice (``deep_copy``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import llguidance
@@ -17,6 +25,7 @@ import mlx.core as mx
 import numpy as np
 
 NEG_INF = float("-inf")
+CACHE_SIZE = 64  # compiled grammars kept per model
 
 
 class GrammarError(ValueError):
@@ -36,8 +45,17 @@ def json_schema_grammar(schema: dict[str, Any] | bool) -> str:
         raise GrammarError(f"invalid JSON schema: {exc}") from exc
 
 
+@dataclass(frozen=True, eq=False)
+class CompiledGrammar:
+    """A grammar and its compiled matcher, which is only ever cloned, never advanced."""
+
+    text: str
+    matcher: Any
+
+
 class GrammarFactory:
-    """Per-model llguidance tokenizer (built once, ~1 s) and grammar validation."""
+    """Per-model llguidance tokenizer (built once, ~1 s), grammar validation and compiled
+    grammars (LRU by schema hash)."""
 
     def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: set[int]) -> None:
         self._hf = getattr(tokenizer, "_tokenizer", tokenizer)
@@ -45,6 +63,8 @@ class GrammarFactory:
         self._eos = sorted(eos_token_ids)
         self._lock = threading.Lock()
         self._ll_tokenizer: Any = None
+        self._compiled: OrderedDict[str, CompiledGrammar] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     @property
     def ll_tokenizer(self) -> Any:
@@ -62,11 +82,37 @@ class GrammarFactory:
         if error:
             raise GrammarError(error)
 
-    def constraint(self, grammar: str, stop_token_ids: set[int]) -> GrammarConstraint:
+    def compile(self, grammar: str) -> CompiledGrammar:
+        """Validate and compile ``grammar`` (GrammarError with llguidance's message)."""
+        self.validate(grammar)
+        matcher = llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            raise GrammarError(matcher.get_error())
+        return CompiledGrammar(grammar, matcher)
+
+    def compile_schema(self, schema: dict[str, Any] | bool) -> CompiledGrammar:
+        """The compiled grammar for a JSON schema, from the cache when the same schema (by
+        the hash of its canonical JSON) was compiled before."""
+        key = hashlib.sha256(json.dumps(schema, sort_keys=True).encode()).hexdigest()
+        with self._cache_lock:
+            hit = self._compiled.get(key)
+            if hit is not None:
+                self._compiled.move_to_end(key)
+                return hit
+        compiled = self.compile(json_schema_grammar(schema))
+        with self._cache_lock:
+            self._compiled[key] = compiled
+            while len(self._compiled) > CACHE_SIZE:
+                self._compiled.popitem(last=False)
+        return compiled
+
+    def constraint(self, grammar: CompiledGrammar | str, stop_token_ids: set[int]
+                   ) -> GrammarConstraint:
+        """A fresh constraint for one choice: a clone of the compiled matcher."""
+        if isinstance(grammar, str):
+            grammar = self.compile(grammar)
         return GrammarConstraint(
-            llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0),
-            self.vocab_size,
-            sorted(stop_token_ids),
+            grammar.matcher.deep_copy(), self.vocab_size, sorted(stop_token_ids)
         )
 
 

@@ -42,8 +42,13 @@ def _presence_frequency(prompt_len: int, presence: float, frequency: float) -> P
     return apply
 
 
+MIN_REPETITION_PENALTY = 1e-2  # dividing logits by less overflows float32
+
+
 def _repetition(penalty: float) -> Processor:
-    """vLLM / HF semantics: tokens seen in prompt or output are scaled by the penalty."""
+    """vLLM / HF semantics: tokens seen in prompt or output are scaled by the penalty
+    (at least ``MIN_REPETITION_PENALTY``, so a tiny one cannot turn logits into inf/NaN)."""
+    penalty = max(penalty, MIN_REPETITION_PENALTY)
 
     def apply(tokens: mx.array, logits: mx.array) -> mx.array:
         if tokens.size == 0:

@@ -20,11 +20,12 @@ from mlx_lm.sample_utils import (
 from app.engine.lm.types import SamplingParams
 
 Sampler = Callable[[mx.array], mx.array]
+MIN_TEMPERATURE = 1e-3  # below it sampling is greedy in effect (and 1/T overflows near 0)
 
 
 def make_request_sampler(params: SamplingParams) -> Sampler:
     """Greedy requests share one sampler object so a batch of them samples in one call."""
-    if params.temperature == 0:
+    if params.temperature < MIN_TEMPERATURE:
         return greedy_sampler
     filters: list[Callable[[mx.array], mx.array]] = []
     if 0 < params.top_p < 1.0:

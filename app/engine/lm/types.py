@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class SamplingParams:
     min_tokens: int = 0
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # None: off; k >= 0: chosen token plus the top k
-    grammar: str | None = None  # llguidance grammar the output must follow
+    grammar: Any = None  # CompiledGrammar (or llguidance grammar text) the output must follow
     speculative: bool = True  # may this sequence decode with prompt-lookup drafts
     prompt_logprobs: int | None = None  # None: off; k >= 0: each prompt token plus the top k
 
@@ -103,6 +104,8 @@ class GenerationRequest:
     enqueued_at: float = field(default_factory=time.monotonic)
     admitted_at: float | None = None  # when it joined the running batch
     cancelled: bool = False
+    group: int = 0  # the API request it belongs to (app.engine.lm.admission: fairness)
+    client: str = ""  # who sent it (X-House-ID); "" when unknown
 
     def push(self, event: EngineEvent) -> None:
         """Thread-safe hand-off to the request's event loop."""

@@ -24,6 +24,7 @@ from mlx_lm.generate import BatchGenerator, StopSequences
 from app.core.blas.governor import blas_governor
 from app.core.threads import join_fully
 from app.engine.base import EngineStoppedError, QueueFullError
+from app.engine.lm.admission import AdmissionPolicy
 from app.engine.lm.detokenizer import make_detokenizer
 from app.engine.lm.grammar import GrammarFactory
 from app.engine.lm.iteration_stats import TokenHistogram, step_tokens
@@ -73,8 +74,11 @@ class ModelEngine:
         *,
         max_batch_size: int = 16,
         queue_depth: int = 256,
-        queue_timeout_s: float = 600.0,
+        queue_timeout_s: float = 120.0,
         prefill_step_size: int = 512,
+        prefill_chunk_s: float = 0.0,
+        admission: AdmissionPolicy | None = None,
+        max_sequences_per_client: int = 0,
         admission_gap_s: float = 0.0,
         split_phases: bool = True,
         prefix_cache_bytes: int = 0,
@@ -91,6 +95,9 @@ class ModelEngine:
         self.queue_depth = queue_depth
         self.queue_timeout_s = queue_timeout_s
         self.prefill_step_size = prefill_step_size
+        self.prefill_chunk_s = prefill_chunk_s
+        self.admission = admission or AdmissionPolicy.for_batch(max_batch_size)
+        self.max_sequences_per_client = max_sequences_per_client
         self.admission_gap_s = admission_gap_s
         self.split_phases = split_phases
         self.name = name
@@ -140,10 +147,24 @@ class ModelEngine:
                     f"model {self.name} has {len(self._waiting)} requests waiting "
                     f"(queue depth {self.queue_depth})"
                 )
+            self._check_client_cap(request)
             self._waiting.append(request)
             self.stats.waiting = len(self._waiting)
             self._cond.notify_all()
         log.debug("engine %s: request queued, %d waiting", self.name, len(self._waiting))
+
+    def _check_client_cap(self, request: GenerationRequest) -> None:
+        """A client (X-House-ID) over its sequence cap is refused like a full queue. Lock held."""
+        cap = self.max_sequences_per_client
+        if not cap or not request.client:
+            return
+        mine = sum(1 for r in self._waiting if r.client == request.client and not r.cancelled)
+        mine += sum(1 for s in self._active.values() if s.request.client == request.client)
+        if mine >= cap:
+            raise QueueFullError(
+                f"client {request.client} has {mine} sequences queued or running on model "
+                f"{self.name} (at most {cap})"
+            )
 
     def cancel(self, request: GenerationRequest) -> None:
         """Mark a request cancelled; the worker drops it before its next step."""
@@ -165,6 +186,7 @@ class ModelEngine:
             completion_batch_size=self.max_batch_size,
             prefill_batch_size=self.prefill_batch_size,
             prefill_step_size=self.prefill_step_size,
+            prefill_chunk_s=self.prefill_chunk_s,
             allow=self._may_speculate,
             stats=self.spec_stats,
             split_phases=self.split_phases,
@@ -255,11 +277,10 @@ class ModelEngine:
                 return  # nothing new within the gap
 
     def _take_admissible(self) -> list[GenerationRequest]:
-        """Pop waiting requests that fit in the batch; expire the ones waiting too long."""
+        """Pop the waiting requests the admission policy lets into the batch; expire the
+        ones waiting too long."""
         now = time.monotonic()
-        taken: list[GenerationRequest] = []
-        kept: deque[GenerationRequest] = deque()
-        free = self.max_batch_size - len(self._active)
+        live: list[GenerationRequest] = []
         for request in self._waiting:
             if request.cancelled:
                 continue
@@ -272,12 +293,14 @@ class ModelEngine:
                     )
                 )
                 continue
-            if len(taken) < free:
-                taken.append(request)
-            else:
-                kept.append(request)
-        self._waiting = kept
-        self.stats.waiting = len(kept)
+            live.append(request)
+        # no more than the next prefill pass takes: the generator prefills in insertion order
+        pending = self._generator.prompts_pending() if self._generator is not None else 0
+        taken = self.admission.select(live, (seq.request for seq in self._active.values()),
+                                      at_most=max(0, self.prefill_batch_size - pending))
+        chosen = {id(r) for r in taken}
+        self._waiting = deque(r for r in live if id(r) not in chosen)
+        self.stats.waiting = len(self._waiting)
         return taken
 
     def _insert(self, requests: list[GenerationRequest]) -> None:
@@ -294,7 +317,7 @@ class ModelEngine:
             known.append(request.prompt_tokens[:cached])
             params = request.params
             stop_ids = set(params.stop_token_ids)
-            if not params.ignore_eos:
+            if not params.ignore_eos or params.grammar is not None:  # a complete grammar ends
                 stop_ids |= self.eos_token_ids
             stop_sets.append(stop_ids)
         uids = self._generator.insert(
