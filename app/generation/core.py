@@ -228,26 +228,33 @@ class GenerationCore:
         try:
             managed = lease.managed
             assert managed is not None
-            loop = asyncio.get_running_loop()
-            tokens = await loop.run_in_executor(None, prompt_tokens, managed, spec, plan)
+            tokens = await self._tokenize(spec, managed, plan)
             decode = managed.loaded.tokenizer.decode
-            text = [await loop.run_in_executor(None, decode, ids) for ids in tokens
+            workers = self.settings.tokenize_workers
+            text = [await tokenize_bounded(workers, 0, decode, ids) for ids in tokens
                     ] if texts else []
             return Rendered(tokens, text, managed.spec.context_length)
         finally:
             lease.release()
+
+    async def _tokenize(
+        self, spec: GenerationSpec, managed: ManagedModel, plan: ToolPlan | None
+    ) -> list[list[int]]:
+        """The spec's prompts as token ids: sizes checked first (a huge text is refused
+        before any tokenizing), then tokenized on the bounded pool."""
+        settings = self.settings
+        check_spec_size(spec, managed.spec.context_length, settings.max_chars_per_token,
+                        settings.max_sequences_per_request)
+        return await tokenize_bounded(
+            settings.tokenize_workers, sum(spec_chars(spec)), prompt_tokens, managed, spec, plan
+        )
 
     async def _queue(
         self, spec: GenerationSpec, ctx: RequestContext, lease: ModelLease, plan: ToolPlan | None
     ) -> Run:
         managed = lease.managed
         assert managed is not None
-        settings = self.settings
-        check_spec_size(spec, managed.spec.context_length, settings.max_chars_per_token,
-                        settings.max_sequences_per_request)
-        prompts = await tokenize_bounded(
-            settings.tokenize_workers, sum(spec_chars(spec)), prompt_tokens, managed, spec, plan
-        )
+        prompts = await self._tokenize(spec, managed, plan)
         vocab = managed.loaded.tokenizer_vocab_size
         params = [
             sampling_params(
