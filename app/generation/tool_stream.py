@@ -236,8 +236,8 @@ class ToolCallStream:
         else:
             out += self._text(self._pending)
         self._pending = ""
-        if self.calls and reason == "stop":
-            reason = "tool_calls"
+        if self.calls and (reason == "stop" or (self.forced and reason == "length")):
+            reason = "tool_calls"  # a forced call that closed on the last token is complete
         return out, reason, self._take_logprobs()
 
     # -- calls ---------------------------------------------------------------------------
