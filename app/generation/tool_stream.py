@@ -8,7 +8,9 @@ JSON text in fragments as they are generated, then its end. Markup never reaches
   ``{"name": ..., "arguments": ...}`` object (the grammar guarantees the shape).
 - ``auto``: text streams as it comes, except a tail that may be the start of the call
   marker (``<tool_call>``, or the tokenizer's own); a marker opens a call. An output that
-  starts with ``{`` may be a bare JSON call and is held until the choice ends. Families
+  starts with ``{`` may be a bare JSON call and is held until the choice ends. A call
+  object in a fenced block (`````json`` … `````), as Qwen2.5-Coder writes them, is a call
+  too (JSON families only); a fence whose content is not a call object stays text. Families
   whose calls are not JSON (mlx-lm's other tool parsers) are parsed whole at their end
   marker and sent as one fragment.
 """
@@ -33,6 +35,10 @@ from app.generation.request import ToolCall
 
 TOOL_CALL_START = "<tool_call>"
 TOOL_CALL_END = "</tool_call>"
+
+FENCE = "```"
+# A fenced block that opens with a call object; group 1 ends where the object starts.
+_FENCED_CALL = regex.compile(r'(```(?:json)?[ \t]*\r?\n\s*)\{\s*"name"\s*:', regex.S)
 
 # The head of a call object up to where its arguments' value starts.
 _CALL_HEAD = regex.compile(
@@ -182,6 +188,8 @@ class ToolCallStream:
         self._pending = ""  # auto mode: text not yet known to be answer text
         self._call: _JsonCall | None = _JsonCall() if self.forced else None
         self._call_id: str | None = None
+        self._call_end = self.end  # the open call's end marker (FENCE for a fenced call)
+        self._fences = self.family_parser is None and not self.forced
         self._started = False  # the open call's start went out
         self._markup: str | None = None  # a family-format call's text, parsed at its end
         self._bare = False  # auto mode: the output began with "{" (held to the end)
@@ -205,18 +213,45 @@ class ToolCallStream:
             if self._bare:
                 break
             marker = self._pending.find(self.start)
+            fence = self._pending.find(FENCE) if self._fences else -1
+            if fence >= 0 and (marker < 0 or fence < marker):
+                done, events = self._fenced(fence)
+                out += events
+                if done:
+                    break
+                continue
             if marker < 0:
-                keep = len(self._pending) - _partial_suffix(self._pending, self.start)
+                held = _partial_suffix(self._pending, self.start)
+                if self._fences:
+                    held = max(held, _partial_suffix(self._pending, FENCE))
+                keep = len(self._pending) - held
                 out += self._text(self._pending[:keep])
                 self._pending = self._pending[keep:]
                 break
             out += self._text(self._pending[:marker])
             self._pending = self._pending[marker + len(self.start):]
+            self._call_end = self.end
             if self.family_parser is not None:
                 self._markup = ""
             else:
                 self._call = _JsonCall()
         return out
+
+    def _fenced(self, fence: int) -> tuple[bool, list[OutputEvent]]:
+        """A fence at ``fence``: (wait for more text?, events). A call object opens a call."""
+        head = _FENCED_CALL.match(self._pending, fence, partial=True)
+        if head is not None and head.partial:
+            out = self._text(self._pending[:fence])
+            self._pending = self._pending[fence:]
+            return True, out
+        if head is None:  # an ordinary fence: text, up to and including it
+            out = self._text(self._pending[:fence + len(FENCE)])
+            self._pending = self._pending[fence + len(FENCE):]
+            return False, out
+        out = self._text(self._pending[:fence])
+        self._pending = self._pending[head.end(1):]
+        self._call, self._call_end = _JsonCall(), FENCE
+        return False, out
 
     def finish(self, reason: str) -> tuple[list[OutputEvent], str, list[TokenLogprob]]:
         """Events still owed at the choice's end, its finish reason, unsent logprobs."""
@@ -247,12 +282,13 @@ class ToolCallStream:
     def _feed_open_call(self) -> list[OutputEvent]:
         """Auto mode inside a call: take its text up to the end marker (none, as Mistral's
         ``[TOOL_CALLS]``: the calls run to the end of the output)."""
-        end = self._pending.find(self.end) if self.end else -1
+        marker = self._call_end
+        end = self._pending.find(marker) if marker else -1
         if end < 0:
-            keep = len(self._pending) - _partial_suffix(self._pending, self.end)
+            keep = len(self._pending) - _partial_suffix(self._pending, marker)
             body, self._pending = self._pending[:keep], self._pending[keep:]
         else:
-            body, self._pending = self._pending[:end], self._pending[end + len(self.end):]
+            body, self._pending = self._pending[:end], self._pending[end + len(marker):]
         if self._markup is not None:
             self._markup += body
             return self._close_markup(self._markup) if end >= 0 else []
