@@ -22,6 +22,14 @@ class TextOut:
 
 
 @dataclass
+class ReasoningOut:
+    """Thinking text for one choice (a ``<think>`` block's content), never answer text."""
+
+    choice: int
+    text: str
+
+
+@dataclass
 class ToolCallStart:
     """A tool call begins: its function name is known (arguments follow as deltas)."""
 
@@ -75,10 +83,12 @@ class KeepAlive:
 KEEP_ALIVE = KeepAlive()
 
 __all__ = [
-    "KEEP_ALIVE", "ChoiceEnd", "KeepAlive", "OutputEvent", "TextOut", "TokenLogprob",
+    "KEEP_ALIVE", "ChoiceEnd", "KeepAlive", "OutputEvent", "ReasoningOut", "TextOut",
+    "TokenLogprob",
     "ToolCallDelta", "ToolCallEnd", "ToolCallStart", "Usage",
 ]
 
 OutputEvent = (
-    TextOut | ToolCallStart | ToolCallDelta | ToolCallEnd | ChoiceEnd | Usage | KeepAlive
+    TextOut | ReasoningOut | ToolCallStart | ToolCallDelta | ToolCallEnd | ChoiceEnd | Usage
+    | KeepAlive
 )

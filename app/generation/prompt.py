@@ -43,7 +43,7 @@ def conversation_tokens(
     assert spec.messages is not None
     tokenizer = managed.loaded.tokenizer
     messages = [template_message(message) for message in spec.messages]
-    kwargs: dict[str, Any] = {}
+    kwargs = template_kwargs(spec)
     if plan is not None:
         template = managed.loaded.chat_template or getattr(tokenizer, "chat_template", None)
         if template_supports_tools(template):
@@ -55,6 +55,18 @@ def conversation_tokens(
             else:
                 messages.insert(0, {"role": "system", "content": note})
     return apply_template(tokenizer, messages, param=spec.names.prompt, **kwargs)
+
+
+def template_kwargs(spec: GenerationSpec) -> dict[str, Any]:
+    """Template variables from the request: ``reasoning_effort`` ("none" turns thinking
+    off: ``enable_thinking=False``), then the client's ``chat_template_kwargs``."""
+    kwargs: dict[str, Any] = {}
+    if spec.reasoning_effort == "none":
+        kwargs["enable_thinking"] = False
+    elif spec.reasoning_effort is not None:
+        kwargs["reasoning_effort"] = spec.reasoning_effort
+    kwargs.update(spec.chat_template_kwargs or {})
+    return kwargs
 
 
 def raw_prompt_tokens(managed: ManagedModel, spec: GenerationSpec) -> list[list[int]]:

@@ -106,4 +106,7 @@ class GenerationSpec:
     tool_name: str | None = None  # a named tool choice: this function must be called
     output_schema: dict[str, Any] | bool | None = None  # JSON schema the answer must follow
     logprobs: int | None = None  # None: off; k >= 0: the chosen token and the top k
+    # extra variables for the chat template (e.g. {"enable_thinking": False})
+    chat_template_kwargs: dict[str, Any] | None = None
+    reasoning_effort: str | None = None  # "none": no thinking where the template allows
     names: FieldNames = field(default_factory=FieldNames)

@@ -221,9 +221,9 @@ class ToolCallStream:
                     break
                 continue
             if marker < 0:
-                held = _partial_suffix(self._pending, self.start)
+                held = partial_suffix(self._pending, self.start)
                 if self._fences:
-                    held = max(held, _partial_suffix(self._pending, FENCE))
+                    held = max(held, partial_suffix(self._pending, FENCE))
                 keep = len(self._pending) - held
                 out += self._text(self._pending[:keep])
                 self._pending = self._pending[keep:]
@@ -285,7 +285,7 @@ class ToolCallStream:
         marker = self._call_end
         end = self._pending.find(marker) if marker else -1
         if end < 0:
-            keep = len(self._pending) - _partial_suffix(self._pending, marker)
+            keep = len(self._pending) - partial_suffix(self._pending, marker)
             body, self._pending = self._pending[:keep], self._pending[keep:]
         else:
             body, self._pending = self._pending[:end], self._pending[end + len(marker):]
@@ -370,7 +370,7 @@ class ToolCallStream:
         return taken
 
 
-def _partial_suffix(text: str, marker: str) -> int:
+def partial_suffix(text: str, marker: str) -> int:
     """Length of the longest end of ``text`` that is a start of ``marker``."""
     for size in range(min(len(marker) - 1, len(text)), 0, -1):
         if marker.startswith(text[-size:]):
