@@ -137,6 +137,8 @@ class _JsonCall:
         if self.args_from is None or self.unusual:
             return ""
         until = self.args_to if self.args_to is not None else len(self.text)
+        while not self.sent and self.args_from < until and self.text[self.args_from].isspace():
+            self.args_from += 1  # white space before the value is not part of it
         piece = self.text[self.args_from + self.sent : until]
         self.sent += len(piece)
         return piece
@@ -166,6 +168,26 @@ def parse_whole_call(text: str) -> tuple[str, str] | None:
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)
     return parsed["name"], arguments
+
+
+def parse_bare_calls(text: str) -> list[tuple[str, str]] | None:
+    """Calls in an output that is only call objects: one, or several separated by commas or
+    white space (small Qwen models write them so); else None."""
+    decoder, pos, calls = json.JSONDecoder(), 0, []
+    body = text.strip()
+    while True:
+        while pos < len(body) and (body[pos].isspace() or body[pos] == ","):
+            pos += 1
+        if pos == len(body):
+            return calls or None
+        try:
+            value, pos = decoder.raw_decode(body, pos)
+        except ValueError:
+            return None
+        parsed = parse_whole_call(json.dumps(value)) if isinstance(value, dict) else None
+        if parsed is None:
+            return None
+        calls.append(parsed)
 
 
 class ToolCallStream:
@@ -263,9 +285,10 @@ class ToolCallStream:
         elif self._markup is not None:
             out += self._close_markup(self._markup + self._pending)
         elif self._bare:
-            parsed = parse_whole_call(self._pending)
-            if parsed and parsed[0] in self.names:
-                out += self._whole_call(*parsed)
+            parsed = parse_bare_calls(self._pending)
+            if parsed and all(name in self.names for name, _ in parsed):
+                for name, arguments in parsed:
+                    out += self._whole_call(name, arguments)
             else:
                 out += self._text(self._pending)
         else:

@@ -96,6 +96,7 @@ def test_fenced_call_objects_are_calls_and_other_fences_stay_text():
     for pieces in (chars(fenced), [fenced]):
         events, reason, calls = run(pieces)
         assert [c.name for c in calls] == ["get_weather", "add"] and reason == "tool_calls"
+        assert args_of(events, 0).startswith("{") and args_of(events, 1) == '{"a": 1}'
         assert json.loads(args_of(events, 0)) == {"city": "Paris"}
         assert text_of(events) == ""
     code = "Here:\n```python\nprint('{}')\n```\nand ```json\n[1, 2]\n``` done `x`"
@@ -119,3 +120,15 @@ def test_mistral_style_calls_without_an_end_marker_run_to_the_end():
     assert text_of(events + owed) == "Sure." and reason == "tool_calls"
     assert [c.name for c in stream.calls] == ["get_weather"]
     assert json.loads(stream.calls[0].arguments) == {"city": "Oslo"}
+
+
+def test_bare_call_objects_one_after_another_are_calls():
+    output = ('{"name": "get_weather", "arguments": {"city": "Paris"}},\n'
+              '{"name": "add", "arguments": {"a": 1}}')
+    events, reason, calls = run(chars(output))
+    assert [c.name for c in calls] == ["get_weather", "add"] and reason == "tool_calls"
+    assert json.loads(args_of(events, 1)) == {"a": 1} and text_of(events) == ""
+    for text in ('{"name": "get_weather", "arguments": {}} and more', '{"a": 1}, {"b": 2}',
+                 '{"name": "unknown", "arguments": {}}'):
+        events, reason, calls = run([text])
+        assert calls == [] and text_of(events) == text and reason == "stop"
