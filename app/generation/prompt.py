@@ -42,11 +42,12 @@ def conversation_tokens(
     """The conversation with the tools shown the way this model's template can show them."""
     assert spec.messages is not None
     tokenizer = managed.loaded.tokenizer
-    messages = [template_message(message) for message in spec.messages]
+    template = managed.loaded.chat_template or getattr(tokenizer, "chat_template", None)
+    supports_tools = template_supports_tools(template)
+    messages = [template_message(m, inline_calls=not supports_tools) for m in spec.messages]
     kwargs = template_kwargs(spec)
     if plan is not None:
-        template = managed.loaded.chat_template or getattr(tokenizer, "chat_template", None)
-        if template_supports_tools(template):
+        if supports_tools:
             kwargs["tools"] = [tool.template_entry() for tool in plan.tools]
         else:
             note = fallback_system_prompt(plan.tools)

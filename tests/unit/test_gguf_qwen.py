@@ -81,3 +81,18 @@ def test_template_renders_tools_and_thinking(f32: LoadedLanguageModel) -> None:
     think_id = tok.get_vocab()["<think>"]
     assert tok.encode("<think>", add_special_tokens=False) == [think_id]
     assert tok.tool_call_start == "<tool_call>"  # mlx-lm's json_tools parser was picked
+
+
+def test_history_calls_render_once_through_a_tool_template(f32: LoadedLanguageModel) -> None:
+    from app.generation.request import Message, ToolCall
+    from app.generation.tools import template_message
+
+    history = [Message("user", "Weather in Paris?"),
+               Message("assistant", "", tool_calls=[ToolCall("c1", "get_weather",
+                                                             '{"city": "Paris"}')]),
+               Message("tool", "Sunny", tool_call_id="c1")]
+    text = f32.tokenizer.apply_chat_template(
+        [template_message(m, inline_calls=False) for m in history], tokenize=False)
+    assert text.count("<tool_call>") == 1 and '"arguments": {"city": "Paris"}' in text
+    inline = template_message(history[1])  # for templates that ignore tool_calls
+    assert inline["content"].startswith("<tool_call>")
