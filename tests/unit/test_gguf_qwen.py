@@ -96,3 +96,15 @@ def test_history_calls_render_once_through_a_tool_template(f32: LoadedLanguageMo
     assert text.count("<tool_call>") == 1 and '"arguments": {"city": "Paris"}' in text
     inline = template_message(history[1])  # for templates that ignore tool_calls
     assert inline["content"].startswith("<tool_call>")
+
+
+def test_registry_tool_parser_override(tiny: TinyQwen) -> None:
+    from app.models.tool_parser import set_tool_parser, tool_parser_name
+
+    loaded = load_gguf_model(tiny.path, weights="float32", cache_dir=tiny.path.parent / "cache")
+    assert tool_parser_name(loaded.tokenizer) == "json_tools"  # from the chat template
+    set_tool_parser(loaded.tokenizer, "mistral")
+    assert tool_parser_name(loaded.tokenizer) == "mistral"
+    assert loaded.tokenizer.tool_call_start == "[TOOL_CALLS]"
+    with pytest.raises(ValueError, match=r"'nope' is not known \(available: .*json_tools"):
+        set_tool_parser(loaded.tokenizer, "nope")
