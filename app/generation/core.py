@@ -33,12 +33,14 @@ from app.generation.events import (
     ChoiceEnd,
     OutputEvent,
     PromptLogprobsOut,
+    ReasoningOut,
     TextOut,
     ToolCallEnd,
     Usage,
 )
 from app.generation.limits import check_request_limits, resolve_max_tokens, sampling_params
 from app.generation.prompt import check_prompt_options, prompt_tokens
+from app.generation.reasoning import ReasoningSplitter, opens_thinking, think_markers
 from app.generation.request import GenerationSpec, ToolCall
 from app.generation.structured import compile_schema_within
 from app.generation.submission import (
@@ -65,6 +67,7 @@ class Collected:
     usage: Usage
     stop_sequences: list[str | None]  # the stop string that ended each choice, if one did
     prompt_logprobs: list[list[TokenLogprob | None] | None]
+    reasoning: list[str | None]  # thinking per choice (None: the model did not think)
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Run:
         sequence raises its :class:`~app.core.errors.APIError`."""
         n = self.spec.n
         calls = self._tool_streams()
+        splitters = self._reasoning_splitters()
         prompt_tokens = [0] * len(self.submissions)
         cached_tokens = [0] * len(self.submissions)
         completion_tokens = 0
@@ -112,10 +116,12 @@ class Run:
             self.timer.observe(item, self.submissions[item.source])  # metrics + request log
             choice, event = item.source * n + item.index, item.event
             if isinstance(event, TextDelta):
-                if calls is None:
+                if splitters is None and calls is None:
                     yield TextOut(choice, event.text, event.logprobs)
                 else:
-                    for out in calls[choice].feed(event.text, event.logprobs):
+                    pieces = (splitters[choice].feed(event.text) if splitters
+                              else [(False, event.text)])
+                    for out in _route(choice, pieces, event.logprobs, calls):
                         yield out
             elif isinstance(event, PrefillProgress):
                 yield KEEP_ALIVE
@@ -128,6 +134,9 @@ class Run:
                 cached_tokens[item.source] = event.cached_tokens
                 completion_tokens += event.completion_tokens
                 reason, logprobs = event.finish_reason, event.logprobs
+                if splitters is not None:
+                    for out in _route(choice, splitters[choice].finish(), None, calls):
+                        yield out
                 if calls is not None:
                     owed, reason, held = calls[choice].finish(reason)
                     for out in owed:
@@ -146,16 +155,29 @@ class Run:
         return [ToolCallStream(c, plan.mode, plan.names, self.tokenizer, tools)
                 for c in range(self.choices)]
 
+    def _reasoning_splitters(self) -> list[ReasoningSplitter] | None:
+        """Per choice, the splitter of thinking from answer (None: a model that does not
+        think, or raw prompts, whose output is the client's business)."""
+        markers = think_markers(self.tokenizer) if self.spec.messages is not None else None
+        if markers is None:
+            return None
+        start, end, start_id, end_id = markers
+        return [ReasoningSplitter(start, end, open_at_start=opens_thinking(
+                    self.prompts[c // self.spec.n], start_id, end_id))
+                for c in range(self.choices)]
+
     async def collect(self) -> Collected:
         """Every event of the run gathered per choice; the run is closed afterwards."""
         n = self.choices
         out = Collected([""] * n, [None] * n, [None] * n, [[] for _ in range(n)],
-                        Usage(0, 0, 0), [None] * n, [None] * n)
+                        Usage(0, 0, 0), [None] * n, [None] * n, [None] * n)
         try:
             async for event in self.events():
                 if isinstance(event, TextOut):
                     out.texts[event.choice] += event.text
                     out.logprobs[event.choice] += event.logprobs or []
+                elif isinstance(event, ReasoningOut):
+                    out.reasoning[event.choice] = (out.reasoning[event.choice] or "") + event.text
                 elif isinstance(event, ToolCallEnd):
                     out.calls[event.choice] = (out.calls[event.choice] or []) + [event.call]
                 elif isinstance(event, ChoiceEnd):
@@ -175,6 +197,23 @@ class Run:
         for submission in self.submissions:
             submission.cancel()
         self.lease.release()
+
+
+def _route(choice: int, pieces: list[tuple[bool, str]], logprobs: list[TokenLogprob] | None,
+           calls: list[ToolCallStream] | None) -> list[OutputEvent]:
+    """Reasoning pieces become :class:`ReasoningOut`; answer pieces answer text, or go
+    through the choice's tool-call parser. Logprobs go with the first answer piece."""
+    out: list[OutputEvent] = []
+    for reasoning, piece in pieces:
+        if reasoning:
+            out.append(ReasoningOut(choice, piece))
+        elif calls is None:
+            out.append(TextOut(choice, piece, logprobs))
+            logprobs = None
+        else:
+            out += calls[choice].feed(piece, logprobs)
+            logprobs = None
+    return out
 
 
 class GenerationCore:
@@ -269,7 +308,12 @@ class GenerationCore:
         ]
         grammar = await self._grammar(spec, managed, plan)
         if grammar is not None:
-            params = [replace(p, grammar=grammar) for p in params]
+            markers = think_markers(managed.loaded.tokenizer) if spec.messages else None
+            params = [
+                replace(p, grammar=grammar, think=None if markers is None else (
+                    markers[2], markers[3], opens_thinking(prompt, markers[2], markers[3])))
+                for p, prompt in zip(params, prompts, strict=True)
+            ]
         if spec.prompt_logprobs is not None:
             params = [replace(p, prompt_logprobs=spec.prompt_logprobs) for p in params]
         submissions: list[Submission] = []

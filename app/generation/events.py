@@ -31,6 +31,14 @@ class PromptLogprobsOut:
 
 
 @dataclass
+class ReasoningOut:
+    """Thinking text for one choice (a ``<think>`` block's content), never answer text."""
+
+    choice: int
+    text: str
+
+
+@dataclass
 class ToolCallStart:
     """A tool call begins: its function name is known (arguments follow as deltas)."""
 
@@ -85,12 +93,13 @@ class KeepAlive:
 KEEP_ALIVE = KeepAlive()
 
 __all__ = [
-    "KEEP_ALIVE", "ChoiceEnd", "KeepAlive", "OutputEvent", "PromptLogprobsOut", "TextOut",
+    "KEEP_ALIVE", "ChoiceEnd", "KeepAlive", "OutputEvent", "PromptLogprobsOut",
+    "ReasoningOut", "TextOut",
     "TokenLogprob",
     "ToolCallDelta", "ToolCallEnd", "ToolCallStart", "Usage",
 ]
 
 OutputEvent = (
-    TextOut | ToolCallStart | ToolCallDelta | ToolCallEnd | ChoiceEnd | Usage | KeepAlive
-    | PromptLogprobsOut
+    TextOut | ReasoningOut | ToolCallStart | ToolCallDelta | ToolCallEnd | ChoiceEnd | Usage
+    | KeepAlive | PromptLogprobsOut
 )

@@ -74,14 +74,15 @@ def conversation_tokens(
     """The conversation with the tools shown the way this model's template can show them."""
     assert spec.messages is not None
     tokenizer = managed.loaded.tokenizer
-    messages = [template_message(message) for message in spec.messages]
+    template = managed.loaded.chat_template or getattr(tokenizer, "chat_template", None)
+    supports_tools = template_supports_tools(template)
+    messages = [template_message(m, inline_calls=not supports_tools) for m in spec.messages]
     options: PromptOptions = spec.prompt_options
-    kwargs: dict[str, Any] = dict(options.template_kwargs)
+    kwargs = template_kwargs(spec)
     if options.continue_final_message:
         kwargs["continue_final_message"] = True
     if plan is not None:
-        template = managed.loaded.chat_template or getattr(tokenizer, "chat_template", None)
-        if template_supports_tools(template):
+        if supports_tools:
             kwargs["tools"] = [tool.template_entry() for tool in plan.tools]
         else:
             note = fallback_system_prompt(plan.tools)
@@ -93,6 +94,18 @@ def conversation_tokens(
         tokenizer, messages, add_generation_prompt=options.add_generation_prompt,
         param=spec.names.prompt, **kwargs,
     )
+
+
+def template_kwargs(spec: GenerationSpec) -> dict[str, Any]:
+    """Template variables from the request: ``reasoning_effort`` ("none" turns thinking
+    off: ``enable_thinking=False``), then the client's ``chat_template_kwargs``."""
+    kwargs: dict[str, Any] = {}
+    if spec.reasoning_effort == "none":
+        kwargs["enable_thinking"] = False
+    elif spec.reasoning_effort is not None:
+        kwargs["reasoning_effort"] = spec.reasoning_effort
+    kwargs.update(spec.prompt_options.template_kwargs)
+    return kwargs
 
 
 def raw_prompt_tokens(managed: ManagedModel, spec: GenerationSpec) -> list[list[int]]:

@@ -122,4 +122,5 @@ class GenerationSpec:
     prompt_options: PromptOptions = field(default_factory=PromptOptions)
     fim: FillInMiddle | None = None  # fill in the middle: the prompts are the prefixes
     prompt_logprobs: int | None = None  # None: off; k >= 0: each prompt token and the top k
+    reasoning_effort: str | None = None  # "none": no thinking where the template allows
     names: FieldNames = field(default_factory=FieldNames)

@@ -8,7 +8,9 @@ JSON text in fragments as they are generated, then its end. Markup never reaches
   ``{"name": ..., "arguments": ...}`` object (the grammar guarantees the shape).
 - ``auto``: text streams as it comes, except a tail that may be the start of the call
   marker (``<tool_call>``, or the tokenizer's own); a marker opens a call. An output that
-  starts with ``{`` may be a bare JSON call and is held until the choice ends. Families
+  starts with ``{`` may be a bare JSON call and is held until the choice ends. A call
+  object in a fenced block (`````json`` … `````), as Qwen2.5-Coder writes them, is a call
+  too (JSON families only); a fence whose content is not a call object stays text. Families
   whose calls are not JSON (mlx-lm's other tool parsers) are parsed whole at their end
   marker and sent as one fragment.
 """
@@ -21,6 +23,7 @@ from typing import Any
 
 import regex
 
+from app.engine.lm.closing import JsonDepth
 from app.generation.events import (
     OutputEvent,
     TextOut,
@@ -33,6 +36,10 @@ from app.generation.request import ToolCall
 
 TOOL_CALL_START = "<tool_call>"
 TOOL_CALL_END = "</tool_call>"
+
+FENCE = "```"
+# A fenced block that opens with a call object; group 1 ends where the object starts.
+_FENCED_CALL = regex.compile(r'(```(?:json)?[ \t]*\r?\n\s*)\{\s*"name"\s*:', regex.S)
 
 # The head of a call object up to where its arguments' value starts.
 _CALL_HEAD = regex.compile(
@@ -49,9 +56,7 @@ class JsonValueEnd:
     """Finds where one JSON value ends in text that arrives in pieces."""
 
     def __init__(self) -> None:
-        self.depth = 0
-        self.in_string = False
-        self.escaped = False
+        self.depth = JsonDepth()
         self.started = False
         self.scalar = False
 
@@ -63,28 +68,13 @@ class JsonValueEnd:
                     continue
                 self.started = True
                 self.scalar = ch not in "{[\""
-            if self.in_string:
-                if self.escaped:
-                    self.escaped = False
-                elif ch == "\\":
-                    self.escaped = True
-                elif ch == '"':
-                    self.in_string = False
-                    if self.depth == 0:
-                        return i + 1
-                continue
-            if ch == '"':
-                self.in_string = True
-            elif ch in "{[":
-                self.depth += 1
-            elif ch in "}]":
-                if self.depth == 0:  # a scalar ended by its container's close
-                    return i
-                self.depth -= 1
-                if self.depth == 0:
-                    return i + 1
-            elif self.scalar and self.depth == 0 and ch == ",":
-                return i
+            in_string, outer = self.depth.in_string, not self.depth.stack
+            if not in_string and outer and (ch in "}]" or (self.scalar and ch == ",")):
+                return i  # a scalar ended by its container's close or a comma
+            self.depth.feed(ch)
+            if not self.depth.in_string and (in_string and outer or not outer
+                                             and not self.depth.stack):
+                return i + 1  # a top-level string or container closed
         return None
 
 
@@ -131,6 +121,8 @@ class _JsonCall:
         if self.args_from is None or self.unusual:
             return ""
         until = self.args_to if self.args_to is not None else len(self.text)
+        while not self.sent and self.args_from < until and self.text[self.args_from].isspace():
+            self.args_from += 1  # white space before the value is not part of it
         piece = self.text[self.args_from + self.sent : until]
         self.sent += len(piece)
         return piece
@@ -162,6 +154,26 @@ def parse_whole_call(text: str) -> tuple[str, str] | None:
     return parsed["name"], arguments
 
 
+def parse_bare_calls(text: str) -> list[tuple[str, str]] | None:
+    """Calls in an output that is only call objects: one, or several separated by commas or
+    white space (small Qwen models write them so); else None."""
+    decoder, pos, calls = json.JSONDecoder(), 0, []
+    body = text.strip()
+    while True:
+        while pos < len(body) and (body[pos].isspace() or body[pos] == ","):
+            pos += 1
+        if pos == len(body):
+            return calls or None
+        try:
+            value, pos = decoder.raw_decode(body, pos)
+        except ValueError:
+            return None
+        parsed = parse_whole_call(json.dumps(value)) if isinstance(value, dict) else None
+        if parsed is None:
+            return None
+        calls.append(parsed)
+
+
 class ToolCallStream:
     """One choice's output → answer text and tool-call events (see the module docstring)."""
 
@@ -171,7 +183,9 @@ class ToolCallStream:
         self.forced = mode in ("required", "named")
         self.names = names
         self.start = getattr(tokenizer, "tool_call_start", None) or TOOL_CALL_START
-        self.end = getattr(tokenizer, "tool_call_end", None) or TOOL_CALL_END
+        self.end = getattr(tokenizer, "tool_call_end", TOOL_CALL_END)
+        if self.end is None:
+            self.end = TOOL_CALL_END
         parser = getattr(tokenizer, "tool_parser", None)
         module = getattr(parser, "__module__", "") or ""
         self.family_parser = parser if parser and not module.endswith("json_tools") else None
@@ -180,6 +194,8 @@ class ToolCallStream:
         self._pending = ""  # auto mode: text not yet known to be answer text
         self._call: _JsonCall | None = _JsonCall() if self.forced else None
         self._call_id: str | None = None
+        self._call_end = self.end  # the open call's end marker (FENCE for a fenced call)
+        self._fences = self.family_parser is None and not self.forced
         self._started = False  # the open call's start went out
         self._markup: str | None = None  # a family-format call's text, parsed at its end
         self._bare = False  # auto mode: the output began with "{" (held to the end)
@@ -203,18 +219,45 @@ class ToolCallStream:
             if self._bare:
                 break
             marker = self._pending.find(self.start)
+            fence = self._pending.find(FENCE) if self._fences else -1
+            if fence >= 0 and (marker < 0 or fence < marker):
+                done, events = self._fenced(fence)
+                out += events
+                if done:
+                    break
+                continue
             if marker < 0:
-                keep = len(self._pending) - _partial_suffix(self._pending, self.start)
+                held = partial_suffix(self._pending, self.start)
+                if self._fences:
+                    held = max(held, partial_suffix(self._pending, FENCE))
+                keep = len(self._pending) - held
                 out += self._text(self._pending[:keep])
                 self._pending = self._pending[keep:]
                 break
             out += self._text(self._pending[:marker])
             self._pending = self._pending[marker + len(self.start):]
+            self._call_end = self.end
             if self.family_parser is not None:
                 self._markup = ""
             else:
                 self._call = _JsonCall()
         return out
+
+    def _fenced(self, fence: int) -> tuple[bool, list[OutputEvent]]:
+        """A fence at ``fence``: (wait for more text?, events). A call object opens a call."""
+        head = _FENCED_CALL.match(self._pending, fence, partial=True)
+        if head is not None and head.partial:
+            out = self._text(self._pending[:fence])
+            self._pending = self._pending[fence:]
+            return True, out
+        if head is None:  # an ordinary fence: text, up to and including it
+            out = self._text(self._pending[:fence + len(FENCE)])
+            self._pending = self._pending[fence + len(FENCE):]
+            return False, out
+        out = self._text(self._pending[:fence])
+        self._pending = self._pending[head.end(1):]
+        self._call, self._call_end = _JsonCall(), FENCE
+        return False, out
 
     def finish(self, reason: str) -> tuple[list[OutputEvent], str, list[TokenLogprob]]:
         """Events still owed at the choice's end, its finish reason, unsent logprobs."""
@@ -226,16 +269,17 @@ class ToolCallStream:
         elif self._markup is not None:
             out += self._close_markup(self._markup + self._pending)
         elif self._bare:
-            parsed = parse_whole_call(self._pending)
-            if parsed and parsed[0] in self.names:
-                out += self._whole_call(*parsed)
+            parsed = parse_bare_calls(self._pending)
+            if parsed and all(name in self.names for name, _ in parsed):
+                for name, arguments in parsed:
+                    out += self._whole_call(name, arguments)
             else:
                 out += self._text(self._pending)
         else:
             out += self._text(self._pending)
         self._pending = ""
-        if self.calls and reason == "stop":
-            reason = "tool_calls"
+        if self.calls and (reason == "stop" or (self.forced and reason == "length")):
+            reason = "tool_calls"  # a forced call that closed on the last token is complete
         return out, reason, self._take_logprobs()
 
     # -- calls ---------------------------------------------------------------------------
@@ -243,13 +287,15 @@ class ToolCallStream:
         return self._call is not None or self._markup is not None
 
     def _feed_open_call(self) -> list[OutputEvent]:
-        """Auto mode inside a call: take its text up to the end marker."""
-        end = self._pending.find(self.end)
+        """Auto mode inside a call: take its text up to the end marker (none, as Mistral's
+        ``[TOOL_CALLS]``: the calls run to the end of the output)."""
+        marker = self._call_end
+        end = self._pending.find(marker) if marker else -1
         if end < 0:
-            keep = len(self._pending) - _partial_suffix(self._pending, self.end)
+            keep = len(self._pending) - partial_suffix(self._pending, marker)
             body, self._pending = self._pending[:keep], self._pending[keep:]
         else:
-            body, self._pending = self._pending[:end], self._pending[end + len(self.end):]
+            body, self._pending = self._pending[:end], self._pending[end + len(marker):]
         if self._markup is not None:
             self._markup += body
             return self._close_markup(self._markup) if end >= 0 else []
@@ -331,7 +377,7 @@ class ToolCallStream:
         return taken
 
 
-def _partial_suffix(text: str, marker: str) -> int:
+def partial_suffix(text: str, marker: str) -> int:
     """Length of the longest end of ``text`` that is a start of ``marker``."""
     for size in range(min(len(marker) - 1, len(text)), 0, -1):
         if marker.startswith(text[-size:]):

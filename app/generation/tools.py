@@ -125,8 +125,11 @@ def fallback_system_prompt(tools: list[FunctionTool]) -> str:
     )
 
 
-def template_message(message: Message) -> dict[str, Any]:
-    """A conversation turn as the chat template sees it (tool calls and results included)."""
+def template_message(message: Message, *, inline_calls: bool = True) -> dict[str, Any]:
+    """A conversation turn as the chat template sees it (tool calls and results included).
+
+    ``inline_calls``: also write an assistant turn's calls into its empty content, for
+    templates that do not render ``tool_calls`` (one that does would show them twice)."""
     entry: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.name:
         entry["name"] = message.name
@@ -139,7 +142,7 @@ def template_message(message: Message) -> dict[str, Any]:
             }
             for call in message.tool_calls
         ]
-        if not entry["content"]:  # templates without tool support still show the call
+        if inline_calls and not entry["content"]:
             entry["content"] = "".join(
                 TOOL_CALL_START
                 + json.dumps({"name": c.name, "arguments": _loads(c.arguments)})

@@ -12,6 +12,7 @@ from app.core.context import RequestContext
 from app.generation.core import GenerationCore, Run
 from app.generation.events import (
     ChoiceEnd,
+    ReasoningOut,
     TextOut,
     ToolCallDelta,
     ToolCallStart,
@@ -98,6 +99,7 @@ def chat_spec(body: ChatCompletionRequest) -> GenerationSpec:
         output_schema=schema_for(body.response_format),
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         prompt_options=prompt_options_of(body),
+        reasoning_effort=body.reasoning_effort,
     )
 
 
@@ -156,7 +158,8 @@ class ChatHandler:
             "choices": [
                 {
                     "index": i,
-                    "message": _assistant_message(result.texts[i], result.calls[i], forced),
+                    "message": _assistant_message(result.texts[i], result.calls[i], forced,
+                                                  result.reasoning[i]),
                     "logprobs": (
                         {"content": texts_of.chat_content(result.logprobs[i]), "refusal": None}
                         if texts_of
@@ -197,6 +200,9 @@ class ChatHandler:
                 if isinstance(event, TextOut):
                     delta = {"content": event.text}
                     yield ending.chunk(choice(event.choice, delta, logprobs=event.logprobs))
+                elif isinstance(event, ReasoningOut):
+                    delta = {"reasoning_content": event.text, "reasoning": event.text}
+                    yield ending.chunk(choice(event.choice, delta))
                 elif isinstance(event, ToolCallStart):
                     call = openai_call(ToolCall(event.id, event.name, ""))
                     delta = {"tool_calls": [{"index": event.index, **call}]}
@@ -216,13 +222,19 @@ class ChatHandler:
             run.close()
 
 
-def _assistant_message(text: str, calls: list[ToolCall] | None, forced: bool) -> dict[str, Any]:
+def _assistant_message(text: str, calls: list[ToolCall] | None, forced: bool,
+                       reasoning: str | None) -> dict[str, Any]:
     """The answer; with tool calls (or a forced call cut short), any text said before them,
-    or null."""
+    or null. A model's thinking goes under both names clients read
+    (``reasoning_content``: vLLM, DeepSeek; ``reasoning``: OpenRouter, newer vLLM)."""
     if calls:
-        return {"role": "assistant", "content": text.strip() or None,
-                "tool_calls": [openai_call(call) for call in calls]}
-    return {"role": "assistant", "content": None if forced else text}
+        message = {"role": "assistant", "content": text.strip() or None,
+                   "tool_calls": [openai_call(call) for call in calls]}
+    else:
+        message = {"role": "assistant", "content": None if forced else text}
+    if reasoning is not None:
+        message["reasoning_content"] = message["reasoning"] = reasoning
+    return message
 
 
 def _completion_id() -> str:

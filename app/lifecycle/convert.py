@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from app.config import Settings
+from app.models.gguf.loader import is_gguf
 from app.models.loaded import FLOAT_DTYPES, LoadedLanguageModel, cast_floating
 
 QUANT_BITS = (2, 3, 4, 5, 6, 8)
@@ -54,7 +55,7 @@ def resolve_input(text: str, settings: Settings) -> Path:
 
 
 def load_model_for(path: Path, settings: Settings, weights: str) -> LoadedLanguageModel:
-    if path.is_file() and path.suffix == ".gguf":
+    if path.is_file() and (path.suffix == ".gguf" or is_gguf(path)):
         from app.models.gguf.loader import load_gguf_model
 
         return load_gguf_model(path, weights=weights, cache_dir=settings.cache_dir)

@@ -22,7 +22,9 @@ from app.lifecycle.residency import (
     files_size,
     keep_alive_of,
 )
+from app.models.gguf.loader import is_gguf
 from app.models.sources.resolve import is_cached, resolve_source
+from app.models.tool_parser import set_tool_parser
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +127,7 @@ def load_language_model(spec: ModelSpec, settings: Settings) -> Any:
     """Resolve and load an ``lm`` model (runs on the engine's own thread)."""
     path = resolve_model_path(spec, settings)
     started = time.perf_counter()
-    if path.is_file() and path.suffix == ".gguf":
+    if path.is_file() and (path.suffix == ".gguf" or is_gguf(path)):
         from app.models.gguf.loader import load_gguf_model
 
         loaded = load_gguf_model(path, weights=settings.weights_dtype, cache_dir=settings.cache_dir)
@@ -135,6 +137,8 @@ def load_language_model(spec: ModelSpec, settings: Settings) -> Any:
         loaded = load_mlx_dir(path, weights=settings.weights_dtype)
     else:
         raise ValueError(f"model {spec.id!r}: {path} is neither a .gguf file nor a model directory")
+    if spec.tool_parser is not None:
+        set_tool_parser(loaded.tokenizer, spec.tool_parser)
     log.info(
         "loaded model %s from %s in %.2fs (weights %s)",
         spec.id,

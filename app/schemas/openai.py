@@ -179,6 +179,7 @@ class ChatCompletionRequest(SamplingFields, TemplateOptions):
     web_search_options: dict[str, Any] | None = None
     functions: list[FunctionSpec] | None = Field(None, max_length=128)  # deprecated: tools
     function_call: Literal["none", "auto"] | NamedFunction | None = None  # ... tool_choice
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
 
 
 # ---- responses ---------------------------------------------------------------

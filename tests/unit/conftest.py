@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.lifecycle.registry import ModelRegistry, ModelSpec
-from app.main import create_app
+from tests.unit.waiting import ready_client
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +22,7 @@ def client(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         ]
     )
     settings = Settings(max_body_bytes=64 * 1024, cache_dir=tmp_path_factory.mktemp("cache"))
-    with TestClient(create_app(settings, registry)) as test_client:
-        deadline = time.monotonic() + 60
-        while test_client.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline, test_client.get("/ready").text
-            time.sleep(0.05)
+    with ready_client(settings, registry, timeout=60) as test_client:
         yield test_client
 
 

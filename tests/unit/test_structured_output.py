@@ -102,3 +102,69 @@ def test_completed_grammar_ends_the_choice_even_with_ignore_eos(client: TestClie
     choice = resp.json()["choices"][0]
     assert choice["finish_reason"] == "stop", choice
     jsonschema.validate(json.loads(choice["message"]["content"]), FINITE_SCHEMA)
+OPEN_SCHEMA = {  # nothing bounded: strings, numbers, integers, arrays, free objects
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "population": {"type": "integer"},
+        "area": {"type": "number"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "meta": {"type": "object", "properties": {"note": {"type": "string"}},
+                 "required": ["note"]},
+    },
+    "required": ["city", "population", "area", "tags", "meta"],
+}
+
+
+CITY_SCHEMA = {"type": "object", "required": ["city", "population"],
+               "properties": {"city": {"type": "string"}, "population": {"type": "integer"}}}
+
+
+# With this character-level vocabulary, closing OPEN_SCHEMA from "{" takes 60 tokens.
+@pytest.mark.parametrize(("schema", "max_tokens"), [(OPEN_SCHEMA, 64), (CITY_SCHEMA, 40)])
+def test_unbounded_schema_still_closes_within_max_tokens(client: TestClient, schema, max_tokens):
+    """A random model never stops a string or a number by itself: the closing steer must
+    end every choice's JSON inside the budget, sampled and greedy alike."""
+    for body in ({"temperature": 1.0, "seed": 5, "n": 3}, {"temperature": 0.0}):
+        resp = constrained(client, schema=schema, max_tokens=max_tokens, **body)
+        assert resp.status_code == 200, resp.text
+        for choice in resp.json()["choices"]:
+            value = json.loads(choice["message"]["content"])
+            jsonschema.validate(value, schema)
+            assert choice["finish_reason"] == "stop"
+        assert resp.json()["usage"]["completion_tokens"] <= max_tokens * len(
+            resp.json()["choices"]
+        )
+
+
+def test_closing_impossible_within_the_budget_stays_length(client: TestClient):
+    resp = constrained(client, schema=OPEN_SCHEMA, max_tokens=3, temperature=0.0)
+    choice = resp.json()["choices"][0]
+    assert choice["finish_reason"] == "length"
+
+
+def test_forced_tool_call_arguments_close_too(client: TestClient):
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": CITY_SCHEMA}}
+    resp = client.post("/v1/chat/completions", json={
+        "model": "default", "messages": [{"role": "user", "content": "Look it up."}],
+        "tools": [tool], "tool_choice": "required", "max_tokens": 64, "temperature": 1.0,
+        "seed": 2})
+    choice = resp.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls", choice
+    call = choice["message"]["tool_calls"][0]["function"]
+    jsonschema.validate(json.loads(call["arguments"]), CITY_SCHEMA)
+
+
+def test_integers_without_bounds_are_limited_to_18_digits():
+    from app.engine.lm.grammar import INT_LIMIT, bounded_schema
+
+    schema = {"type": "object", "properties": {
+        "a": {"type": "integer"}, "b": {"type": ["integer", "null"], "maximum": 5},
+        "c": {"type": "array", "items": {"anyOf": [{"type": "integer"}, {"type": "string"}]}}}}
+    out = bounded_schema(schema)
+    assert (out["properties"]["a"]["minimum"], out["properties"]["a"]["maximum"]) == (
+        -INT_LIMIT, INT_LIMIT)
+    assert "minimum" not in out["properties"]["b"]  # the client's bound stands
+    assert out["properties"]["c"]["items"]["anyOf"][0]["maximum"] == INT_LIMIT
+    assert "minimum" not in out["properties"]["c"]["items"]["anyOf"][1]
+    assert "minimum" not in schema["properties"]["a"]  # the request's schema is not changed

@@ -87,3 +87,48 @@ def test_json_value_end_handles_strings_escapes_and_scalars():
     assert end.scan(', "b": [1, 2]} tail') == len(', "b": [1, 2]}')
     assert JsonValueEnd().scan("  42}") == 4
     assert JsonValueEnd().scan('"s"') == 3
+
+
+def test_fenced_call_objects_are_calls_and_other_fences_stay_text():
+    """Qwen2.5-Coder writes its calls as ```json blocks; code blocks must stream as text."""
+    fenced = ('```json\n{\n  "name": "get_weather",\n  "arguments": {\n    "city": "Paris"\n'
+              '  }\n}\n```\n```json\n{"name": "add", "arguments": {"a": 1}}\n```')
+    for pieces in (chars(fenced), [fenced]):
+        events, reason, calls = run(pieces)
+        assert [c.name for c in calls] == ["get_weather", "add"] and reason == "tool_calls"
+        assert args_of(events, 0).startswith("{") and args_of(events, 1) == '{"a": 1}'
+        assert json.loads(args_of(events, 0)) == {"city": "Paris"}
+        assert text_of(events) == ""
+    code = "Here:\n```python\nprint('{}')\n```\nand ```json\n[1, 2]\n``` done `x`"
+    for pieces in (chars(code), [code]):
+        events, reason, calls = run(pieces)
+        assert text_of(events) == code and calls == [] and reason == "stop"
+    partial = run(chars("```json\n{\"name\": \"get_weather\", \"argu"), reason="length")
+    assert partial[2] == [] and partial[1] == "length"
+
+
+def test_mistral_style_calls_without_an_end_marker_run_to_the_end():
+    from mlx_lm.tool_parsers import mistral
+
+    class Tok:
+        tool_call_start, tool_call_end = mistral.tool_call_start, mistral.tool_call_end
+        tool_parser = staticmethod(mistral.parse_tool_call)
+
+    stream = ToolCallStream(0, "auto", NAMES, Tok(), [])
+    events = stream.feed('Sure.[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}')
+    owed, reason, _ = stream.finish("stop")
+    assert text_of(events + owed) == "Sure." and reason == "tool_calls"
+    assert [c.name for c in stream.calls] == ["get_weather"]
+    assert json.loads(stream.calls[0].arguments) == {"city": "Oslo"}
+
+
+def test_bare_call_objects_one_after_another_are_calls():
+    output = ('{"name": "get_weather", "arguments": {"city": "Paris"}},\n'
+              '{"name": "add", "arguments": {"a": 1}}')
+    events, reason, calls = run(chars(output))
+    assert [c.name for c in calls] == ["get_weather", "add"] and reason == "tool_calls"
+    assert json.loads(args_of(events, 1)) == {"a": 1} and text_of(events) == ""
+    for text in ('{"name": "get_weather", "arguments": {}} and more', '{"a": 1}, {"b": 2}',
+                 '{"name": "unknown", "arguments": {}}'):
+        events, reason, calls = run([text])
+        assert calls == [] and text_of(events) == text and reason == "stop"

@@ -139,6 +139,13 @@ def write_tiny_gemma(path: Path, *, seed: int = 0) -> TinyGemma:
     for i in range(LAYERS):
         tensors += _layer(rng, i)
     tensors.append(("output_norm.weight", 1.0 + rng.normal(0, 0.2, HIDDEN), Q.F32, (HIDDEN,)))
+    return TinyGemma(path=path, sp=sp, types=write_tensors(w, rng, tensors))
+
+
+def write_tensors(w: GGUFWriter, rng: np.random.Generator,
+                  tensors: list[tuple[str, np.ndarray | None, Q, tuple]]) -> dict[str, str]:
+    """Add ``(name, value or None for random K-quant blocks, type, shape)`` tensors, write
+    and close the file; returns {name: type name}."""
     written: dict[str, str] = {}
     for name, value, kind, shape in tensors:
         if value is None:
@@ -154,4 +161,4 @@ def write_tiny_gemma(path: Path, *, seed: int = 0) -> TinyGemma:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return TinyGemma(path=path, sp=sp, types=written)
+    return written

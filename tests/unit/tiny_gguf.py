@@ -98,6 +98,17 @@ def _layer_tensors(
     return out
 
 
+def add_shape(w: GGUFWriter, *, context: int, hidden: int, layers: int, ffn: int, heads: int,
+              kv_heads: int) -> None:
+    """The model-shape metadata every tiny GGUF carries."""
+    w.add_context_length(context)
+    w.add_embedding_length(hidden)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+
+
 def write_tiny_gguf(
     path: Path,
     *,
@@ -125,12 +136,8 @@ def write_tiny_gguf(
         tensors.append(("output.weight", "lm_head.weight", head, Q.Q8_0))
 
     w = GGUFWriter(str(path), arch)
-    w.add_context_length(CONTEXT)
-    w.add_embedding_length(HIDDEN)
-    w.add_block_count(LAYERS)
-    w.add_feed_forward_length(FFN)
-    w.add_head_count(HEADS)
-    w.add_head_count_kv(KV_HEADS)
+    add_shape(w, context=CONTEXT, hidden=HIDDEN, layers=LAYERS, ffn=FFN, heads=HEADS,
+              kv_heads=KV_HEADS)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
     w.add_rope_dimension_count(HIDDEN // HEADS)

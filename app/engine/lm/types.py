@@ -28,6 +28,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     logprobs: int | None = None  # None: off; k >= 0: chosen token plus the top k
     grammar: Any = None  # CompiledGrammar (or llguidance grammar text) the output must follow
+    # (think start id, think end id, open at the prompt's end): the grammar applies after it
+    think: tuple[int, int, bool] | None = None
     speculative: bool = True  # may this sequence decode with prompt-lookup drafts
     prompt_logprobs: int | None = None  # None: off; k >= 0: each prompt token plus the top k
 

@@ -349,7 +349,7 @@ class ModelEngine:
     def _processors(self, request: GenerationRequest, stop_ids: set[int]) -> list:
         processors = make_processors(request.params, len(request.prompt_tokens), stop_ids)
         if request.params.grammar is not None:  # last, so its mask is final
-            processors.append(self.grammars.constraint(request.params.grammar, stop_ids))
+            processors.append(self.grammars.constraint(request.params, stop_ids))
         return processors
 
     def _drop_cancelled(self) -> None:

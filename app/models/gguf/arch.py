@@ -12,6 +12,10 @@ from the GGUF hyperparameters.
   are not in older GGUFs; they come from the keys when present, else from the Gemma 3
   defaults (10000, every 6th layer global, ``head_dim``; ``hidden / heads`` for 27B,
   as llama.cpp does).
+- ``qwen2``: llama's tensor names plus q/k/v biases; llama.cpp runs it with NEOX
+  (rotate-half) RoPE and does not permute q/k, so mlx-lm's ``qwen2`` loads it as stored.
+- ``qwen3``: as ``qwen2`` without biases, plus per-head RMSNorms on q and k
+  (``attn_q_norm``/``attn_k_norm``) and an explicit head size (``attention.key_length``).
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ GEMMA3_IN_BLOCK = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+}
+QWEN3_IN_BLOCK = {
+    **LLAMA_IN_BLOCK,
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
 }
 GEMMA3_LOCAL_ROPE_BASE = 10_000.0
 GEMMA3_SLIDING_WINDOW_PATTERN = 6
@@ -143,6 +152,39 @@ def gemma3_config(meta: dict[str, Any], weights: Weights, path: Path) -> dict[st
     }
 
 
+def qwen_config(meta: dict[str, Any], weights: Weights, path: Path) -> dict[str, Any]:
+    """mlx-lm ``qwen2`` / ``qwen3`` config from the GGUF hyperparameters."""
+    arch = str(meta["general.architecture"])
+    get = _meta(meta, arch, path)
+    hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
+    head_dim = int(get("attention.key_length", hidden // heads))
+    if int(get("rope.dimension_count", head_dim)) != head_dim:
+        raise ValueError(f"{path}: partial rotary embeddings are not supported")
+    scaling = str(get("rope.scaling.type", "none"))
+    if scaling != "none":
+        raise ValueError(f"{path}: rope scaling {scaling!r} is not supported for {arch}")
+    config = {
+        "model_type": arch,
+        "architectures": ["Qwen2ForCausalLM" if arch == "qwen2" else "Qwen3ForCausalLM"],
+        "hidden_size": hidden,
+        "num_hidden_layers": int(get("block_count")),
+        "intermediate_size": int(get("feed_forward_length")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(get("attention.head_count_kv", heads)),
+        "rms_norm_eps": _f32(get("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": _f32(get("rope.freq_base", 1_000_000.0)),
+        "rope_scaling": None,
+        "max_position_embeddings": int(get("context_length", 32768)),
+        "vocab_size": int(weights["model.embed_tokens.weight"].shape[0]),
+        "tie_word_embeddings": "lm_head.weight" not in weights,
+    }
+    if arch == "qwen3":
+        config["head_dim"] = head_dim
+    elif head_dim != hidden // heads:
+        raise ValueError(f"{path}: qwen2 needs head size hidden / heads, not {head_dim}")
+    return config
+
+
 def _gemma3_fix(name: str, value: np.ndarray) -> np.ndarray:
     return value - 1.0 if name.endswith("norm.weight") else value
 
@@ -162,6 +204,10 @@ FAMILIES: dict[str, Family] = {
         gemma3_config,
         _gemma3_fix,
     ),
+    "qwen2": Family("qwen2", "qwen2", LLAMA_IN_BLOCK, LLAMA_TOP_LEVEL, qwen_config,
+                    lambda _name, value: value),
+    "qwen3": Family("qwen3", "qwen3", QWEN3_IN_BLOCK, LLAMA_TOP_LEVEL, qwen_config,
+                    lambda _name, value: value),
 }  # fmt: skip
 
 
@@ -180,6 +226,10 @@ def model_class(model_type: str) -> tuple[type, type]:
         from mlx_lm.models import llama as module
     elif model_type == "gemma3_text":
         from mlx_lm.models import gemma3_text as module
-    else:  # pragma: no cover - FAMILIES only names the two above
+    elif model_type == "qwen2":
+        from mlx_lm.models import qwen2 as module
+    elif model_type == "qwen3":
+        from mlx_lm.models import qwen3 as module
+    else:  # pragma: no cover - FAMILIES only names the ones above
         raise ValueError(f"no mlx-lm model for {model_type!r}")
     return module.Model, module.ModelArgs
