@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from app.config import Settings
-from app.models.gguf.loader import is_gguf
+from app.models.gguf import is_gguf
 from app.models.loaded import FLOAT_DTYPES, LoadedLanguageModel, cast_floating
 
 QUANT_BITS = (2, 3, 4, 5, 6, 8)

@@ -22,7 +22,7 @@ from app.lifecycle.residency import (
     files_size,
     keep_alive_of,
 )
-from app.models.gguf.loader import is_gguf
+from app.models.gguf import is_gguf
 from app.models.sources.resolve import is_cached, resolve_source
 from app.models.tool_parser import set_tool_parser
 
