@@ -11,7 +11,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from app.api import admin, chat, completions, embeddings, health, metrics, models, tokenize
+from app.api import (
+    admin,
+    audio,
+    chat,
+    completions,
+    embeddings,
+    health,
+    metrics,
+    models,
+    tokenize,
+)
 from app.api.admin import install_sighup_reload
 from app.api.auth import ApiKeyGuard
 from app.api.errors import install_error_handlers
@@ -24,13 +34,16 @@ from app.generation.core import GenerationCore
 from app.handler.chat import ChatHandler
 from app.handler.completions import CompletionsHandler
 from app.handler.embeddings import EmbeddingsHandler
+from app.handler.speech import SpeechHandler
 from app.handler.tokenize import TokenizeHandler
+from app.handler.transcription import TranscriptionHandler
 from app.lifecycle.manager import ModelManager
 from app.lifecycle.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
 STREAMING_PATHS = ("/v1/chat/completions", "/v1/completions")
+MULTIPART_SLACK = 64 * 1024  # form fields and part headers around an audio upload
 
 
 async def _log_models_ready(manager: ModelManager, started: float) -> None:
@@ -88,6 +101,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.completions = CompletionsHandler(core)
     app.state.embeddings = EmbeddingsHandler(manager, settings)
     app.state.tokenize = TokenizeHandler(manager)
+    app.state.transcriptions = TranscriptionHandler(manager, settings, server_metrics)
+    app.state.speech = SpeechHandler(manager, server_metrics)
     app.state.started_at = int(time.time())
     install_error_handlers(app)
     app.include_router(health.router)
@@ -96,6 +111,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(completions.router)
     app.include_router(embeddings.router)
     app.include_router(tokenize.router)
+    app.include_router(audio.router)
     app.include_router(admin.router)
     if settings.metrics_enabled:
         app.include_router(metrics.router)
@@ -109,6 +125,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         lifecycle=lifecycle,
         metrics=server_metrics,
         log_prompts=settings.log_prompts,
+        body_limits=dict.fromkeys(audio.AUDIO_PATHS, settings.max_audio_bytes + MULTIPART_SLACK),
     )
     origins = settings.cors_origin_list()
     if origins:  # outermost, so preflights never need a key and errors carry CORS headers
