@@ -18,6 +18,7 @@ CHUNK_SECONDS = 30
 N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per 30 s window
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100
+_BLOCK = N_FRAMES  # frames transformed at once
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
@@ -71,17 +72,24 @@ def log_mel_spectrogram(audio: np.ndarray, n_mels: int = 80, padding: int = 0) -
     half = N_FFT // 2
     mode = "reflect" if audio.size > half else "constant"
     padded = np.pad(audio, half, mode=mode)
-    n_frames = 1 + (padded.size - N_FFT) // HOP_LENGTH
+    n_frames = (padded.size - N_FFT) // HOP_LENGTH  # the last frame is dropped
     frames = np.lib.stride_tricks.as_strided(
         padded, shape=(n_frames, N_FFT),
         strides=(padded.strides[0] * HOP_LENGTH, padded.strides[0]),
     )
-    spectrum = np.fft.rfft(frames * _window(), axis=1)[:-1]
-    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
-    mel = mel_filters(n_mels) @ power.T
-    log_spec = np.log10(np.maximum(mel, 1e-10))
-    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+    filters, window = mel_filters(n_mels), _window()
+    log_spec = np.empty((n_mels, n_frames), dtype=np.float32)
+    for start in range(0, n_frames, _BLOCK):  # bounded memory for hours of audio
+        block = frames[start : start + _BLOCK]
+        span = padded[start * HOP_LENGTH : (start + len(block) - 1) * HOP_LENGTH + N_FFT]
+        if not span.any():  # digital silence: zero power, exactly the floor
+            log_spec[:, start : start + _BLOCK] = -10.0
+            continue
+        spectrum = np.fft.rfft(block * window, axis=1)
+        power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+        log_spec[:, start : start + _BLOCK] = np.log10(np.maximum(filters @ power.T, 1e-10))
+    np.maximum(log_spec, log_spec.max() - 8.0, out=log_spec)
+    return (log_spec + 4.0) / 4.0
 
 
 def pad_or_trim(mel: np.ndarray, frames: int = N_FRAMES) -> np.ndarray:

@@ -71,7 +71,10 @@ class MultiHeadAttention(nn.Module):
         else:
             k, v = kv_cache
         scale = (q.shape[-1]) ** -0.5
-        out = sdpa(q, k, v, scale, mask)
+        if q.shape[2] == k.shape[2] and mask is None:  # the encoder: one shape, compiled once
+            out = sdpa(q, k, v, scale, mask)
+        else:  # decoder steps: a new key length each step, nothing to compile per shape
+            out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
         b, h, t, dh = out.shape
         return self.out(out.transpose(0, 2, 1, 3).reshape(b, t, h * dh)), (k, v)
 
@@ -144,7 +147,7 @@ class TextDecoder(nn.Module):
             offset = cache[0][0][0].shape[2]
         steps = tokens.shape[1]
         x = self.token_embedding(tokens) + self.positional_embedding[offset : offset + steps]
-        mask = "causal" if steps > 1 else None  # a boolean mask: no -inf in the fast exp
+        mask = "causal" if steps > 1 else None
         cache = cache or [(None, None)] * len(self.blocks)
         new_cache: list[LayerCache] = []
         for block, layer_cache in zip(self.blocks, cache, strict=True):

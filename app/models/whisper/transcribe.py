@@ -143,8 +143,8 @@ def transcribe(
             if not text.strip():
                 continue
             segment = Segment(
-                id=len(segments), seek=seek, start=round(start, 3),
-                end=round(min(end, duration), 3), text=text,
+                id=len(segments), seek=seek, start=round(min(start, duration), 3),
+                end=round(min(max(end, start), duration), 3), text=text,
                 tokens=[t for t in piece if t < tok.eot],
                 temperature=result.temperature, avg_logprob=result.avg_logprob,
                 compression_ratio=result.compression_ratio,
