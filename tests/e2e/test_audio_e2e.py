@@ -26,7 +26,7 @@ import pytest
 STT, TTS = "whisper-1", "tts-1"  # aliases of whisper-base and hibari-tts
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "whisper_reference.json"
 SENTENCES = [
-    "Please turn off the lights in the kitchen.",
+    "Please switch off the lamp in the hallway.",
     "What is the weather like tomorrow morning?",
     "Remind me to call my sister after dinner.",
     "The front door is locked and the alarm is on.",
@@ -51,8 +51,9 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     return row[-1] / max(1, len(ref))
 
 
-def espeak(text: str, voice: str, path: Path) -> bytes:
-    subprocess.run([ESPEAK, "-v", voice, "-w", str(path), text], check=True, timeout=60)
+def espeak(text: str, voice: str, path: Path, wpm: int) -> bytes:
+    subprocess.run([ESPEAK, "-v", voice, "-s", str(wpm), "-w", str(path), text], check=True,
+                   timeout=60)
     return path.read_bytes()
 
 
@@ -92,7 +93,7 @@ def test_speech_round_trip_through_the_openai_sdk(client, audio_models):
 @needs_espeak
 def test_espeak_round_trip(server, audio_models, tmp_path):
     for i, sentence in enumerate(SENTENCES):
-        data = espeak(sentence, "en-us", tmp_path / f"{i}.wav")
+        data = espeak(sentence, "en-us", tmp_path / f"{i}.wav", wpm=130)
         r = transcribe(server, data)
         assert r.status_code == 200, r.text
         assert word_error_rate(sentence, r.json()["text"]) <= 0.10, (sentence, r.json())
@@ -100,8 +101,8 @@ def test_espeak_round_trip(server, audio_models, tmp_path):
 
 @needs_espeak
 def test_translation_of_german_speech_is_english(server, audio_models, tmp_path):
-    data = espeak("Guten Morgen. Ich möchte heute Abend mit meiner Familie essen.", "de",
-                  tmp_path / "de.wav")
+    data = espeak("Guten Morgen. Heute ist das Wetter sehr schön und wir gehen in den Park.",
+                  "de", tmp_path / "de.wav", wpm=120)
     r = httpx.post(f"{server.v1}/audio/translations", timeout=300,
                    files={"file": ("de.wav", data)},
                    data={"model": STT, "response_format": "verbose_json"})
@@ -109,8 +110,8 @@ def test_translation_of_german_speech_is_english(server, audio_models, tmp_path)
     body = r.json()
     assert body["task"] == "translate" and body["language"] == "german"
     got = set(words(body["text"]))
-    assert got & {"good", "morning", "evening", "family", "eat", "dinner", "with", "my"}, body
-    assert not got & {"guten", "morgen", "möchte", "abend", "meiner", "familie", "essen"}, body
+    assert len(got & {"good", "morning", "today", "weather", "nice", "park", "going"}) >= 3, body
+    assert not got & {"guten", "morgen", "heute", "wetter", "sehr", "gehen", "den"}, body
 
 
 def test_matches_the_faster_whisper_reference(server, audio_models):
