@@ -25,19 +25,6 @@ class SpeechRequest(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
-class TranscriptionSegment(BaseModel):
-    id: int
-    seek: int
-    start: float
-    end: float
-    text: str
-    tokens: list[int]
-    temperature: float
-    avg_logprob: float
-    compression_ratio: float
-    no_speech_prob: float
-
-
 class Transcription(BaseModel):
     """``json`` answers carry ``text`` (and ``usage``); ``verbose_json`` the rest too."""
 
@@ -45,7 +32,9 @@ class Transcription(BaseModel):
     task: Literal["transcribe", "translate"] | None = None
     language: str | None = None
     duration: float | None = None
-    segments: list[TranscriptionSegment] | None = None
+    segments: list[dict[str, Any]] | None = Field(
+        None, description="id, seek, start, end, text, tokens, temperature, avg_logprob, "
+        "compression_ratio, no_speech_prob")
     usage: dict[str, Any] | None = None
     model: str | None = None
     htdi: dict[str, Any]

@@ -132,7 +132,7 @@ def test_matches_the_faster_whisper_reference(server, audio_models):
     assert word_error_rate(reference["text"], r.json()["text"]) <= 0.15
 
 
-def test_response_formats_and_streaming(server, audio_models):
+def test_verbose_json_and_streaming(server, audio_models):
     speech = httpx.post(f"{server.v1}/audio/speech", timeout=120,
                         json={"model": TTS, "input": SENTENCES[0], "response_format": "mp3"})
     assert speech.status_code == 200 and speech.headers["content-type"] == "audio/mpeg"
@@ -142,13 +142,9 @@ def test_response_formats_and_streaming(server, audio_models):
     assert verbose["segments"] and verbose["segments"][0]["start"] == 0.0
     assert verbose["segments"][-1]["end"] <= verbose["duration"] + 0.5
     assert verbose["htdi"]["model"] == "whisper-base"
-    srt = transcribe(server, mp3, "s.mp3", response_format="srt").text
-    assert srt.startswith("1\n00:00:00,000 --> 00:00:0")
-    vtt = transcribe(server, mp3, "s.mp3", response_format="vtt").text
-    assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> ")
-    text = transcribe(server, mp3, "s.mp3", response_format="text")
-    assert text.headers["content-type"].startswith("text/plain")
-    assert word_error_rate(SENTENCES[0], text.text) <= 0.10
+    assert word_error_rate(SENTENCES[0], verbose["text"]) <= 0.10
+    # the segments make the text (text, srt and vtt shapes: tests/unit/test_audio_api.py)
+    assert "".join(seg["text"] for seg in verbose["segments"]).strip() == verbose["text"]
     with httpx.stream("POST", f"{server.v1}/audio/transcriptions", timeout=300,
                       files={"file": ("s.mp3", mp3)},
                       data={"model": STT, "stream": "true"}) as r:

@@ -23,6 +23,14 @@ class WhisperTokenizer:
     def __init__(self, path: Path, n_vocab: int) -> None:
         self.tokenizer = Tokenizer.from_file(str(path))
         self.n_vocab = n_vocab
+        self.eot = self._id("<|endoftext|>")
+        self.sot = self._id("<|startoftranscript|>")
+        self.translate = self._id("<|translate|>")
+        self.transcribe = self._id("<|transcribe|>")
+        self.sot_prev = self._id("<|startofprev|>")
+        self.no_speech = self._id("<|nospeech|>", "<|nocaptions|>")
+        self.no_timestamps = self._id("<|notimestamps|>")
+        self.timestamp_begin = self.no_timestamps + 1
 
     def _id(self, *names: str) -> int:
         for name in names:
@@ -30,38 +38,6 @@ class WhisperTokenizer:
             if token is not None:
                 return token
         raise ValueError(f"the Whisper tokenizer has no {names[0]} token")
-
-    @cached_property
-    def eot(self) -> int:
-        return self._id("<|endoftext|>")
-
-    @cached_property
-    def sot(self) -> int:
-        return self._id("<|startoftranscript|>")
-
-    @cached_property
-    def translate(self) -> int:
-        return self._id("<|translate|>")
-
-    @cached_property
-    def transcribe(self) -> int:
-        return self._id("<|transcribe|>")
-
-    @cached_property
-    def sot_prev(self) -> int:
-        return self._id("<|startofprev|>")
-
-    @cached_property
-    def no_speech(self) -> int:
-        return self._id("<|nospeech|>", "<|nocaptions|>")
-
-    @cached_property
-    def no_timestamps(self) -> int:
-        return self._id("<|notimestamps|>")
-
-    @cached_property
-    def timestamp_begin(self) -> int:
-        return self.no_timestamps + 1
 
     @cached_property
     def languages(self) -> dict[str, int]:
