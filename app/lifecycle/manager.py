@@ -61,6 +61,8 @@ class ManagedModel:
         }
         if spec.dimensions is not None:
             meta["dimensions"] = spec.dimensions
+        if spec.voices:
+            meta["voices"] = spec.voices
         if self.loaded is not None and getattr(self.loaded, "weight_dtype", None):
             meta["weight_dtype"] = self.loaded.weight_dtype
         if self.error:

