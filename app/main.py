@@ -20,6 +20,7 @@ from app.api import (
     health,
     metrics,
     models,
+    responses,
     tokenize,
 )
 from app.api.admin import install_sighup_reload
@@ -34,6 +35,8 @@ from app.generation.core import GenerationCore
 from app.handler.chat import ChatHandler
 from app.handler.completions import CompletionsHandler
 from app.handler.embeddings import EmbeddingsHandler
+from app.handler.responses.handler import ResponsesHandler
+from app.handler.responses.store import open_store
 from app.handler.speech import SpeechHandler
 from app.handler.tokenize import TokenizeHandler
 from app.handler.transcription import TranscriptionHandler
@@ -42,13 +45,15 @@ from app.lifecycle.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-STREAMING_PATHS = ("/v1/chat/completions", "/v1/completions")
+STREAMING_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 MULTIPART_SLACK = 64 * 1024  # form fields and part headers around an audio upload
 
 
-async def _log_models_ready(manager: ModelManager, started: float) -> None:
-    """One start-up line once the preloads are done: each model, its state and load time."""
+async def _log_models_ready(manager: ModelManager, settings: Settings, started: float) -> None:
+    """Start-up lines once the preloads are done: each model's state and load time, then
+    where the server is ready (not when a preload failed: the manager logged why)."""
     await manager.wait_ready()
+    elapsed = time.perf_counter() - started
     report = [
         {"model": m.spec.id, "type": m.spec.type, "state": m.state,
          "load_seconds": m.load_seconds, "error": m.error}
@@ -56,11 +61,25 @@ async def _log_models_ready(manager: ModelManager, started: float) -> None:
         if m.state != "unloaded"
     ]
     log.info(
-        "models ready after %.2fs: %s", time.perf_counter() - started,
-        ", ".join(f"{r['model']} {r['state']} in {r['load_seconds']}s" for r in report) or "none",
+        "models ready after %.2fs: %s", elapsed,
+        ", ".join(_model_summary(r) for r in report) or "none",
         extra={"event": "models_loaded", "models": report,
-               "startup_seconds": round(time.perf_counter() - started, 3)},
+               "startup_seconds": round(elapsed, 3)},
     )
+    failed = [r for r in report if r["state"] == "failed"]  # the manager logged each cause
+    host = "0.0.0.0 (all interfaces)" if settings.host in ("0.0.0.0", "::") else settings.host
+    loaded = [r["model"] for r in report if r["state"] == "loaded"]
+    if not failed:
+        log.info("ready: http://%s:%s (models: %s)", host, settings.port,
+                 ", ".join(loaded) or "none preloaded", extra={"event": "ready"})
+
+
+def _model_summary(row: dict) -> str:
+    if row["state"] == "failed":
+        return f"{row['model']} failed"
+    if row["load_seconds"] is None:
+        return f"{row['model']} {row['state']}"
+    return f"{row['model']} {row['state']} in {row['load_seconds']}s"
 
 
 def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
@@ -78,13 +97,15 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         manager.start_preloads()
         install_sighup_reload(app)
         app.state.load_started = started
-        report = asyncio.ensure_future(_log_models_ready(manager, started))
+        report = asyncio.ensure_future(_log_models_ready(manager, settings, started))
         try:
             yield
         finally:
             report.cancel()
             manager.draining = True
             await manager.stop()
+            if store is not None:
+                store.close()
 
     app = FastAPI(
         title="mlx-openai-server-lab",
@@ -101,6 +122,12 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.completions = CompletionsHandler(core)
     app.state.embeddings = EmbeddingsHandler(manager, settings)
     app.state.tokenize = TokenizeHandler(manager)
+    store = None
+    if settings.responses_store == "on":
+        store = open_store(settings.cache_dir / "responses.sqlite3",
+                           max_bytes=settings.responses_store_max_bytes,
+                           max_age_s=settings.responses_store_max_age_s)
+    app.state.responses = ResponsesHandler(core, store)
     app.state.transcriptions = TranscriptionHandler(manager, settings, server_metrics)
     app.state.speech = SpeechHandler(manager, server_metrics)
     app.state.started_at = int(time.time())
@@ -109,6 +136,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(models.router)
     app.include_router(chat.router)
     app.include_router(completions.router)
+    app.include_router(responses.router)
     app.include_router(embeddings.router)
     app.include_router(tokenize.router)
     app.include_router(audio.router)
@@ -125,6 +153,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         lifecycle=lifecycle,
         metrics=server_metrics,
         log_prompts=settings.log_prompts,
+        log_probes=settings.access_log_probes,
         body_limits=dict.fromkeys(audio.AUDIO_PATHS, settings.max_audio_bytes + MULTIPART_SLACK),
     )
     origins = settings.cors_origin_list()
@@ -132,7 +161,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         app.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-House-ID"],
             expose_headers=["X-Request-ID", "X-House-ID"],
         )

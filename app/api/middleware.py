@@ -35,6 +35,9 @@ from app.core.request_log import access_record, log_access, prompt_text
 from app.generation.timing import RequestTimer
 
 log = logging.getLogger(__name__)
+# Polled by load balancers and Prometheus every few seconds: logged only when they fail,
+# unless --access-log-probes.
+PROBE_ROUTES = frozenset({"/health", "/ready", "/health/ready", "/metrics"})
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 # Probes and scrapes: served while draining and not counted as in-flight work.
@@ -53,6 +56,7 @@ class HTDIMiddleware:
         lifecycle: Any = None,
         metrics: Any = None,
         log_prompts: bool = False,
+        log_probes: bool = False,
         body_limits: dict[str, int] | None = None,
     ) -> None:
         self.app = app
@@ -64,6 +68,7 @@ class HTDIMiddleware:
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.log_prompts = log_prompts
+        self.log_probes = log_probes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -166,9 +171,10 @@ class HTDIMiddleware:
             route = _route_template(scope)
             if self.metrics is not None:
                 self.metrics.observe_http(scope["method"], route, status, seconds, ctx.model)
-            prompt = prompt_text(body) if self.log_prompts and body else None
-            log_access(access_record(ctx, method=scope["method"], route=route,
-                                     path=scope["path"], status=status, prompt=prompt))
+            if status >= 400 or self.log_probes or route not in PROBE_ROUTES:
+                prompt = prompt_text(body) if self.log_prompts and body else None
+                log_access(access_record(ctx, method=scope["method"], route=route,
+                                         path=scope["path"], status=status, prompt=prompt))
         except Exception:  # noqa: BLE001 - bookkeeping must never fail a request
             log.exception("request bookkeeping failed for %s", ctx.request_id)
 

@@ -4,16 +4,17 @@
 leases the model, renders and tokenizes the prompt(s), compiles grammars, and queues every
 choice; errors surface as :class:`~app.core.errors.APIError` before any byte is sent.
 :meth:`Run.events` then turns the engine's per-sequence events into
-:mod:`app.generation.events`: text (held back while it may still be a tool call), tool
-calls, choice ends, keep-alives and a final usage event. It also feeds the request's
-timer (metrics and the request log), so no dialect touches engine events.
+:mod:`app.generation.events`: answer text, tool calls as they are written
+(:mod:`app.generation.tool_stream`), choice ends, keep-alives and a final usage event.
+It also feeds the request's timer (metrics and the request log), so no dialect touches
+engine events.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from app.config import Settings
@@ -31,7 +32,7 @@ from app.generation.events import (
     ChoiceEnd,
     OutputEvent,
     TextOut,
-    ToolCallsOut,
+    ToolCallEnd,
     Usage,
 )
 from app.generation.limits import check_request_limits, resolve_max_tokens, sampling_params
@@ -39,16 +40,9 @@ from app.generation.prompt import prompt_tokens
 from app.generation.request import GenerationSpec, ToolCall
 from app.generation.structured import compile_schema
 from app.generation.submission import Submission, failure_error, merged_events, submit
-from app.generation.tools import ToolPlan, call_schema, parse_calls, plan_tools
+from app.generation.tool_stream import ToolCallStream
+from app.generation.tools import ToolPlan, call_schema, plan_tools
 from app.lifecycle.manager import ManagedModel, ModelLease, ModelManager
-
-
-@dataclass
-class _HeldChoice:
-    """A choice's text while it may still turn out to be a tool call."""
-
-    text: str = ""
-    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -90,7 +84,7 @@ class Run:
         """Neutral events until every choice has ended, then :class:`Usage`. A failed
         sequence raises its :class:`~app.core.errors.APIError`."""
         n = self.spec.n
-        held = {i: _HeldChoice() for i in range(self.choices)} if self.tool_plan else None
+        calls = self._tool_streams()
         prompt_tokens = [0] * len(self.submissions)
         cached_tokens = [0] * len(self.submissions)
         completion_tokens = 0
@@ -98,11 +92,11 @@ class Run:
             self.timer.observe(item, self.submissions[item.source])  # metrics + request log
             choice, event = item.source * n + item.index, item.event
             if isinstance(event, TextDelta):
-                if held is None:
+                if calls is None:
                     yield TextOut(choice, event.text, event.logprobs)
                 else:
-                    held[choice].text += event.text
-                    held[choice].logprobs += event.logprobs or []
+                    for out in calls[choice].feed(event.text, event.logprobs):
+                        yield out
             elif isinstance(event, PrefillProgress):
                 yield KEEP_ALIVE
             elif isinstance(event, Failed):
@@ -111,28 +105,23 @@ class Run:
                 prompt_tokens[item.source] = event.prompt_tokens
                 cached_tokens[item.source] = event.cached_tokens
                 completion_tokens += event.completion_tokens
-                if held is None:
-                    yield ChoiceEnd(choice, event.finish_reason, event.logprobs)
-                else:
-                    for out in self._release_held(choice, held.pop(choice), event):
+                reason, logprobs = event.finish_reason, event.logprobs
+                if calls is not None:
+                    owed, reason, held = calls[choice].finish(reason)
+                    for out in owed:
                         yield out
+                    logprobs = held + (logprobs or []) or None
+                yield ChoiceEnd(choice, reason, logprobs)
         yield Usage(sum(prompt_tokens), completion_tokens, sum(cached_tokens))
 
-    def _release_held(
-        self, choice: int, held: _HeldChoice, event: Finished
-    ) -> list[OutputEvent]:
-        """A finished choice's held text: its tool calls, or the text after all."""
-        assert self.tool_plan is not None
-        logprobs = held.logprobs + (event.logprobs or [])
-        if event.finish_reason == "stop":
-            calls = parse_calls(held.text, self.tool_plan, self.tokenizer)
-            if calls:
-                return [ToolCallsOut(choice, calls), ChoiceEnd(choice, "tool_calls", logprobs)]
-        out: list[OutputEvent] = []
-        if held.text:
-            out.append(TextOut(choice, held.text, held.logprobs))
-        out.append(ChoiceEnd(choice, event.finish_reason, event.logprobs))
-        return out
+    def _tool_streams(self) -> list[ToolCallStream] | None:
+        """Per choice, the parser that tells tool calls from answer text (None: no tools)."""
+        plan = self.tool_plan
+        if plan is None:
+            return None
+        tools = [tool.template_entry() for tool in plan.tools]
+        return [ToolCallStream(c, plan.mode, plan.names, self.tokenizer, tools)
+                for c in range(self.choices)]
 
     async def collect(self) -> Collected:
         """Every event of the run gathered per choice; the run is closed afterwards."""
@@ -144,8 +133,8 @@ class Run:
                 if isinstance(event, TextOut):
                     out.texts[event.choice] += event.text
                     out.logprobs[event.choice] += event.logprobs or []
-                elif isinstance(event, ToolCallsOut):
-                    out.calls[event.choice] = event.calls
+                elif isinstance(event, ToolCallEnd):
+                    out.calls[event.choice] = (out.calls[event.choice] or []) + [event.call]
                 elif isinstance(event, ChoiceEnd):
                     out.finish_reasons[event.choice] = event.finish_reason
                     out.logprobs[event.choice] += event.logprobs or []
@@ -188,6 +177,17 @@ class GenerationCore:
         except BaseException:
             lease.release()
             raise
+
+    async def count_tokens(self, spec: GenerationSpec, ctx: RequestContext) -> int:
+        """Prompt tokens ``spec`` would take (template, tools and all), without generating."""
+        ctx.model = spec.model
+        check_request_limits(spec, self.settings)
+        plan = plan_tools(spec)
+        async with self.manager.lease(spec.model, spec.capability) as managed:
+            ctx.model = managed.spec.id
+            loop = asyncio.get_running_loop()
+            prompts = await loop.run_in_executor(None, prompt_tokens, managed, spec, plan)
+        return sum(len(prompt) for prompt in prompts)
 
     async def _queue(
         self, spec: GenerationSpec, ctx: RequestContext, lease: ModelLease, plan: ToolPlan | None

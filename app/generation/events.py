@@ -22,16 +22,37 @@ class TextOut:
 
 
 @dataclass
-class ToolCallsOut:
-    """The tool calls one choice's answer consists of (its text is never shown)."""
+class ToolCallStart:
+    """A tool call begins: its function name is known (arguments follow as deltas)."""
 
     choice: int
-    calls: list[ToolCall]
+    index: int  # the call's place among this choice's calls
+    id: str
+    name: str
+
+
+@dataclass
+class ToolCallDelta:
+    """More of a call's arguments, as JSON text; the deltas add up to the arguments."""
+
+    choice: int
+    index: int
+    arguments: str
+
+
+@dataclass
+class ToolCallEnd:
+    """A call is complete (its arguments are the concatenated deltas)."""
+
+    choice: int
+    index: int
+    call: ToolCall
 
 
 @dataclass
 class ChoiceEnd:
-    """A choice is over; ``logprobs`` covers tokens whose text was never sent."""
+    """A choice is over; ``logprobs`` covers tokens whose text was never sent (tool-call
+    markup, or text held back at the end)."""
 
     choice: int
     finish_reason: str  # stop | length | tool_calls | content_filter
@@ -55,7 +76,9 @@ KEEP_ALIVE = KeepAlive()
 
 __all__ = [
     "KEEP_ALIVE", "ChoiceEnd", "KeepAlive", "OutputEvent", "TextOut", "TokenLogprob",
-    "ToolCallsOut", "Usage",
+    "ToolCallDelta", "ToolCallEnd", "ToolCallStart", "Usage",
 ]
 
-OutputEvent = TextOut | ToolCallsOut | ChoiceEnd | Usage | KeepAlive
+OutputEvent = (
+    TextOut | ToolCallStart | ToolCallDelta | ToolCallEnd | ChoiceEnd | Usage | KeepAlive
+)

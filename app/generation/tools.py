@@ -4,8 +4,8 @@
 - ``auto``: tools go to the chat template when it knows them (``tools`` appears in the
   template); otherwise a fallback system message describes them and asks for
   ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (the Hermes / Qwen format
-  mlx-lm's ``json_tools`` parser reads). Calls are parsed from the finished text with the
-  tokenizer's own mlx-lm tool parser when it has one, else with that format.
+  mlx-lm's ``json_tools`` parser reads). Calls are recognised while they are generated
+  (:mod:`app.generation.tool_stream`; the tokenizer's own mlx-lm parser for other formats).
 - ``required`` / a named function: decoding is constrained by a JSON schema to exactly one
   call ``{"name": <allowed>, "arguments": <that function's parameters>}``.
 """
@@ -13,16 +13,12 @@
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from app.core import errors
 from app.generation.request import FunctionTool, GenerationSpec, Message, ToolCall
-
-TOOL_CALL_START = "<tool_call>"
-TOOL_CALL_END = "</tool_call>"
+from app.generation.tool_stream import TOOL_CALL_END, TOOL_CALL_START, ToolCallStream
 
 
 @dataclass
@@ -135,36 +131,10 @@ def _loads(text: str) -> Any:
         return text
 
 
-def new_call(name: str, arguments: Any) -> ToolCall:
-    """A call the model made; its id is unique, the dialect decides its prefix."""
-    if not isinstance(arguments, str):
-        arguments = json.dumps(arguments, ensure_ascii=False)
-    return ToolCall(id=uuid.uuid4().hex[:24], name=name, arguments=arguments)
-
-
 def parse_calls(text: str, plan: ToolPlan, tokenizer: Any) -> list[ToolCall] | None:
     """Tool calls in a finished output, or None when it is an ordinary answer."""
-    if plan.mode in ("required", "named"):
-        parsed = _loads(text)
-        if isinstance(parsed, dict) and parsed.get("name") in plan.names:
-            return [new_call(parsed["name"], parsed.get("arguments", {}))]
-        return None
-    start = getattr(tokenizer, "tool_call_start", None) or TOOL_CALL_START
-    end = getattr(tokenizer, "tool_call_end", None) or TOOL_CALL_END
-    parser = getattr(tokenizer, "tool_parser", None)
-    raw_tools = [t.template_entry() for t in plan.tools]
-    calls = []
-    pattern = re.compile(re.escape(start) + r"(.*?)(?:" + re.escape(end) + r"|$)", re.S)
-    for body in pattern.findall(text):
-        try:
-            parsed = parser(body, raw_tools) if parser else json.loads(body.strip())
-        except Exception:  # noqa: BLE001 - text that is not a call stays text
-            continue
-        for item in parsed if isinstance(parsed, list) else [parsed]:
-            if isinstance(item, dict) and item.get("name") in plan.names:
-                calls.append(new_call(item["name"], item.get("arguments", {})))
-    if not calls:  # a bare JSON call without the markers
-        parsed = _loads(text.strip())
-        if isinstance(parsed, dict) and parsed.get("name") in plan.names:
-            calls.append(new_call(parsed["name"], parsed.get("arguments", {})))
-    return calls or None
+    stream = ToolCallStream(0, plan.mode, plan.names, tokenizer,
+                            [tool.template_entry() for tool in plan.tools])
+    stream.feed(text)
+    stream.finish("stop")
+    return stream.calls or None

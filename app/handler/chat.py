@@ -10,7 +10,12 @@ from typing import Any
 from app.core import errors
 from app.core.context import RequestContext
 from app.generation.core import GenerationCore, Run
-from app.generation.events import KEEP_ALIVE, ChoiceEnd, TextOut, ToolCallsOut, Usage
+from app.generation.events import (
+    ChoiceEnd,
+    TextOut,
+    ToolCallDelta,
+    ToolCallStart,
+)
 from app.generation.request import FunctionTool, GenerationSpec, Message, ToolCall
 from app.handler.logprobs import TokenTexts
 from app.handler.openai_common import (
@@ -75,6 +80,7 @@ class ChatHandler:
 
     async def complete(self, run: Run, ctx: RequestContext) -> dict[str, Any]:
         result = await run.collect()
+        forced = run.tool_plan is not None and run.tool_plan.mode != "auto"
         texts_of = TokenTexts(run.tokenizer) if run.spec.logprobs is not None else None
         return {
             "id": _completion_id(),
@@ -84,7 +90,7 @@ class ChatHandler:
             "choices": [
                 {
                     "index": i,
-                    "message": _assistant_message(result.texts[i], result.calls[i]),
+                    "message": _assistant_message(result.texts[i], result.calls[i], forced),
                     "logprobs": (
                         {"content": texts_of.chat_content(result.logprobs[i]), "refusal": None}
                         if texts_of
@@ -124,29 +130,32 @@ class ChatHandler:
                 if isinstance(event, TextOut):
                     delta = {"content": event.text}
                     yield ending.chunk(choice(event.choice, delta, logprobs=event.logprobs))
-                elif isinstance(event, ToolCallsOut):
+                elif isinstance(event, ToolCallStart):
+                    call = openai_call(ToolCall(event.id, event.name, ""))
+                    delta = {"tool_calls": [{"index": event.index, **call}]}
+                    yield ending.chunk(choice(event.choice, delta))
+                elif isinstance(event, ToolCallDelta):
                     delta = {"tool_calls": [
-                        {"index": k, **openai_call(call)} for k, call in enumerate(event.calls)
+                        {"index": event.index, "function": {"arguments": event.arguments}}
                     ]}
                     yield ending.chunk(choice(event.choice, delta))
                 elif isinstance(event, ChoiceEnd):
                     final = choice(event.choice, {}, event.finish_reason, event.logprobs)
                     yield ending.final(final, ctx)
-                elif isinstance(event, Usage):
-                    last = ending.usage(event, ctx)
-                    if last is not None:
-                        yield last
                 else:
-                    yield KEEP_ALIVE
+                    for item in ending.passthrough(event, ctx):
+                        yield item
         finally:
             run.close()
 
 
-def _assistant_message(text: str, calls: list[ToolCall] | None) -> dict[str, Any]:
+def _assistant_message(text: str, calls: list[ToolCall] | None, forced: bool) -> dict[str, Any]:
+    """The answer; with tool calls (or a forced call cut short), any text said before them,
+    or null."""
     if calls:
-        return {"role": "assistant", "content": None,
+        return {"role": "assistant", "content": text.strip() or None,
                 "tool_calls": [openai_call(call) for call in calls]}
-    return {"role": "assistant", "content": text}
+    return {"role": "assistant", "content": None if forced else text}
 
 
 def _completion_id() -> str:

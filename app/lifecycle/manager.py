@@ -317,6 +317,8 @@ class ModelManager:
                 log.error("model %s failed to load: %s", managed.spec.id, managed.error)
                 return
             managed.engine, managed.loaded = engine, loaded
+            if managed.spec.type == "lm":
+                managed.spec.adopt_context_length(getattr(loaded, "context_length", None))
             managed.memory_bytes = max(0, after - before) or managed.memory_bytes
             managed.load_seconds = round(time.perf_counter() - started, 3)
             managed.last_used = time.time()
@@ -393,6 +395,7 @@ class ModelManager:
             # The registry's context length rules (sentence-transformers' max_seq_length only
             # says where *it* truncates); the position table is the hard limit.
             positions = loaded.model.config.max_position_embeddings
+            spec.adopt_context_length(positions)
             loaded.max_length = min(spec.context_length, positions)
             return loaded
 

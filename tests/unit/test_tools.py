@@ -66,9 +66,14 @@ def test_named_choice_calls_that_function_and_streams_deltas(client: TestClient)
     events = [json.loads(ln[6:]) for ln in resp.text.splitlines()
               if ln.startswith("data: ") and ln != "data: [DONE]"]
     deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
-    calls = [d["tool_calls"] for d in deltas if d.get("tool_calls")]
-    assert len(calls) == 1 and calls[0][0]["index"] == 0
-    _check_call({k: v for k, v in calls[0][0].items() if k != "index"}, {"add"})
+    calls = [d["tool_calls"][0] for d in deltas if d.get("tool_calls")]
+    assert not any(d.get("content") for d in deltas)  # the call's JSON is never content
+    # OpenAI's shape: id, type and name first, then the arguments in fragments
+    first, rest = calls[0], calls[1:]
+    assert first["index"] == 0 and first["function"] == {"name": "add", "arguments": ""}
+    assert len(rest) > 1 and all(set(c) == {"index", "function"} for c in rest)
+    arguments = "".join(c["function"]["arguments"] for c in rest)
+    _check_call({**first, "function": {"name": "add", "arguments": arguments}}, {"add"})
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
@@ -115,5 +120,20 @@ def test_auto_mode_parses_tagged_and_bare_calls():
     bare = '{"name": "get_weather", "arguments": {"unit": "c", "days": 3}}'
     assert parse_calls(bare, plan, None)[0].name == "get_weather"
     assert parse_calls("It is sunny in Paris.", plan, None) is None
+    spaced = '{"name": "add", "arguments": {"a": 2, "b": 3}}'
+    assert parse_calls(f"<tool_call>\n{spaced}\n</tool_call>", plan, None)[0].name == "add"
     unknown = '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>'
     assert parse_calls(unknown, plan, None) is None
+
+
+def test_a_forced_call_cut_short_is_neither_content_nor_a_call(client: TestClient):
+    named = {"type": "function", "function": {"name": "add"}}
+    for choice in ("required", named):
+        body = ask(client, tool_choice=choice, max_tokens=1).json()
+        message = body["choices"][0]["message"]
+        assert message["content"] is None and "tool_calls" not in message, message
+        assert body["choices"][0]["finish_reason"] == "length"
+        resp = ask(client, tool_choice=choice, max_tokens=3, stream=True)
+        deltas = [json.loads(ln[6:])["choices"][0]["delta"] for ln in resp.text.splitlines()
+                  if ln.startswith("data: {")]
+        assert not any(d.get("content") for d in deltas), deltas
