@@ -85,8 +85,6 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise ConfigError(describe(exc, Settings, args.config or "settings")) from exc
 
 
-
-
 def _configure_backend(settings: Settings) -> None:
     """Pick the BLAS before MLX is imported, then log what MLX will run on."""
     from app.core.blas import configure_blas
@@ -117,10 +115,18 @@ def cmd_serve(settings: Settings) -> int:
     _configure_backend(settings)
     import uvicorn
 
-    from app.api.http_protocol import EnvelopeH11Protocol
+    from app.api.http_protocol import protocol_class
+    from app.core.fd_limit import (
+        connection_cap,
+        import_mlx_lm_keeping_nofile,
+        raise_nofile_limit,
+    )
     from app.core.lifecycle import make_server
+
+    import_mlx_lm_keeping_nofile()  # before anything else imports it
     from app.main import create_app
 
+    max_connections = connection_cap(settings.max_connections, raise_nofile_limit())
     app = create_app(settings, registry)
     config = uvicorn.Config(
         app,
@@ -129,8 +135,10 @@ def cmd_serve(settings: Settings) -> int:
         log_level=settings.log_level,
         log_config=None,  # keep the logging set up by setup_logging
         access_log=False,  # the middleware writes one JSON line per request instead
-        http=EnvelopeH11Protocol,  # h11, with envelopes for unparseable requests
+        # h11, with envelopes for unparseable requests, a header deadline, a connection cap
+        http=protocol_class(settings.header_timeout_s, max_connections),
         h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
         # The drain happens before uvicorn's shutdown; this only bounds the last writes.
         timeout_graceful_shutdown=10,
     )

@@ -156,8 +156,36 @@ class Settings(BaseSettings):
     cors_origins: str | None = Field(
         None, description="comma-separated origins allowed by CORS ('*' for any); off when unset"
     )
+    allowed_hosts: str | None = Field(
+        None, description="comma-separated Host names accepted besides IP literals and "
+        "localhost ('.example.com' for subdomains, '*' for any); unset: checked only on "
+        "loopback connections"
+    )
+    admin: bool = Field(False, description="serve the /admin/... routes")
+    admin_api_key: SecretStr | None = Field(
+        None, description="key(s) the /admin/... routes require instead of --api-key "
+        "(comma-separated); setting it turns the admin routes on"
+    )
+    cors_max_age_s: int = Field(
+        600, ge=0, description="how long browsers may cache a CORS preflight answer"
+    )
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line + headers")
     max_json_depth: int = Field(64, ge=2, description="nesting depth of JSON bodies")
+
+    # Connections (docs/PHASE4_TIER3A_CONTRACT.md, "Connections")
+    max_connections: int = Field(
+        1024, ge=1, description="open HTTP connections; past it the longest-idle one is closed "
+        "(503 when all are serving requests)"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="the request line and headers must arrive within this (408)"
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="a request body must arrive within this (408)"
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="an idle kept-alive connection is closed after this"
+    )
 
     # Observability and shutdown
     metrics_enabled: bool = Field(True, description="serve Prometheus metrics at /metrics")
@@ -181,6 +209,19 @@ class Settings(BaseSettings):
                 if not line.lstrip().startswith("#"):
                     keys.append(line)
         return [k.strip() for k in keys if k.strip()]
+
+    def admin_keys(self) -> list[str]:
+        if self.admin_api_key is None:
+            return []
+        return [k.strip() for k in self.admin_api_key.get_secret_value().split(",") if k.strip()]
+
+    def admin_enabled(self) -> bool:
+        return self.admin or bool(self.admin_keys())
+
+    def allowed_host_list(self) -> list[str] | None:
+        if self.allowed_hosts is None:
+            return None
+        return [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
 
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]

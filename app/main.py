@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 
 from app.api import (
     admin,
@@ -25,6 +24,8 @@ from app.api import (
 )
 from app.api.admin import install_sighup_reload
 from app.api.auth import ApiKeyGuard
+from app.api.browser_guard import BrowserGuard
+from app.api.cors import EnvelopeCORSMiddleware
 from app.api.errors import install_error_handlers
 from app.api.middleware import HTDIMiddleware
 from app.api.openapi import install_openapi
@@ -88,8 +89,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     manager = ModelManager(registry, settings)
     lifecycle = Lifecycle(manager, settings.drain_timeout_s)
     server_metrics = ServerMetrics(manager, lifecycle)
-    keys = settings.api_keys()
-    guard = ApiKeyGuard(keys, metrics_public=settings.metrics_public) if keys else None
+    keys, admin_keys = settings.api_keys(), settings.admin_keys()
+    guard = (
+        ApiKeyGuard(keys, metrics_public=settings.metrics_public, admin_keys=admin_keys)
+        if keys or admin_keys else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -114,6 +118,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.guard = guard
     app.state.manager = manager
     app.state.lifecycle = lifecycle
     app.state.metrics = server_metrics
@@ -140,29 +145,28 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(embeddings.router)
     app.include_router(tokenize.router)
     app.include_router(audio.router)
-    app.include_router(admin.router)
+    if settings.admin_enabled():
+        app.include_router(admin.router)
     if settings.metrics_enabled:
         app.include_router(metrics.router)
     install_openapi(app, STREAMING_PATHS)
     app.add_middleware(
         HTDIMiddleware,
         max_body_bytes=settings.max_body_bytes,
-        max_json_depth=settings.max_json_depth,
         max_header_bytes=settings.max_header_bytes,
         guard=guard,
         lifecycle=lifecycle,
         metrics=server_metrics,
         log_prompts=settings.log_prompts,
         log_probes=settings.access_log_probes,
+        body_timeout_s=settings.body_timeout_s,
+        browser=BrowserGuard(settings.allowed_host_list(), settings.cors_origin_list(),
+                             bound_host=settings.host, multipart_paths=audio.AUDIO_PATHS),
         body_limits=dict.fromkeys(audio.AUDIO_PATHS, settings.max_audio_bytes + MULTIPART_SLACK),
     )
     origins = settings.cors_origin_list()
     if origins:  # outermost, so preflights never need a key and errors carry CORS headers
         app.add_middleware(
-            CORSMiddleware,
-            allow_origins=origins,
-            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "X-House-ID"],
-            expose_headers=["X-Request-ID", "X-House-ID"],
+            EnvelopeCORSMiddleware, allow_origins=origins, max_age=settings.cors_max_age_s
         )
     return app

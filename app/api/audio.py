@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from app.api.body import json_body, openai_route
 from app.api.cancellation import unless_disconnected
 from app.api.errors import request_context
 from app.api.sse import SSE_HEADERS, sse_response
@@ -15,7 +16,10 @@ from app.handler.transcription import TextReply, TranscriptionHandler, Transcrip
 from app.schemas.audio import SpeechRequest, Transcription
 
 router = APIRouter()
-AUDIO_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations")
+# Multipart upload routes (with and without /v1): their own body limit, and the one place
+# where a form content type is the API's format rather than a browser's cross-site post.
+AUDIO_PATHS = tuple(prefix + path for prefix in ("/v1", "")
+                    for path in ("/audio/transcriptions", "/audio/translations"))
 
 
 async def _answer(request: Request, task: str, file: UploadFile,
@@ -31,7 +35,7 @@ async def _answer(request: Request, task: str, file: UploadFile,
     return JSONResponse(reply)
 
 
-@router.post("/v1/audio/transcriptions", response_model=Transcription)
+@openai_route(router, "POST", "/audio/transcriptions", response_model=Transcription)
 async def create_transcription(
     request: Request,
     file: Annotated[UploadFile, File(description="wav, mp3, flac, ogg/opus, webm, m4a...")],
@@ -50,7 +54,7 @@ async def create_transcription(
     return await _answer(request, "transcribe", file, params)
 
 
-@router.post("/v1/audio/translations", response_model=Transcription)
+@openai_route(router, "POST", "/audio/translations", response_model=Transcription)
 async def create_translation(
     request: Request,
     file: Annotated[UploadFile, File()],
@@ -64,9 +68,10 @@ async def create_translation(
     return await _answer(request, "translate", file, params)
 
 
-@router.post("/v1/audio/speech", response_class=Response,
-             responses={200: {"content": {"audio/mpeg": {}, "text/event-stream": {}}}})
-async def create_speech(body: SpeechRequest, request: Request) -> Response:
+@openai_route(router, "POST", "/audio/speech", response_model=None, body_model=SpeechRequest)
+async def create_speech(
+    request: Request, body: Annotated[SpeechRequest, json_body(SpeechRequest)]
+) -> Response:
     handler: SpeechHandler = request.app.state.speech
     ctx = request_context(request)
     reply = await handler.create(body, ctx)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from app.api.body import json_body, openai_route
 from app.api.cancellation import ClientDisconnected, unless_disconnected
 from app.api.errors import request_context
 from app.api.sse import named_sse_response
@@ -20,8 +21,10 @@ def _handler(request: Request) -> ResponsesHandler:
     return request.app.state.responses
 
 
-@router.post("/v1/responses")
-async def create_response(body: ResponsesRequest, request: Request) -> Response:
+@openai_route(router, "POST", "/responses", response_model=None, body_model=ResponsesRequest)
+async def create_response(
+    request: Request, body: Annotated[ResponsesRequest, json_body(ResponsesRequest)]
+) -> Response:
     handler, ctx = _handler(request), request_context(request)
     prepared = await handler.prepare(body, ctx)
     if body.stream:
@@ -34,22 +37,25 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     return JSONResponse(result)
 
 
-@router.post("/v1/responses/input_tokens")
-async def count_input_tokens(body: ResponsesRequest, request: Request) -> JSONResponse:
+@openai_route(router, "POST", "/responses/input_tokens", response_model=None,
+              body_model=ResponsesRequest)
+async def count_input_tokens(
+    request: Request, body: Annotated[ResponsesRequest, json_body(ResponsesRequest)]
+) -> JSONResponse:
     return JSONResponse(await _handler(request).count(body, request_context(request)))
 
 
-@router.get("/v1/responses/{response_id}")
+@openai_route(router, "GET", "/responses/{response_id}", response_model=None)
 async def retrieve_response(response_id: str, request: Request) -> JSONResponse:
     return JSONResponse(await _handler(request).get(response_id, request_context(request)))
 
 
-@router.delete("/v1/responses/{response_id}")
+@openai_route(router, "DELETE", "/responses/{response_id}", response_model=None)
 async def delete_response(response_id: str, request: Request) -> JSONResponse:
     return JSONResponse(await _handler(request).delete(response_id, request_context(request)))
 
 
-@router.get("/v1/responses/{response_id}/input_items")
+@openai_route(router, "GET", "/responses/{response_id}/input_items", response_model=None)
 async def list_input_items(
     response_id: str,
     request: Request,

@@ -29,6 +29,7 @@ HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
                 120.0, 300.0)
 RTF_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
 MODEL = ("model_name",)
+EMBEDDING_ROUTES = frozenset({"/v1/embeddings", "/embeddings"})
 
 
 class ServerMetrics:
@@ -36,6 +37,7 @@ class ServerMetrics:
 
     def __init__(self, manager: Any = None, lifecycle: Any = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.manager = manager
         r = self.registry
         self.request_success = Counter(
             "vllm:request_success", "Finished engine sequences by finish reason "
@@ -103,7 +105,8 @@ class ServerMetrics:
     ) -> None:
         self.http_requests.labels(method, route, str(status)).inc()
         self.http_latency.labels(method, route).observe(seconds)
-        if route == "/v1/embeddings" and model:
+        model = self._registry_id(model)
+        if route in EMBEDDING_ROUTES and model:
             self.embedding_requests.labels(model, str(status)).inc()
             if status == 200:
                 self.embedding_latency.labels(model).observe(seconds)
@@ -116,6 +119,15 @@ class ServerMetrics:
         self.audio_seconds.labels(model, task).inc(audio_seconds)
         if compute_seconds > 0 and audio_seconds > 0:
             self.audio_rtf.labels(model, task).observe(audio_seconds / compute_seconds)
+
+    def _registry_id(self, name: str | None) -> str | None:
+        """The registry id behind ``name``; None for names the registry does not know, so a
+        client's made-up model names never become label values (unbounded series)."""
+        registry = getattr(self.manager, "registry", None)
+        if not name or registry is None:
+            return None
+        spec = registry.get(name)
+        return spec.id if spec is not None else None
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

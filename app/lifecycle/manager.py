@@ -164,11 +164,11 @@ class ModelManager:
                 self._begin_load(managed)
 
     def ready(self) -> bool:
-        """Preload models have loaded (they may have been unloaded since, by choice)."""
+        """Every preload model is loaded now (an unloaded one makes the server not ready)."""
         if self.draining:
             return False
         return all(
-            m.state == "loaded" or (m.state == "unloaded" and m.load_seconds is not None)
+            m.state == "loaded"
             for m in self.models.values()
             if m.spec.preload and self.settings.preload and not m.removed
         )

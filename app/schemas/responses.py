@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.schemas.common import StrictRequest
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -59,7 +61,7 @@ class StreamOptions(_Strict):
     include_obfuscation: bool | None = None
 
 
-class ResponsesRequest(_Strict):
+class ResponsesRequest(StrictRequest):
     """``POST /v1/responses`` (and ``/v1/responses/input_tokens``, which ignores the
     generation controls)."""
 

@@ -186,7 +186,7 @@ def test_bad_inputs(server, audio_models, tmp_path):
         return body["error"]
 
     url = f"{server.v1}/audio/transcriptions"
-    error(httpx.post(url, data={"model": STT}, timeout=30), 400, "file")
+    error(httpx.post(url, files={"model": (None, STT)}, timeout=30), 400, "file")
     error(httpx.post(url, files={"file": ("a.wav", b"RIFF")}, data={
         "model": STT, "temperature": "warm"}, timeout=30), 400, "temperature")
     err = error(transcribe(server, b"this is not audio at all\n" * 40, "notes.wav"), 400, "file")

@@ -101,8 +101,10 @@ def test_bad_fields(client, fields, param, code):
 
 
 def test_bad_files_and_limits(client):
-    missing = client.post(URL, data={"model": "whisper-1"})
+    missing = client.post(URL, files={"model": (None, "whisper-1")})  # multipart, no file
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "file"
+    form = client.post(URL, data={"model": "whisper-1"})  # urlencoded: a browser's form post
+    assert form.status_code == 415
     text = _post(client, b"hello, I am a text file\n" * 20)
     assert text.status_code == 400 and text.json()["error"]["code"] == "invalid_audio"
     empty = _post(client, b"")
@@ -113,6 +115,9 @@ def test_bad_files_and_limits(client):
     assert way_too_big.status_code == 413
     unknown = client.post(URL, files={"file": ("a.wav", _wav(0.5))}, data={"model": "nope"})
     assert unknown.status_code == 404
+    unversioned = client.post("/audio/transcriptions", files={"file": ("a.wav", b"")},
+                              data={"model": "whisper-1"})
+    assert unversioned.status_code == 200 and unversioned.json()["text"] == ""
     speech = client.post("/v1/audio/speech", json={"model": "whisper-1", "input": "hi"})
     assert speech.status_code == 400 and "speech" in speech.json()["error"]["message"]
 

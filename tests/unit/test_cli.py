@@ -29,6 +29,7 @@ def test_help_and_version(capsys):
 
 def test_each_command_shows_its_own_flags_with_defaults(capsys):
     _, serve, _ = run(capsys, "serve", "--help")
+    serve = " ".join(serve.split())  # argparse wraps long help lines
     assert "--max-batch-size" in serve and "(default: 32)" in serve
     assert "(default: 4194304 (4 MiB))" in serve  # --max-body-bytes
     _, pull, _ = run(capsys, "pull", "--help")
@@ -57,7 +58,7 @@ def test_models_table_says_what_is_cached(capsys, tmp_path: Path):
     ("models:\n  - id: x\n    source: /m\n    capabilites: [chat]\n",
      "models[0] (id 'x'): unknown key 'capabilites' (did you mean 'capabilities'?)"),
     ("models:\n  - id: y\n    source: /m\n    type: llm\n",
-     "models[0] (id 'y'): type: input should be 'lm' or 'embedding' (got 'llm')"),
+     "models[0] (id 'y'): type: input should be 'lm', 'embedding', 'stt' or 'tts' (got 'llm')"),
     ("models:\n  - id: z\n   source: /m\n", "line 3, column 4: not valid YAML"),
 ])
 def test_models_file_typos_are_one_line(capsys, tmp_path: Path, text: str, expected: str):
