@@ -63,7 +63,10 @@ def _add_settings_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] 
         flag = "--" + name.replace("_", "-")
         help_text = f"{field.description or name.replace('_', ' ')} (default: "
         help_text = (help_text + _default_text(name) + ")").replace("%", "%%")
-        if field.annotation is bool:
+        if field.annotation is bool and name.startswith("no_"):  # --no-ui: a plain switch
+            parser.add_argument(flag, dest=name, action="store_const", const=True,
+                                default=None, help=help_text)
+        elif field.annotation is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         else:

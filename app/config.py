@@ -7,13 +7,15 @@ environment variables ``MLX_SERVER_*``, an optional YAML file named by
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -128,6 +130,12 @@ class Settings(BaseSettings):
         "0: off",
     )
 
+    model_map: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="model names (or glob patterns) clients of the Anthropic API use, mapped "
+        "to registry models: 'claude-*=default,claude-3-haiku=smollm2' or a JSON object",
+    )
+
     # Embeddings micro-batching
     embedding_batch_size: int = Field(32, ge=1, description="sequences per embedding pass")
     embedding_batch_wait_ms: float = Field(
@@ -187,6 +195,9 @@ class Settings(BaseSettings):
         5.0, gt=0, description="an idle kept-alive connection is closed after this"
     )
 
+    # Web console (app/api/console/)
+    no_ui: bool = Field(False, description="do not serve the web console at /")
+
     # Observability and shutdown
     metrics_enabled: bool = Field(True, description="serve Prometheus metrics at /metrics")
     log_format: Literal["text", "json"] = Field("text", description="format of non-request logs")
@@ -198,6 +209,20 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
     )
+
+    @field_validator("model_map", mode="before")
+    @classmethod
+    def _parse_model_map(cls, value: Any) -> Any:
+        """A flag or env var gives text: a JSON object or ``pattern=model`` pairs."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("{"):
+            return json.loads(text)
+        pairs = [item.partition("=") for item in text.split(",") if item.strip()]
+        if any(not sep or not k.strip() or not v.strip() for k, sep, v in pairs):
+            raise ValueError("model_map entries look like 'pattern=model'")
+        return {k.strip(): v.strip() for k, _, v in pairs}
 
     def api_keys(self) -> list[str]:
         """Every accepted key: ``api_key`` (comma-separated) plus ``api_key_file`` lines."""

@@ -17,6 +17,7 @@ from app.api import (
     completions,
     embeddings,
     health,
+    messages,
     metrics,
     models,
     responses,
@@ -25,6 +26,7 @@ from app.api import (
 from app.api.admin import install_sighup_reload
 from app.api.auth import ApiKeyGuard
 from app.api.browser_guard import BrowserGuard
+from app.api.console import router as console
 from app.api.cors import EnvelopeCORSMiddleware
 from app.api.errors import install_error_handlers
 from app.api.middleware import HTDIMiddleware
@@ -36,6 +38,7 @@ from app.generation.core import GenerationCore
 from app.handler.chat import ChatHandler
 from app.handler.completions import CompletionsHandler
 from app.handler.embeddings import EmbeddingsHandler
+from app.handler.messages import MessagesHandler
 from app.handler.responses.handler import ResponsesHandler
 from app.handler.responses.store import open_store
 from app.handler.speech import SpeechHandler
@@ -46,7 +49,7 @@ from app.lifecycle.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-STREAMING_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
+STREAMING_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages")
 MULTIPART_SLACK = 64 * 1024  # form fields and part headers around an audio upload
 
 
@@ -90,8 +93,10 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     lifecycle = Lifecycle(manager, settings.drain_timeout_s)
     server_metrics = ServerMetrics(manager, lifecycle)
     keys, admin_keys = settings.api_keys(), settings.admin_keys()
+    console_paths = frozenset() if settings.no_ui else console.public_paths()
     guard = (
-        ApiKeyGuard(keys, metrics_public=settings.metrics_public, admin_keys=admin_keys)
+        ApiKeyGuard(keys, metrics_public=settings.metrics_public, admin_keys=admin_keys,
+                    public_paths=console_paths)
         if keys or admin_keys else None
     )
 
@@ -125,6 +130,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     core = GenerationCore(manager, settings)
     app.state.chat = ChatHandler(core)
     app.state.completions = CompletionsHandler(core)
+    app.state.messages = MessagesHandler(core)
     app.state.embeddings = EmbeddingsHandler(manager, settings)
     app.state.tokenize = TokenizeHandler(manager)
     store = None
@@ -142,6 +148,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(responses.router)
+    app.include_router(messages.router)
     app.include_router(embeddings.router)
     app.include_router(tokenize.router)
     app.include_router(audio.router)
@@ -149,6 +156,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         app.include_router(admin.router)
     if settings.metrics_enabled:
         app.include_router(metrics.router)
+    if not settings.no_ui:
+        app.include_router(console.router)
     install_openapi(app, STREAMING_PATHS)
     app.add_middleware(
         HTDIMiddleware,

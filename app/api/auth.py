@@ -30,25 +30,27 @@ def is_admin_path(path: str) -> bool:
 
 
 class ApiKeyGuard:
-    """Accepts ``Authorization: Bearer <key>`` for any configured key, in constant time.
+    """Accepts any configured key, in constant time, as ``Authorization: Bearer <key>`` or
+    as ``x-api-key: <key>`` (how Anthropic's SDKs and Claude Code send it).
 
     With ``admin_keys``, ``/admin`` paths take those keys (and only those) instead.
+    ``public_paths``: more exact paths to let through (the console's static files).
     """
 
     def __init__(
         self, keys: list[str], *, metrics_public: bool = False,
-        admin_keys: list[str] | None = None,
+        admin_keys: list[str] | None = None, public_paths: frozenset[str] = frozenset(),
     ) -> None:
         if not keys and not admin_keys:
             raise ValueError("ApiKeyGuard needs at least one key")
         # Digests have one length, so the comparison time says nothing about the key.
         self._digests = [_digest(k) for k in keys]
         self._admin_digests = [_digest(k) for k in admin_keys or []]
-        self.public = PUBLIC_PATHS | ({METRICS_PATH} if metrics_public else set())
+        self.public = PUBLIC_PATHS | public_paths | ({METRICS_PATH} if metrics_public else set())
 
     def admin_key_given(self, scope: Scope) -> bool:
         """The request carries one of the admin keys."""
-        token = _bearer(Headers(scope=scope).get("authorization"))
+        token = _token(Headers(scope=scope))
         return token is not None and _matches(token, self._admin_digests)
 
     def check(self, scope: Scope) -> APIError | None:
@@ -58,13 +60,13 @@ class ApiKeyGuard:
             digests = self._admin_digests
         elif scope["path"] in self.public or not digests:
             return None
-        token = _bearer(Headers(scope=scope).get("authorization"))
+        token = _token(Headers(scope=scope))
         if token is not None and _matches(token, digests):
             return None
         message = (
             "Incorrect API key provided."
             if token is not None
-            else "Missing API key: send it as 'Authorization: Bearer <key>'."
+            else "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
         )
         return APIError(
             401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
@@ -77,6 +79,11 @@ def _matches(token: str, digests: list[bytes]) -> bool:
     for digest in digests:  # no early exit: every key costs the same
         matched |= hmac.compare_digest(given, digest)
     return matched
+
+
+def _token(headers: Headers) -> str | None:
+    """The key a request carries: a Bearer token, else Anthropic's ``x-api-key``."""
+    return _bearer(headers.get("authorization")) or headers.get("x-api-key") or None
 
 
 def _bearer(header: str | None) -> str | None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Request
+from fastapi.responses import JSONResponse, Response
 
 T = TypeVar("T")
 
@@ -37,3 +38,13 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         return task.result()
     task.cancel()
     raise ClientDisconnected()
+
+
+async def json_unless_disconnected(request: Request, run: Any, work: Awaitable[Any]) -> Response:
+    """``work``'s JSON answer; 499 with the run closed if the client left before it."""
+    try:
+        result = await unless_disconnected(request, work)
+    except ClientDisconnected:
+        run.close()
+        return Response(status_code=499)
+    return JSONResponse(result)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from app.api.body import json_body, openai_route
-from app.api.cancellation import ClientDisconnected, unless_disconnected
+from app.api.cancellation import json_unless_disconnected
 from app.api.errors import request_context
 from app.api.sse import sse_response
 from app.handler.chat import ChatHandler
@@ -28,9 +28,4 @@ async def create_chat_completion(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(handler.stream(run, ctx, include_usage), ctx)
-    try:
-        result = await unless_disconnected(request, handler.complete(run, ctx))
-    except ClientDisconnected:
-        run.close()
-        return Response(status_code=499)
-    return JSONResponse(result)
+    return await json_unless_disconnected(request, run, handler.complete(run, ctx))

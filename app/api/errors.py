@@ -1,6 +1,11 @@
-"""Exception handlers: every failure leaves as an OpenAI envelope, never FastAPI's 422."""
+"""Exception handlers: every failure leaves in its dialect's envelope, never FastAPI's 422.
+
+Routes under ``/v1/messages`` speak Anthropic's envelope and statuses
+(:mod:`app.handler.anthropic_errors`); every other route OpenAI's."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -10,6 +15,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.api.validation import validation_error
 from app.core.context import RequestContext
 from app.core.errors import APIError, envelope
+from app.handler.anthropic_errors import anthropic_envelope, anthropic_status
+
+ANTHROPIC_ROUTES = "/v1/messages"
+
+
+def speaks_anthropic(path: str) -> bool:
+    """Whether ``path`` is one of the Anthropic dialect's routes."""
+    return path == ANTHROPIC_ROUTES or path.startswith(ANTHROPIC_ROUTES + "/")
+
+
+def error_payload(
+    path: str, error: APIError, htdi: dict[str, Any] | None
+) -> tuple[int, dict[str, Any]]:
+    """The status and body that tell ``error`` to a client of ``path``'s dialect."""
+    if speaks_anthropic(path):
+        return anthropic_status(error), anthropic_envelope(error, htdi)
+    return error.status, envelope(error, htdi)
 
 
 def request_context(request: Request) -> RequestContext:
@@ -19,11 +41,8 @@ def request_context(request: Request) -> RequestContext:
 
 def error_response(request: Request, error: APIError) -> JSONResponse:
     ctx = request_context(request)
-    return JSONResponse(
-        envelope(error, ctx.htdi()),
-        status_code=error.status,
-        headers=error.headers,
-    )
+    status, body = error_payload(request.url.path, error, ctx.htdi())
+    return JSONResponse(body, status_code=status, headers=error.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -24,12 +24,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import ApiKeyGuard
 from app.api.browser_guard import BrowserGuard
+from app.api.errors import error_payload, speaks_anthropic
 from app.api.openapi import http_routes
 from app.api.websocket import refuse_websocket
 from app.core.context import (
     RequestContext,
 )
-from app.core.errors import APIError, envelope, internal_error, shutting_down
+from app.core.errors import APIError, internal_error, shutting_down
 from app.core.request_log import access_record, log_access, prompt_text
 from app.generation.timing import RequestTimer
 
@@ -82,6 +83,7 @@ class HTDIMiddleware:
         ctx = RequestContext.from_headers(headers)
         ctx.timer = RequestTimer(sink=self.metrics, started=ctx.started)
         scope.setdefault("state", {})["ctx"] = ctx
+        anthropic = speaks_anthropic(scope["path"])
         status = 500
         started = False
 
@@ -93,6 +95,8 @@ class HTDIMiddleware:
                 out = MutableHeaders(scope=message)
                 for key, value in ctx.response_headers().items():
                     out[key] = value
+                if anthropic:  # where Anthropic's SDKs read the request id
+                    out["request-id"] = ctx.request_id
             await send(message)
 
         counted = scope["path"] not in OPERATIONAL_PATHS
@@ -110,19 +114,19 @@ class HTDIMiddleware:
                     body = body_or_error
                     receive = _replay(body, receive)
             if error is not None:
-                await _send_error(send_with_ids, error, ctx)
+                await _send_error(send_with_ids, error, ctx, scope["path"])
                 return
             try:
                 await self.app(scope, receive, send_with_ids)
             except Exception:  # noqa: BLE001 - last resort: never leak a traceback
                 log.exception("unhandled error for request %s", ctx.request_id)
                 if not started:
-                    await _send_error(send_with_ids, internal_error(), ctx)
+                    await _send_error(send_with_ids, internal_error(), ctx, scope["path"])
         except asyncio.CancelledError:
             # uvicorn cancels what is still running when its shutdown grace ends, and would
             # answer a request without a response yet with a plain-text 500.
             if not started:
-                await _send_error(send_with_ids, shutting_down(), ctx)
+                await _send_error(send_with_ids, shutting_down(), ctx, scope["path"])
             raise
         finally:
             # bookkeeping first: once the in-flight gauge drops, the request's metrics are in
@@ -262,13 +266,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _send_error(send: Send, error: APIError, ctx: RequestContext) -> None:
-    payload: dict[str, Any] = envelope(error, ctx.htdi())
+async def _send_error(send: Send, error: APIError, ctx: RequestContext, path: str) -> None:
+    status, payload = error_payload(path, error, ctx.htdi())
     raw = json.dumps(payload).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(raw)).encode()),
     ]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": raw})

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from app.api.body import openai_route
 from app.core import errors
-from app.lifecycle.manager import ManagedModel, ModelManager
+from app.lifecycle.manager import ManagedModel, ModelManager, model_files_cached
 from app.schemas.openai import ModelCard, ModelList
 
 router = APIRouter()
@@ -29,6 +29,9 @@ def shows_admin_detail(request: Request) -> bool:
 
 def _card(managed: ManagedModel, request: Request) -> ModelCard:
     metadata = managed.metadata()
+    # loaded models are cached by definition; the others are looked up (file checks only)
+    metadata["cached"] = managed.state == "loaded" or model_files_cached(
+        managed.spec, request.app.state.manager.settings)
     if not shows_admin_detail(request):
         metadata = {k: v for k, v in metadata.items() if k not in ADMIN_DETAIL}
     return ModelCard(id=managed.spec.id, created=request.app.state.started_at,

@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from app.api.body import BODY_MODELS
+from app.api.errors import speaks_anthropic
 
 
 class ErrorBody(BaseModel):
@@ -36,6 +37,22 @@ class ErrorEnvelope(BaseModel):
     htdi: HTDI | None = None
 
 
+class AnthropicErrorBody(BaseModel):
+    type: str
+    message: str
+    param: str | None = None
+    code: str | None = None
+
+
+class AnthropicErrorEnvelope(BaseModel):
+    """Anthropic's error shape, on the ``/v1/messages*`` routes."""
+
+    type: str
+    error: AnthropicErrorBody
+    request_id: str | None = None
+    htdi: HTDI | None = None
+
+
 _DESCRIPTIONS = {
     400: "Invalid request (malformed JSON, wrong types, out-of-range values, limits)",
     401: "Missing or wrong API key (when one is configured)",
@@ -47,10 +64,13 @@ _DESCRIPTIONS = {
     499: "Client closed the request (no body)",
     500: "Unexpected server error",
     503: "Model loading, queue timeout or server shutting down",
+    529: "Overloaded: queue full or timed out, model loading, server shutting down",
 }
 # What any route can answer: the edge middleware runs before routing.
 EDGE_STATUSES = (400, 401, 404, 405, 413, 431, 500, 503)
 GENERATION_STATUSES = (429,)
+# Anthropic's routes tell 429 and 503 as 529 overloaded_error.
+ANTHROPIC_STATUSES = (400, 401, 404, 405, 413, 431, 500, 529)
 
 
 def http_routes(app: Any) -> list[tuple[str, set[str]]]:
@@ -85,12 +105,17 @@ def install_openapi(app: FastAPI, streaming_paths: tuple[str, ...]) -> None:
         for model in sorted(BODY_MODELS, key=lambda m: m.__name__):  # read by json_body
             components.update(_model_schemas(model, components))
         ref = {"$ref": "#/components/schemas/ErrorEnvelope"}
+        components.update(_model_schemas(AnthropicErrorEnvelope, components))
         for path, operations in schema.get("paths", {}).items():
             for method, operation in operations.items():
                 responses = operation.setdefault("responses", {})
                 responses.pop("422", None)
                 statuses = EDGE_STATUSES
-                if path in streaming_paths:
+                ref = {"$ref": "#/components/schemas/ErrorEnvelope"}
+                if speaks_anthropic(path):
+                    statuses = ANTHROPIC_STATUSES
+                    ref = {"$ref": "#/components/schemas/AnthropicErrorEnvelope"}
+                elif path in streaming_paths:
                     statuses += GENERATION_STATUSES
                 for status in statuses:
                     responses.setdefault(str(status), {
@@ -100,16 +125,23 @@ def install_openapi(app: FastAPI, streaming_paths: tuple[str, ...]) -> None:
                 if path in streaming_paths and method == "post":
                     responses["499"] = {"description": _DESCRIPTIONS[499]}
                     content = responses.setdefault("200", {}).setdefault("content", {})
-                    content["text/event-stream"] = {
-                        "schema": {"type": "string",
-                                   "description": "SSE chunks when stream is true"}
-                    }
+                    content["text/event-stream"] = {"schema": _sse_schema(path)}
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _sse_schema(path: str) -> dict[str, Any]:
+    """One event of the route's stream: OpenAI's are bare ``data:`` lines, Anthropic's
+    are named (``event:`` and ``data:``)."""
+    if speaks_anthropic(path):
+        return {"type": "object", "required": ["event", "data"],
+                "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+                "description": "Anthropic's named events when stream is true"}
+    return {"type": "string", "description": "SSE chunks when stream is true"}
 
 
 def _model_schemas(model: type[BaseModel], existing: dict[str, Any]) -> dict[str, Any]:

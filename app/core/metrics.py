@@ -12,7 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -80,6 +87,7 @@ class ServerMetrics:
         self.in_flight = Gauge(
             "mlx_server_http_requests_in_flight", "HTTP requests being served "
             "(health, readiness and metrics excluded).", registry=r)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes & co. (Linux only)
         if manager is not None:
             r.register(_EngineCollector(manager, lifecycle))
 
@@ -184,12 +192,17 @@ class _EngineCollector(Collector):
             "mlx_server_model_loaded", "1 when the model is loaded.", labels=[*MODEL, "type"])
         load_s = GaugeMetricFamily(
             "mlx_server_model_load_seconds", "How long the model took to load.", labels=MODEL)
+        memory = GaugeMetricFamily(
+            "mlx_server_model_memory_bytes", "MLX memory the loaded model's load added.",
+            labels=MODEL)
         for model_id, managed in list(self.manager.models.items()):
             engine = managed.engine
             loaded.add_metric([model_id, managed.spec.type], 1.0 if managed.state == "loaded"
                               else 0.0)
             if managed.load_seconds is not None:
                 load_s.add_metric([model_id], managed.load_seconds)
+            if managed.state == "loaded" and managed.memory_bytes is not None:
+                memory.add_metric([model_id], managed.memory_bytes)
             if engine is None:
                 continue
             stats = getattr(engine, "stats", None)
@@ -216,7 +229,7 @@ class _EngineCollector(Collector):
                 served.add_metric([model_id], snap.get("sequences_embedded", 0))
         yield from (running, waiting, prompt, generated, queries, hits, cache_bytes, spec_steps,
                     spec_drafted, spec_accepted, spec_emitted, spec_rate, passes, served, loaded,
-                    load_s)
+                    load_s, memory)
         if self.lifecycle is not None:
             yield GaugeMetricFamily(
                 "mlx_server_draining", "1 while the server drains before exiting.",

@@ -54,6 +54,7 @@ class Collected:
     finish_reasons: list[str | None]
     logprobs: list[list[TokenLogprob]]
     usage: Usage
+    stop_sequences: list[str | None]  # the stop string that ended each choice, if one did
 
 
 @dataclass
@@ -111,7 +112,8 @@ class Run:
                     for out in owed:
                         yield out
                     logprobs = held + (logprobs or []) or None
-                yield ChoiceEnd(choice, reason, logprobs)
+                matched = event.stop_sequence if reason == "stop" else None
+                yield ChoiceEnd(choice, reason, logprobs, matched)
         yield Usage(sum(prompt_tokens), completion_tokens, sum(cached_tokens))
 
     def _tool_streams(self) -> list[ToolCallStream] | None:
@@ -127,7 +129,7 @@ class Run:
         """Every event of the run gathered per choice; the run is closed afterwards."""
         n = self.choices
         out = Collected([""] * n, [None] * n, [None] * n, [[] for _ in range(n)],
-                        Usage(0, 0, 0))
+                        Usage(0, 0, 0), [None] * n)
         try:
             async for event in self.events():
                 if isinstance(event, TextOut):
@@ -137,6 +139,7 @@ class Run:
                     out.calls[event.choice] = (out.calls[event.choice] or []) + [event.call]
                 elif isinstance(event, ChoiceEnd):
                     out.finish_reasons[event.choice] = event.finish_reason
+                    out.stop_sequences[event.choice] = event.stop_sequence
                     out.logprobs[event.choice] += event.logprobs or []
                 elif isinstance(event, Usage):
                     out.usage = event
@@ -160,6 +163,28 @@ class GenerationCore:
 
     async def start(self, spec: GenerationSpec, ctx: RequestContext) -> Run:
         """Validate, lease, render, tokenize and queue; raises APIError before any byte."""
+        plan, lease = await self._checked_lease(spec, ctx)
+        try:
+            return await self._queue(spec, ctx, lease, plan)
+        except BaseException:
+            lease.release()
+            raise
+
+    async def count_prompt_tokens(self, spec: GenerationSpec, ctx: RequestContext) -> int:
+        """How many tokens the spec's prompt(s) take, rendered (tools included) exactly as
+        :meth:`start` would render them; nothing is generated."""
+        plan, lease = await self._checked_lease(spec, ctx)
+        try:
+            loop = asyncio.get_running_loop()
+            prompts = await loop.run_in_executor(None, prompt_tokens, lease.managed, spec, plan)
+        finally:
+            lease.release()
+        return sum(len(prompt) for prompt in prompts)
+
+    async def _checked_lease(
+        self, spec: GenerationSpec, ctx: RequestContext
+    ) -> tuple[ToolPlan | None, ModelLease]:
+        """The request's limits and tool plan checked, and its model leased."""
         ctx.model = spec.model
         check_request_limits(spec, self.settings)
         plan = plan_tools(spec)
@@ -171,23 +196,8 @@ class GenerationCore:
             )
         lease = self.manager.lease(spec.model, spec.capability)
         managed = await lease.acquire()
-        try:
-            ctx.model = managed.spec.id
-            return await self._queue(spec, ctx, lease, plan)
-        except BaseException:
-            lease.release()
-            raise
-
-    async def count_tokens(self, spec: GenerationSpec, ctx: RequestContext) -> int:
-        """Prompt tokens ``spec`` would take (template, tools and all), without generating."""
-        ctx.model = spec.model
-        check_request_limits(spec, self.settings)
-        plan = plan_tools(spec)
-        async with self.manager.lease(spec.model, spec.capability) as managed:
-            ctx.model = managed.spec.id
-            loop = asyncio.get_running_loop()
-            prompts = await loop.run_in_executor(None, prompt_tokens, managed, spec, plan)
-        return sum(len(prompt) for prompt in prompts)
+        ctx.model = managed.spec.id
+        return plan, lease
 
     async def _queue(
         self, spec: GenerationSpec, ctx: RequestContext, lease: ModelLease, plan: ToolPlan | None

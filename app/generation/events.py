@@ -57,6 +57,7 @@ class ChoiceEnd:
     choice: int
     finish_reason: str  # stop | length | tool_calls | content_filter
     logprobs: list[TokenLogprob] | None = None
+    stop_sequence: str | None = None  # the stop string that ended it (finish_reason "stop")
 
 
 @dataclass

@@ -58,9 +58,9 @@ def check_request_limits(spec: GenerationSpec, settings: Settings) -> None:
     stop = spec.sampling.stop
     if stop and len(stop) > settings.max_stop_sequences:
         raise errors.invalid_request(
-            f"stop has {len(stop)} sequences; at most {settings.max_stop_sequences} "
-            "are allowed.",
-            param="stop",
+            f"{spec.names.stop} has {len(stop)} sequences; at most "
+            f"{settings.max_stop_sequences} are allowed.",
+            param=spec.names.stop,
         )
 
 

@@ -85,6 +85,7 @@ class FieldNames:
     tools: str = "tools"
     tool_choice: str = "tool_choice"
     output_format: str = "response_format"
+    stop: str = "stop"
 
 
 @dataclass

@@ -8,9 +8,8 @@ import urllib.request
 from typing import Any
 
 from app.config import Settings
-from app.lifecycle.manager import resolve_model_path
+from app.lifecycle.manager import model_files_cached
 from app.lifecycle.registry import ModelRegistry, ModelSpec
-from app.models.sources.resolve import ModelSourceError
 
 
 def running_states(settings: Settings, timeout: float = 0.5) -> dict[str, str]:
@@ -27,12 +26,9 @@ def running_states(settings: Settings, timeout: float = 0.5) -> dict[str, str]:
 
 
 def cached(spec: ModelSpec, settings: Settings) -> bool:
-    """Is the model's file in the cache (or on disk) without fetching anything?"""
-    try:
-        resolve_model_path(spec, settings.model_copy(update={"offline": True}))
-    except (ModelSourceError, OSError, ValueError):
-        return False
-    return True
+    """Is the model's file in the cache (or on disk)? Told from the cache alone: nothing is
+    fetched, unpacked or joined (``/v1/models`` answers the same question)."""
+    return model_files_cached(spec, settings) is True
 
 
 def source_text(spec: ModelSpec) -> str:

@@ -21,7 +21,7 @@ from app.lifecycle.residency import (
     files_size,
     keep_alive_of,
 )
-from app.models.sources.resolve import resolve_source
+from app.models.sources.resolve import is_cached, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class ManagedModel:
             "memory_bytes": self.memory_bytes,
             "in_flight": self.leases,
             "keep_alive": spec.keep_alive,
+            "preload": spec.preload,
         }
         if spec.dimensions is not None:
             meta["dimensions"] = spec.dimensions
@@ -98,6 +99,13 @@ class ModelLease:
 
     async def __aexit__(self, *exc: object) -> None:
         self.release()
+
+
+def model_files_cached(spec: ModelSpec, settings: Settings) -> bool | None:
+    """Whether loading ``spec`` would find its files locally (None: cannot tell)."""
+    base = settings.models_file.parent if settings.models_file else None
+    return is_cached(spec.source, cache_dir=settings.cache_dir, base_dir=base,
+                     file_sha256=spec.file_sha256)
 
 
 def resolve_model_path(spec: ModelSpec, settings: Settings) -> Path:

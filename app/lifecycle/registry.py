@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -227,6 +228,19 @@ class ModelRegistry:
     def get(self, name: str) -> ModelSpec | None:
         """Look a client-supplied model name up; never touches the filesystem."""
         return self._by_name.get(name)
+
+    def resolve(self, name: str, model_map: dict[str, str]) -> str:
+        """The registry name a client's ``name`` stands for: itself when served, else the
+        target of the first ``model_map`` key (an exact name or a glob pattern such as
+        ``claude-*``) it matches, else itself (the lookup then reports it unknown)."""
+        if name in self._by_name:
+            return name
+        if name in model_map:
+            return model_map[name]
+        for pattern, target in model_map.items():
+            if fnmatchcase(name, pattern):
+                return target
+        return name
 
     def __iter__(self):
         return iter(self.specs)

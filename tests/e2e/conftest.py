@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import httpx
 import pytest
 
 READY_TIMEOUT_S = float(os.environ.get("MLX_SERVER_TEST_READY_TIMEOUT", "600"))
+# Claude model names reach the default model on the Anthropic routes (test_messages_e2e).
+MODEL_MAP = "claude-*=default"
 
 
 @dataclass
@@ -39,17 +42,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@contextmanager
+def running_server(workdir: Path, *args: str) -> Iterator[Server]:
+    """``python -m app serve`` with the default models on a free loopback port, ready;
+    stopped (SIGTERM, then SIGKILL) on exit. ``args`` are more serve flags."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    # --admin: the tests read the admin-only model detail (the embedding batcher's counters)
+    log_path = workdir / "server.log"
     cmd = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--admin"]
+           *args]
     started = time.monotonic()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "MLX_SERVER_MODEL_MAP": MODEL_MAP},
         )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -74,6 +79,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # --admin: the tests read the admin-only model detail (the embedding batcher's counters)
+    with running_server(tmp_path_factory.mktemp("server"), "--admin") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api.errors import speaks_anthropic
 from app.api.openapi import http_routes
 from app.config import Settings
 from app.main import create_app
@@ -27,7 +28,7 @@ from tests.robustness.conftest import (
 KEYS = ["key-one", "key-two"]
 FILE_KEY = "key-from-file"
 ORIGIN = "http://ok.example"
-PUBLIC = {"/health", "/ready", "/health/ready"}
+PUBLIC = {"/health", "/ready", "/health/ready", "/"}  # "/": the console page
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,8 @@ def _call(server: Server, method: str, path: str, key: str | None) -> httpx.Resp
 def test_route_list_covers_the_api() -> None:
     paths = {p for _, p in ROUTES}
     assert {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models",
-            "/v1/models/tiny", "/metrics", "/openapi.json", "/docs", "/health"} <= paths
+            "/v1/models/tiny", "/metrics", "/openapi.json", "/docs", "/health",
+            "/v1/messages", "/v1/messages/count_tokens"} <= paths
 
 
 @pytest.mark.parametrize("method, path", ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
@@ -77,6 +79,10 @@ def test_every_registered_route_needs_the_key(auth_server: Server, method: str, 
         resp = _call(auth_server, method, path, key)
         if method == "HEAD":  # no body to hold the envelope
             assert resp.status_code == 401
+        elif speaks_anthropic(path):
+            assert resp.status_code == 401
+            assert resp.json()["error"]["type"] == "authentication_error"
+            assert resp.json()["request_id"] == resp.headers["x-request-id"]
         else:
             assert_envelope(resp, 401, "invalid_api_key")
         assert resp.headers["www-authenticate"] == "Bearer"
@@ -98,6 +104,14 @@ def test_each_configured_key_works(auth_server: Server, key: str):
 def test_authorization_header_forms(auth_server: Server, header: str, ok: bool):
     resp = httpx.get(auth_server.base_url + "/v1/models", headers={"Authorization": header})
     assert (resp.status_code == 200) is ok
+
+
+@pytest.mark.parametrize("key, ok", [(KEYS[1], True), (FILE_KEY, True), ("", False),
+                                     ("wrong", False)])
+def test_x_api_key_header(auth_server: Server, key: str, ok: bool):
+    """Anthropic's SDKs and Claude Code send the key as ``x-api-key``."""
+    resp = httpx.get(auth_server.base_url + "/v1/models", headers={"x-api-key": key})
+    assert (resp.status_code == 200) is ok, resp.text
 
 
 @pytest.mark.parametrize(

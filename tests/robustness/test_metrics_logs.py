@@ -25,6 +25,7 @@ SERIES = [
     "mlx_server_embedding_requests_total", "mlx_server_embedding_request_latency_seconds_count",
     "mlx_server_embedding_forward_passes_total", "mlx_server_model_loaded",
     "mlx_server_http_requests_in_flight", "mlx_server_draining",
+    "mlx_server_model_memory_bytes", "process_resident_memory_bytes",
 ]
 
 

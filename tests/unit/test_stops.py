@@ -29,3 +29,13 @@ def test_earliest_of_several_stops_wins():
 def test_no_stops_passes_through():
     matcher = StopStringMatcher(())
     assert matcher.feed("abc") == ("abc", False)
+
+
+def test_the_matched_stop_string_is_reported():
+    matcher = StopStringMatcher(("world", "lo", "zzz"))
+    assert matcher.matched is None
+    feed_all(matcher, ["hel", "lo world"])
+    assert matcher.matched == "lo"
+    missed = StopStringMatcher(("END",))
+    feed_all(missed, ["no stop here"])
+    assert missed.matched is None

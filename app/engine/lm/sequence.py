@@ -59,7 +59,7 @@ class SequenceState:
             self.request.push(TextDelta(text, token, logprobs))
         if hit:
             self.pending_logprobs.clear()  # they belong to the stop string, never emitted
-            return self.finish("stop")
+            return self.finish("stop", self.stops.matched)
         if finish_reason is not None:
             return self.finish(finish_reason)
         return None
@@ -70,7 +70,7 @@ class SequenceState:
         taken, self.pending_logprobs = self.pending_logprobs, []
         return taken
 
-    def finish(self, reason: str) -> str:
+    def finish(self, reason: str, stop_sequence: str | None = None) -> str:
         self.request.push(
             Finished(
                 finish_reason=reason,
@@ -78,6 +78,7 @@ class SequenceState:
                 completion_tokens=self.completion_tokens,
                 cached_tokens=self.cached_tokens,
                 logprobs=self._take_logprobs() or None,
+                stop_sequence=stop_sequence,
             )
         )
         return reason

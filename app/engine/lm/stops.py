@@ -11,16 +11,16 @@ class StopStringMatcher:
         self.stops = tuple(s for s in stops if s)
         self._holdback = max((len(s) for s in self.stops), default=1) - 1
         self._pending = ""
+        self.matched: str | None = None  # the stop string that ended generation, once hit
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Add new text; return (text safe to emit, whether a stop string was hit)."""
         if not self.stops:
             return text, False
         self._pending += text
-        cut = min(
-            (i for i in (self._pending.find(s) for s in self.stops) if i >= 0), default=-1
-        )
-        if cut >= 0:
+        found = [(i, stop) for stop in self.stops if (i := self._pending.find(stop)) >= 0]
+        if found:
+            cut, self.matched = min(found, key=lambda hit: hit[0])
             out, self._pending = self._pending[:cut], ""
             return out, True
         keep = self._holdback

@@ -57,6 +57,7 @@ class Finished:
     completion_tokens: int
     cached_tokens: int = 0
     logprobs: list[TokenLogprob] | None = None  # of tokens whose text was never emitted
+    stop_sequence: str | None = None  # the stop string that ended it (finish_reason "stop")
 
 
 @dataclass

@@ -160,7 +160,7 @@ class ResponsesHandler:
         items = await self._resolve_references(input_items(body.input))
         history = await self._history(body.previous_response_id)
         messages = conversation(body.instructions, history + items)
-        tokens = await self.core.count_tokens(generation_spec(body, messages), ctx)
+        tokens = await self.core.count_prompt_tokens(generation_spec(body, messages), ctx)
         return {"object": "response.input_tokens", "input_tokens": tokens, "htdi": ctx.htdi()}
 
     async def get(self, response_id: str, ctx: RequestContext) -> dict[str, Any]:

@@ -36,6 +36,20 @@ def joined_name(parts: list[str]) -> str:
     return _PART_SUFFIX.sub("", last) or last
 
 
+def joined_location(parts: list[str], cache_dir: Path, file_sha256: str) -> tuple[Path, Path]:
+    """The cache folder of a joined file and the file in it (complete when MARKER is there)."""
+    folder = Path(cache_dir) / "joined" / file_sha256.lower()
+    return folder, folder / joined_name(parts)
+
+
+def is_joined(parts: list[str], cache_dir: Path, file_sha256: str | None) -> bool:
+    """Whether the joined file is complete in the cache (no fetching, no joining)."""
+    if not file_sha256 or not _SHA256.fullmatch(file_sha256) or not parts:
+        return False
+    folder, target = joined_location(parts, cache_dir, file_sha256)
+    return (folder / MARKER).exists() and target.is_file()
+
+
 def _pypi_requirements(parts: list[str]) -> list[str]:
     return [p.removeprefix("pypi:").partition("/")[0] for p in parts if p.startswith("pypi:")]
 
@@ -72,8 +86,7 @@ def resolve_parts(
         )
     digest = file_sha256.lower()
     root = Path(cache_dir) / "joined"
-    folder = root / digest
-    target = folder / joined_name(parts)
+    folder, target = joined_location(parts, cache_dir, digest)
     if (folder / MARKER).exists() and target.is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)

