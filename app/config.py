@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     max_messages: int = Field(1024, ge=1, description="messages per chat request")
     max_stop_sequences: int = Field(16, ge=1, description="stop strings per request")
     max_embedding_inputs: int = Field(2048, ge=1, description="inputs per embeddings request")
+    max_audio_bytes: int = Field(
+        25 * 1024 * 1024, ge=1024, description="audio upload limit (transcriptions, translations)"
+    )
+    max_audio_seconds: float = Field(
+        4 * 3600.0, gt=0, description="longest audio a transcription request may hold"
+    )
     queue_depth: int = Field(256, ge=1, description="waiting requests per model")
     queue_timeout_s: float = Field(
         120.0, gt=0, description="a request still waiting for the engine after this gets 503"

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from app.api import (
     admin,
+    audio,
     chat,
     completions,
     embeddings,
@@ -44,7 +45,9 @@ from app.handler.infill import InfillHandler
 from app.handler.messages import MessagesHandler
 from app.handler.responses.handler import ResponsesHandler
 from app.handler.responses.store import open_store
+from app.handler.speech import SpeechHandler
 from app.handler.tokenize import TokenizeHandler
+from app.handler.transcription import TranscriptionHandler
 from app.lifecycle.manager import ModelManager
 from app.lifecycle.registry import ModelRegistry
 
@@ -53,6 +56,7 @@ log = logging.getLogger(__name__)
 STREAMING_PATHS = (
     "/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages", "/infill",
 )
+MULTIPART_SLACK = 64 * 1024  # form fields and part headers around an audio upload
 
 
 async def _log_models_ready(
@@ -150,6 +154,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
                            max_bytes=settings.responses_store_max_bytes,
                            max_age_s=settings.responses_store_max_age_s)
     app.state.responses = ResponsesHandler(core, store)
+    app.state.transcriptions = TranscriptionHandler(manager, settings, server_metrics)
+    app.state.speech = SpeechHandler(manager, server_metrics)
     app.state.started_at = int(time.time())
     install_error_handlers(app)
     app.include_router(health.router)
@@ -161,6 +167,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(messages.router)
     app.include_router(embeddings.router)
     app.include_router(tokenize.router)
+    app.include_router(audio.router)
     if settings.admin_enabled():
         app.include_router(admin.router)
     if settings.metrics_enabled:
@@ -179,7 +186,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         log_probes=settings.access_log_probes,
         body_timeout_s=settings.body_timeout_s,
         browser=BrowserGuard(settings.allowed_host_list(), settings.cors_origin_list(),
-                             bound_host=settings.host),
+                             bound_host=settings.host, multipart_paths=audio.AUDIO_PATHS),
+        body_limits=dict.fromkeys(audio.AUDIO_PATHS, settings.max_audio_bytes + MULTIPART_SLACK),
     )
     origins = settings.cors_origin_list()
     if origins:  # outermost, so preflights never need a key and errors carry CORS headers

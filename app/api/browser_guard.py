@@ -13,7 +13,8 @@ a form post, a ``fetch`` with ``mode: "no-cors"``, or, after pointing its own DN
   our own and not allowed by ``--cors-origins`` is refused (403): browsers always send
   ``Origin`` on cross-origin posts.
 - Bodies must be JSON: a form content type (what an HTML form can post without CORS) is
-  refused with 415, whatever the body holds.
+  refused with 415, whatever the body holds; except multipart on the audio upload routes,
+  whose API it is (the Origin check still applies there).
 """
 
 from __future__ import annotations
@@ -61,12 +62,16 @@ class BrowserGuard:
     """Host, Origin and Content-Type checks; ``check`` returns the error to send, if any."""
 
     def __init__(self, allowed_hosts: list[str] | None, cors_origins: list[str],
-                 bound_host: str | None = None) -> None:
+                 bound_host: str | None = None,
+                 multipart_paths: tuple[str, ...] = ()) -> None:
         self.explicit_hosts = allowed_hosts is not None
         self.allowed_hosts = {h.lower() for h in allowed_hosts or []}
         if bound_host:  # the name the server was told to listen on names it too
             self.allowed_hosts.add(host_name(bound_host))
         self.cors_origins = set(cors_origins)
+        # Upload routes whose API is multipart (OpenAI's audio uploads): the Origin check
+        # above still refuses cross-site posts to them.
+        self.multipart_paths = frozenset(multipart_paths)
 
     def check(self, scope: Scope) -> APIError | None:
         headers = Headers(scope=scope)
@@ -118,6 +123,9 @@ class BrowserGuard:
 
     def _check_content_type(self, scope: Scope, content_type: str | None) -> APIError | None:
         if scope["method"] in SAFE_METHODS or media_type(content_type) not in FORM_TYPES:
+            return None
+        if media_type(content_type) == "multipart/form-data" and \
+                scope["path"] in self.multipart_paths:
             return None
         return APIError(
             415,

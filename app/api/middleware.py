@@ -58,9 +58,11 @@ class HTDIMiddleware:
         log_probes: bool = False,
         body_timeout_s: float | None = None,
         browser: BrowserGuard | None = None,
+        body_limits: dict[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_limits = body_limits or {}  # path -> its own limit (audio uploads)
         self.max_header_bytes = max_header_bytes
         self.guard = guard
         self.lifecycle = lifecycle
@@ -104,7 +106,8 @@ class HTDIMiddleware:
         try:
             error = self._refusal(scope)
             if error is None and scope["method"] in _BODY_METHODS:
-                body_or_error = await self._read_body(headers, receive)
+                limit = self.body_limits.get(scope["path"], self.max_body_bytes)
+                body_or_error = await self._read_body(headers, receive, limit)
                 if isinstance(body_or_error, APIError):
                     error = body_or_error
                 else:
@@ -179,9 +182,9 @@ class HTDIMiddleware:
         except Exception:  # noqa: BLE001 - bookkeeping must never fail a request
             log.exception("request bookkeeping failed for %s", ctx.request_id)
 
-    async def _read_body(self, headers: Headers, receive: Receive) -> bytes | APIError:
+    async def _read_body(self, headers: Headers, receive: Receive, limit: int
+                         ) -> bytes | APIError:
         """Buffer the body, refusing it as soon as it passes the limit (chunked too)."""
-        limit = self.max_body_bytes
         declared = headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():

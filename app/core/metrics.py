@@ -42,6 +42,7 @@ TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20
 N_BUCKETS = (1, 2, 5, 10, 20)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                 120.0, 300.0)
+RTF_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
 MODEL = ("model_name",)
 EMBEDDING_ROUTES = frozenset({"/v1/embeddings", "/embeddings"})
 # Per finished sequence: (SequenceStats field, vLLM name, help, buckets)
@@ -103,6 +104,16 @@ class ServerMetrics:
         self.embedding_latency = Histogram(
             "mlx_server_embedding_request_latency_seconds", "Embedding request duration.",
             MODEL, buckets=HTTP_BUCKETS, registry=r)
+        self.audio_seconds = Counter(
+            "mlx_server_audio_seconds", "Seconds of audio processed: transcribed or "
+            "translated (input) and synthesized (output).", [*MODEL, "task"], registry=r)
+        self.audio_rtf = Histogram(
+            "mlx_server_audio_real_time_factor", "Audio seconds per second of model time "
+            "(above 1: faster than real time), per request.", [*MODEL, "task"],
+            buckets=RTF_BUCKETS, registry=r)
+        self.audio_requests = Counter(
+            "mlx_server_audio_requests", "Audio requests by model, route and HTTP status.",
+            [*MODEL, "route", "status"], registry=r)
         self.in_flight = Gauge(
             "mlx_server_http_requests_in_flight", "HTTP requests being served "
             "(health, readiness and metrics excluded).", registry=r)
@@ -145,6 +156,15 @@ class ServerMetrics:
             self.embedding_requests.labels(model, str(status)).inc()
             if status == 200:
                 self.embedding_latency.labels(model).observe(seconds)
+        elif route.startswith("/v1/audio/") and model:
+            self.audio_requests.labels(model, route, str(status)).inc()
+
+    def observe_audio(self, model: str, task: str, audio_seconds: float,
+                      compute_seconds: float) -> None:
+        """One request's audio (``task``: transcribe, translate or speech) and model time."""
+        self.audio_seconds.labels(model, task).inc(audio_seconds)
+        if compute_seconds > 0 and audio_seconds > 0:
+            self.audio_rtf.labels(model, task).observe(audio_seconds / compute_seconds)
 
     def _registry_id(self, name: str | None) -> str | None:
         """The registry id behind ``name``; None for names the registry does not know, so a

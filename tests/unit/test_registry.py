@@ -108,3 +108,18 @@ def test_qwen_defaults_are_pinned_multipart_tool_models_loaded_on_first_use():
     assert registry.get("default").id == "smollm2-135m-instruct"
     with pytest.raises(ValueError, match="tool_parser"):
         ModelSpec(id="x", source="/m.gguf", tool_parser="Not A Parser")
+
+
+def test_default_audio_models_are_pinned():
+    registry = ModelRegistry.defaults()
+    whisper = registry.get("whisper-1")
+    assert whisper.id == "whisper-base" and whisper.type == "stt"
+    assert whisper.capabilities == ["transcriptions", "translations"]
+    assert isinstance(whisper.source, list) and len(whisper.source) == 2
+    assert all("==1.0.0/" in part for part in whisper.source)
+    assert whisper.file_sha256 and whisper.assets and whisper.assets_sha256
+    tts = registry.get("tts-1")
+    assert tts.id == "hibari-tts" and tts.type == "tts" and tts.capabilities == ["speech"]
+    assert tts.sha256 and "==0.2.1/" in tts.source and tts.voices == ["heart"]
+    assert ModelSpec(id="x", type="stt", source="/m").capabilities == [
+        "transcriptions", "translations"]

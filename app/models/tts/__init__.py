@@ -1,0 +1,1 @@
+"""Text-to-speech models: ``hibari`` (a Kokoro-distilled voice on onnxruntime, from a wheel)."""
