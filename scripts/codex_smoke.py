@@ -72,6 +72,12 @@ def summarize(events: list[dict], scratch: Path, target: str, seconds: float) ->
     }
 
 
+def _text(data: bytes | str | None) -> str:
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return data or ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-url", help="an OpenAI-compatible /v1 URL (else --spawn)")
@@ -97,28 +103,33 @@ def main() -> None:
         scratch.mkdir()
         write_config(home, base_url, args.model, int(args.timeout * 1000))
         started = time.monotonic()
-        run = subprocess.run(
-            [str(codex), "exec", "--json", "--skip-git-repo-check",
-             "--dangerously-bypass-approvals-and-sandbox", "-C", str(scratch), args.task],
-            env={**os.environ, "CODEX_HOME": str(home)}, capture_output=True, text=True,
-            timeout=args.timeout, stdin=subprocess.DEVNULL,
-        )
+        try:
+            run = subprocess.run(
+                [str(codex), "exec", "--json", "--skip-git-repo-check",
+                 "--dangerously-bypass-approvals-and-sandbox", "-C", str(scratch), args.task],
+                env={**os.environ, "CODEX_HOME": str(home)}, capture_output=True, text=True,
+                timeout=args.timeout, stdin=subprocess.DEVNULL,
+            )
+            stdout, stderr, code = run.stdout, run.stderr, run.returncode
+        except subprocess.TimeoutExpired as exc:  # report what happened until then
+            stdout = _text(exc.stdout)
+            stderr, code = _text(exc.stderr) + "\n(timed out)", "timeout"
         seconds = time.monotonic() - started
         events = []
-        for line in run.stdout.splitlines():
+        for line in stdout.splitlines():
             try:
                 events.append(json.loads(line))
             except ValueError:
                 continue
         report = summarize(events, scratch, args.expect_file, seconds)
-        report["codex_exit"] = run.returncode
+        report["codex_exit"] = code
         if server is not None:
             log = server.log_path.read_text(errors="replace")
             report["responses_requests"] = log.count('"route": "/v1/responses"')
         print(json.dumps(report, indent=2))
         print(f"transcript: {work}", file=sys.stderr)
-        (work / "codex-events.jsonl").write_text(run.stdout)
-        (work / "codex-stderr.txt").write_text(run.stderr)
+        (work / "codex-events.jsonl").write_text(stdout)
+        (work / "codex-stderr.txt").write_text(stderr)
     finally:
         if server is not None:
             server.stop()
