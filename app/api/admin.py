@@ -36,6 +36,7 @@ class ReloadResult(BaseModel):
 
 
 def _state(managed: ManagedModel, request: Request) -> ModelState:
+    request_context(request).model = managed.spec.id  # htdi.model names the model acted on
     return ModelState(
         id=managed.spec.id,
         state=managed.state,
@@ -66,8 +67,9 @@ async def reload_registry(app: FastAPI) -> dict[str, list[str]]:
     manager: ModelManager = app.state.manager
     path = manager.settings.models_file
     if path is None:
-        raise errors.invalid_request(
-            "The server runs on the built-in registry; start it with --models-file to reload."
+        raise errors.APIError(
+            400, "The server runs on the built-in registry; start it with --models-file to "
+            "reload.", code="no_models_file",
         )
     try:
         registry = await asyncio.to_thread(ModelRegistry.from_yaml, path)

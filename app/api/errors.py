@@ -57,6 +57,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        headers = dict(exc.headers or {})  # Starlette's 405 carries the route's Allow
         return error_response(
-            request, APIError(exc.status_code, str(exc.detail), code=code)
+            request, APIError(exc.status_code, str(exc.detail), code=code, headers=headers)
         )

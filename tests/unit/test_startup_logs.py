@@ -58,3 +58,13 @@ def test_context_length_comes_from_the_model_when_the_entry_has_none(
     _serve(registry, tmp_path, caplog)
     assert registry.get("own").context_length == own != 2048
     assert registry.get("set").context_length == 64
+
+
+def test_admin_answers_name_the_model_and_reload_explains_itself(tmp_path: Path):
+    with TestClient(create_app(Settings(cache_dir=tmp_path, admin=True, preload=False))) as c:
+        wrong_method = c.get("/v1/chat/completions")
+        assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+        reload = c.post("/admin/reload")
+        assert reload.status_code == 400 and reload.json()["error"]["code"] == "no_models_file"
+        unloaded = c.post("/admin/models/default/unload")
+        assert unloaded.json()["htdi"]["model"] == "smollm2-135m-instruct"
