@@ -6,6 +6,7 @@ import json
 import re
 import time
 
+import httpx
 import jsonschema
 
 from tests.browser.conftest import metric, screenshot, text_of, wait_until
@@ -55,11 +56,14 @@ def test_page_is_served_with_the_house_headers_and_picks_the_default_model(page,
     assert "script-src 'self'" in response.headers["content-security-policy"]
     assert page.title() == "mlx-openai-server-lab console"
     # chat-capable models only, the registry's "default" alias selected
+    models = httpx.get(server.base_url + "/v1/models", timeout=30).json()["data"]
+    chat = [m["id"] for m in models if "chat" in m["metadata"]["capabilities"]]
     options = page.locator("#chat-model option").all_inner_texts()
-    assert options == ["smollm2-135m-instruct"]
+    assert options == chat and "smollm2-135m-instruct" in chat
     assert page.input_value("#chat-model") == "smollm2-135m-instruct"
     wait_until(page, text_of("#server-status") + ".includes('models')")
-    assert "3 models, 2 loaded" in page.inner_text("#server-status")
+    loaded = sum(m["metadata"]["state"] == "loaded" for m in models)
+    assert f"{len(models)} models, {loaded} loaded" in page.inner_text("#server-status")
 
 
 def test_chat_streams_token_by_token_and_shows_each_turns_numbers(page, server):
