@@ -41,14 +41,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API runs an event loop on the main thread
+# while it is started, and every later test that calls asyncio.run() would fail beside it.
+@pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # --admin: the models panel's load and unload buttons need the admin routes
     with running_server(tmp_path_factory.mktemp("console-server"), "--admin") as srv:
         yield srv
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The default registry behind an API key; nothing preloaded (the prompt is the point)."""
     workdir = tmp_path_factory.mktemp("console-auth-server")
@@ -56,7 +58,7 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
     from playwright.sync_api import sync_playwright
 
