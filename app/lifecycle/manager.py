@@ -1,4 +1,9 @@
-"""Model lifecycle: which registry models are loaded, loading or failed, and their engines."""
+"""Model lifecycle: which registry models are loaded, loading or failed, and their engines.
+
+Over 400 lines on purpose: one state machine per model (load, lease, evict, unload,
+reload, back-off) is easier to check whole; residency rules, load failures and sources
+live in their own modules.
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,10 @@ The thread owns every MLX call for its model. Requests wait in a bounded queue; 
 decode steps the worker moves waiting requests into mlx-lm's ``BatchGenerator`` (up to
 ``max_batch_size`` running sequences), drops cancelled ones, and pushes each new token's
 text back to the request's event loop.
+
+Over 400 lines on purpose: the thread's whole loop (admission, stepping, cancellation,
+shutdown) reads best in one place; policies it applies live in their own modules
+(``admission``, ``chunking``, ``phases``, ``prompt_scores``).
 """
 
 from __future__ import annotations
