@@ -33,7 +33,7 @@ def test_load_failure_hides_paths_and_backs_off(models_file: Path,
                                "family": "llama", "context_length": 512, "preload": False})
     models = root / "models.yaml"
     models.write_text(yaml.safe_dump(registry))
-    server = start_server(root, models)
+    server = start_server(root, models, "--admin")  # so /v1/models shows the error detail
     body = {"model": "broken", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     try:
         with httpx.Client(base_url=server.base_url, timeout=60) as client:

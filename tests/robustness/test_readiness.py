@@ -74,7 +74,8 @@ def test_ready_names_a_failed_preload_and_its_cause(tiny_llama_dir: Path, tmp_pa
         resp = client.get("/ready")
         assert_envelope(resp, 503, "model_load_failed")
         assert "ghost" in resp.json()["error"]["message"]
-        assert "missing.gguf" in resp.json()["error"]["message"]  # the same cause requests get
+        # the same public cause a request for the model gets (no server paths)
+        assert "does not exist" in resp.json()["error"]["message"]
         assert "lazy" not in resp.json()["error"]["message"]  # not a preload model
 
 

@@ -45,7 +45,9 @@ def qwen3(tmp_path_factory: pytest.TempPathFactory):
     registry = ModelRegistry([ModelSpec(
         id="tiny-qwen3", source=str(tiny.path), family="qwen3", context_length=512,
         limits={"max_tokens": 128}, preload=True)])
-    with ready_client(Settings(cache_dir=tmp_path_factory.mktemp("cache")), registry) as client:
+    # admin: the memory a model takes is admin-only detail in /v1/models
+    settings = Settings(cache_dir=tmp_path_factory.mktemp("cache"), admin=True)
+    with ready_client(settings, registry) as client:
         yield client
 
 
