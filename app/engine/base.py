@@ -65,6 +65,8 @@ class QueueWorker:
         self._thread: threading.Thread | None = None
         self._lifecycle = threading.Lock()
         self._stopping = False
+        self.stats: Any = None  # a subclass's counters (a dataclass of ints)
+        self._stats_lock = threading.Lock()  # guards ``stats`` (and subclasses' own tallies)
 
     # -- lifecycle (any thread) -------------------------------------------------------
     @property
@@ -147,6 +149,12 @@ class QueueWorker:
     def _fail(self, item: Any, exc: BaseException) -> None:
         """Answer ``item`` with ``exc`` (it will not be served)."""
         raise NotImplementedError
+
+    def _count(self, **deltas: int) -> None:
+        """Add ``deltas`` to the named counters of ``stats``, under the stats lock."""
+        with self._stats_lock:
+            for key, delta in deltas.items():
+                setattr(self.stats, key, getattr(self.stats, key) + delta)
 
     def _fail_queued(self, exc: BaseException) -> None:
         while True:

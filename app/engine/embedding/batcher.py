@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -103,7 +102,6 @@ class EmbeddingBatcher(QueueWorker):
         self._outstanding = 0  # requests queued or in progress (any thread, under the lock)
         self._backlog: deque[_Request] = deque()  # worker thread only: requests being served
         self.stats = EmbeddingBatcherStats()
-        self._stats_lock = threading.Lock()
         self._expected_requests = 1  # worker thread only: see the module docstring
         self._queued_at_results = 0  # worker thread only: queue size when results went out
         self._blas = blas_governor()  # told when a pass runs (its two streams fill the cores)
@@ -259,8 +257,3 @@ class EmbeddingBatcher(QueueWorker):
         req.error = exc
         self._count(requests_failed=1)
         deliver(req.loop, req.future, exc, error=True)
-
-    def _count(self, **deltas: int) -> None:
-        with self._stats_lock:
-            for key, delta in deltas.items():
-                setattr(self.stats, key, getattr(self.stats, key) + delta)

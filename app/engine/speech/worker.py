@@ -76,7 +76,6 @@ class SpeechWorker(QueueWorker):
         super().__init__(name=name, warmup=warmup)
         self.queue_depth = queue_depth
         self.stats = SpeechWorkerStats()
-        self._stats_lock = threading.Lock()
         self._waiting = 0
         self._blas = blas_governor()
 
@@ -162,11 +161,6 @@ class SpeechWorker(QueueWorker):
 
     def _fail(self, item: _Job, exc: BaseException) -> None:
         item.post(exc)
-
-    def _count(self, **deltas: int) -> None:
-        with self._stats_lock:
-            for key, delta in deltas.items():
-                setattr(self.stats, key, getattr(self.stats, key) + delta)
 
 
 __all__ = ["Emit", "JobCancelled", "JobOutcome", "QueueFullError", "SpeechWorker"]
