@@ -95,11 +95,26 @@ class Settings(BaseSettings):
     mlx_cache_limit_bytes: int | None = Field(
         256 * 1024 * 1024, ge=0, description="MLX's pool of freed buffers kept for reuse"
     )
-    prefix_cache_bytes: int = Field(
-        64 * 1024 * 1024,
+    prefix_cache_bytes: int | None = Field(
+        None,
         ge=0,
-        description="KV cache kept for shared prompt prefixes (system prompts, earlier turns); "
-        "0: off",
+        description="KV cache kept in RAM for shared prompt prefixes (system prompts, earlier "
+        "turns); default: prefix_cache_tokens of the model's KV, at most "
+        "prefix_cache_memory_share of the memory budget; 0: off",
+    )
+    prefix_cache_tokens: int = Field(32768, ge=0, description="default RAM budget, in tokens")
+    prefix_cache_memory_share: float = Field(0.25, ge=0, le=1)
+    prefix_cache_scope: Literal["tenant", "shared"] = Field(
+        "tenant",
+        description="tenant: prompts are cached per API key / X-House-ID / cache_salt (no "
+        "tenant sees another's); shared: one cache for every caller",
+    )
+    prefix_cache_disk: Literal["on", "off"] = Field(
+        "on", description="keep evicted prefixes (and all at shutdown) in <cache_dir>/prefix-cache"
+    )
+    prefix_cache_disk_bytes: int = Field(4 << 30, ge=0, description="disk tier size bound")
+    prefix_cache_disk_write_bytes_per_hour: int = Field(
+        8 << 30, ge=0, description="disk tier write budget (SSD wear)"
     )
 
     # Embeddings micro-batching

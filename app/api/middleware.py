@@ -26,6 +26,7 @@ from app.core.context import (
     HOUSE_ID_HEADER,
     REQUEST_ID_HEADER,
     RequestContext,
+    key_id,
     new_request_id,
     sane_id,
 )
@@ -73,6 +74,7 @@ class HTDIMiddleware:
             request_id=header_id or new_request_id(),
             house_id=sane_id(headers.get(HOUSE_ID_HEADER)),
             request_id_from_header=header_id is not None,
+            key_id=key_id(headers.get("authorization")),
             timer=RequestTimer(sink=self.metrics),
         )
         scope.setdefault("state", {})["ctx"] = ctx

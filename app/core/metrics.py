@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from app.core.metrics_prefix import prefix_cache_families
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Buckets follow vLLM's, with finer low ends for small models on CPUs.
@@ -152,6 +154,7 @@ class _EngineCollector(Collector):
             "mlx_server_model_loaded", "1 when the model is loaded.", labels=[*MODEL, "type"])
         load_s = GaugeMetricFamily(
             "mlx_server_model_load_seconds", "How long the model took to load.", labels=MODEL)
+        prefix_caches: list[tuple[str, Any]] = []
         for model_id, managed in list(self.manager.models.items()):
             engine = managed.engine
             loaded.add_metric([model_id, managed.spec.type], 1.0 if managed.state == "loaded"
@@ -178,6 +181,7 @@ class _EngineCollector(Collector):
                     queries.add_metric([model_id], cache.stats.prompt_tokens)
                     hits.add_metric([model_id], cache.stats.cached_tokens)
                     cache_bytes.add_metric([model_id], cache.stats.bytes)
+                    prefix_caches.append((model_id, cache))
             elif hasattr(engine, "stats_snapshot"):
                 snap = engine.stats_snapshot()
                 passes.add_metric([model_id], snap.get("forward_passes", 0))
@@ -185,6 +189,7 @@ class _EngineCollector(Collector):
         yield from (running, waiting, prompt, generated, queries, hits, cache_bytes, spec_steps,
                     spec_drafted, spec_accepted, spec_emitted, spec_rate, passes, served, loaded,
                     load_s)
+        yield from prefix_cache_families(prefix_caches)
         if self.lifecycle is not None:
             yield GaugeMetricFamily(
                 "mlx_server_draining", "1 while the server drains before exiting.",

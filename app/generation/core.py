@@ -27,6 +27,7 @@ from app.engine.lm.types import (
     TextDelta,
     TokenLogprob,
 )
+from app.generation.cache_salt import cache_salt
 from app.generation.events import (
     KEEP_ALIVE,
     ChoiceEnd,
@@ -207,10 +208,11 @@ class GenerationCore:
         if grammar is not None:
             params = [replace(p, grammar=grammar) for p in params]
         submissions: list[Submission] = []
+        salt = cache_salt(ctx, spec, managed.spec, self.settings)
         try:
             for prompt, choice_params in zip(prompts, params, strict=True):
                 submissions.append(
-                    submit(managed, prompt, choice_params, spec.n, ctx.request_id)
+                    submit(managed, prompt, choice_params, spec.n, ctx.request_id, salt)
                 )
         except errors.APIError:
             for submission in submissions:

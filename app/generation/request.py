@@ -107,3 +107,4 @@ class GenerationSpec:
     output_schema: dict[str, Any] | bool | None = None  # JSON schema the answer must follow
     logprobs: int | None = None  # None: off; k >= 0: the chosen token and the top k
     names: FieldNames = field(default_factory=FieldNames)
+    cache_salt: str | None = None  # the client's prefix-cache namespace (vLLM's cache_salt)

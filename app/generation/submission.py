@@ -36,7 +36,12 @@ class Submission:
 
 
 def submit(
-    managed: ManagedModel, prompt: list[int], params: SamplingParams, n: int, request_id: str
+    managed: ManagedModel,
+    prompt: list[int],
+    params: SamplingParams,
+    n: int,
+    request_id: str,
+    cache_salt: str = "",
 ) -> Submission:
     """Queue ``n`` choices of one prompt; a full or stopped engine takes none of them."""
     loop = asyncio.get_running_loop()
@@ -46,6 +51,7 @@ def submit(
             params=choice_params(params, i),
             loop=loop,
             request_id=request_id,
+            cache_salt=cache_salt,
         )
         for i in range(n)
     ]

@@ -63,6 +63,7 @@ def chat_spec(body: ChatCompletionRequest) -> GenerationSpec:
         tool_name=choice.function.name if isinstance(choice, NamedToolChoice) else None,
         output_schema=schema_for(body.response_format),
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        cache_salt=body.cache_salt,
     )
 
 

@@ -38,6 +38,7 @@ def completion_spec(body: CompletionRequest) -> GenerationSpec:
         prompts=prompts,
         logprobs=body.logprobs,
         names=FieldNames(prompt="prompt"),
+        cache_salt=body.cache_salt,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from app.config import Settings
 from app.core import errors
 from app.core.faults import fault_hook_from_env
+from app.lifecycle.prefix_budget import prefix_cache_config
 from app.lifecycle.registry import ModelRegistry, ModelSpec
 from app.lifecycle.residency import (
     default_memory_budget,
@@ -367,7 +368,7 @@ class ModelManager:
             prefill_step_size=s.prefill_step_size,
             admission_gap_s=s.admission_gap_ms / 1000.0,
             split_phases=s.split_phases,
-            prefix_cache_bytes=s.prefix_cache_bytes,
+            prefix_cache=prefix_cache_config(spec, s, self.memory_budget),
             mlx_cache_limit=s.mlx_cache_limit_bytes,
             name=spec.id,
         )
