@@ -110,10 +110,9 @@ class PrefixCache:
         if self.disk is not None and self.disk.may_cover(prompt, salt, cached):
             loaded = self.disk.load(prompt, salt, cached)
             if loaded is not None:
-                disk_cache, disk_tokens = loaded
-                self._insert(salt, disk_tokens, disk_cache, reused=1)
-                cache, cached, entry = self._nearest(prompt, salt)
-                tier = "disk"
+                cache, tokens = loaded  # a block prefix, shorter than the prompt
+                self._insert(salt, tokens, copy.deepcopy(cache), reused=1)
+                cached, entry, tier = len(tokens), None, "disk"
         if cache is None or cached <= 0:
             return None, 0
         if entry is not None:

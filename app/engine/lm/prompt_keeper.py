@@ -65,7 +65,8 @@ class PromptKeeper:
         prompt = request.prompt_tokens
         if len(prompt) <= MIN_SHARED:
             return False
-        others = [f.request for f in self._inflight.values() if f.prefilling] + taken
+        others = [f.request for uid, f in self._inflight.items()
+                  if f.prefilling and uid in self._active] + taken
         covered = None
         for other in others:
             if other.cache_salt != request.cache_salt:
