@@ -102,8 +102,14 @@ class Settings(BaseSettings):
         "turns); default: prefix_cache_tokens of the model's KV, at most "
         "prefix_cache_memory_share of the memory budget; 0: off",
     )
-    prefix_cache_tokens: int = Field(32768, ge=0, description="default RAM budget, in tokens")
-    prefix_cache_memory_share: float = Field(0.25, ge=0, le=1)
+    prefix_cache_tokens: int = Field(
+        32768, ge=0, description="default prefix-cache RAM budget: this many tokens of the "
+        "model's KV cache (measured at load)"
+    )
+    prefix_cache_memory_share: float = Field(
+        0.25, ge=0, le=1, description="cap of the default prefix-cache budget: this share of "
+        "the memory budget"
+    )
     prefix_cache_scope: Literal["tenant", "shared"] = Field(
         "tenant",
         description="tenant: prompts are cached per API key / X-House-ID / cache_salt (no "
