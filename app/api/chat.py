@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from app.api.body import json_body, openai_route
 from app.api.cancellation import ClientDisconnected, unless_disconnected
 from app.api.errors import request_context
 from app.api.sse import sse_response
@@ -14,8 +17,11 @@ from app.schemas.openai import ChatCompletion, ChatCompletionRequest
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion)
-async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+@openai_route(router, "POST", "/chat/completions", response_model=ChatCompletion,
+              body_model=ChatCompletionRequest)
+async def create_chat_completion(
+    request: Request, body: Annotated[ChatCompletionRequest, json_body(ChatCompletionRequest)]
+) -> Response:
     handler: ChatHandler = request.app.state.chat
     ctx = request_context(request)
     run = await handler.prepare(body, ctx)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from app.api.body import json_body, openai_route
 from app.api.cancellation import ClientDisconnected, unless_disconnected
 from app.api.errors import request_context
 from app.api.sse import sse_response
@@ -14,8 +17,11 @@ from app.schemas.openai import Completion, CompletionRequest
 router = APIRouter()
 
 
-@router.post("/v1/completions", response_model=Completion)
-async def create_completion(body: CompletionRequest, request: Request) -> Response:
+@openai_route(router, "POST", "/completions", response_model=Completion,
+              body_model=CompletionRequest)
+async def create_completion(
+    request: Request, body: Annotated[CompletionRequest, json_body(CompletionRequest)]
+) -> Response:
     handler: CompletionsHandler = request.app.state.completions
     ctx = request_context(request)
     run, echoes = await handler.prepare(body, ctx)

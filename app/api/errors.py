@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.validation import validation_error
 from app.core.context import RequestContext
 from app.core.errors import APIError, envelope
 
@@ -27,37 +26,6 @@ def error_response(request: Request, error: APIError) -> JSONResponse:
     )
 
 
-def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
-    parts = [p for p in loc if p not in ("body", "query", "path")]
-    if not parts:
-        return None
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def validation_error(exc: RequestValidationError) -> APIError:
-    errors = exc.errors()
-    first = errors[0] if errors else {}
-    if first.get("type") == "json_invalid":
-        return APIError(
-            400,
-            "We could not parse the JSON body of your request: "
-            f"{first.get('ctx', {}).get('error', 'invalid JSON')}.",
-            code="invalid_json",
-        )
-    param = _param_from_loc(tuple(first.get("loc", ())))
-    if first.get("type") == "missing" and param:
-        message = f"Missing required parameter: {param!r}."
-    else:
-        detail = str(first.get("msg", "invalid value"))
-        message = f"Invalid value for {param!r}: {detail}." if param else f"{detail}."
-    if len(errors) > 1:
-        message += f" ({len(errors) - 1} more validation error(s))"
-    return APIError(400, message, param=param)
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -65,7 +33,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(request, validation_error(exc))
+        return error_response(request, validation_error(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -1,8 +1,9 @@
 """Pure ASGI middleware: the edge of every request.
 
 In order: HTDI ids; refusal while draining (503 ``shutting_down``); the API-key check;
-the body, buffered under its size limit (413 while reading, chunked too) and checked for
-encoding, lone surrogates and nesting depth; then the app, with a last-resort 500. When
+the browser checks (Host, Origin, form bodies); the body, buffered under its size limit
+(413 while reading, chunked too; its encoding, surrogates and depth are checked where it
+is parsed, ``app/api/body.py``); then the app, with a last-resort 500. When
 the response is over it closes the request's timer, counts the HTTP metrics and writes
 the request's JSON log line.
 
@@ -12,6 +13,7 @@ and the client's ``http.disconnect`` still reaches the handlers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -21,21 +23,20 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import ApiKeyGuard
+from app.api.browser_guard import BrowserGuard
 from app.api.openapi import http_routes
+from app.api.websocket import refuse_websocket
 from app.core.context import (
-    HOUSE_ID_HEADER,
-    REQUEST_ID_HEADER,
     RequestContext,
-    key_id,
-    new_request_id,
-    sane_id,
 )
-from app.core.errors import APIError, envelope, internal_error
-from app.core.limits import check_json_body, is_json_content
+from app.core.errors import APIError, envelope, internal_error, shutting_down
 from app.core.request_log import access_record, log_access, prompt_text
 from app.generation.timing import RequestTimer
 
 log = logging.getLogger(__name__)
+# Polled by load balancers and Prometheus every few seconds: logged only when they fail,
+# unless --access-log-probes.
+PROBE_ROUTES = frozenset({"/health", "/ready", "/health/ready", "/metrics"})
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 # Probes and scrapes: served while draining and not counted as in-flight work.
@@ -48,35 +49,36 @@ class HTDIMiddleware:
         app: ASGIApp,
         *,
         max_body_bytes: int,
-        max_json_depth: int = 64,
         max_header_bytes: int | None = None,
         guard: ApiKeyGuard | None = None,
         lifecycle: Any = None,
         metrics: Any = None,
         log_prompts: bool = False,
+        log_probes: bool = False,
+        body_timeout_s: float | None = None,
+        browser: BrowserGuard | None = None,
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
-        self.max_json_depth = max_json_depth
         self.max_header_bytes = max_header_bytes
         self.guard = guard
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.log_prompts = log_prompts
+        self.log_probes = log_probes
+        self.body_timeout_s = body_timeout_s
+        self.browser = browser
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await refuse_websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        header_id = sane_id(headers.get(REQUEST_ID_HEADER))
-        ctx = RequestContext(
-            request_id=header_id or new_request_id(),
-            house_id=sane_id(headers.get(HOUSE_ID_HEADER)),
-            request_id_from_header=header_id is not None,
-            key_id=key_id(headers.get("authorization")),
-            timer=RequestTimer(sink=self.metrics),
-        )
+        ctx = RequestContext.from_headers(headers)
+        ctx.timer = RequestTimer(sink=self.metrics, started=ctx.started)
         scope.setdefault("state", {})["ctx"] = ctx
         status = 500
         started = False
@@ -104,8 +106,6 @@ class HTDIMiddleware:
                 else:
                     body = body_or_error
                     receive = _replay(body, receive)
-                    if is_json_content(headers.get("content-type")):
-                        error = check_json_body(body, self.max_json_depth)
             if error is not None:
                 await _send_error(send_with_ids, error, ctx)
                 return
@@ -115,6 +115,12 @@ class HTDIMiddleware:
                 log.exception("unhandled error for request %s", ctx.request_id)
                 if not started:
                     await _send_error(send_with_ids, internal_error(), ctx)
+        except asyncio.CancelledError:
+            # uvicorn cancels what is still running when its shutdown grace ends, and would
+            # answer a request without a response yet with a plain-text 500.
+            if not started:
+                await _send_error(send_with_ids, shutting_down(), ctx)
+            raise
         finally:
             # bookkeeping first: once the in-flight gauge drops, the request's metrics are in
             self._finish(scope, ctx, status, time.perf_counter() - t0, body)
@@ -130,7 +136,8 @@ class HTDIMiddleware:
             self.metrics.in_flight.inc(delta)
 
     def _refusal(self, scope: Scope) -> APIError | None:
-        """431 over the header limit, 503 while draining (probes excepted), 401 without a key."""
+        """431 over the header limit, 503 while draining (probes excepted), 401 without a key,
+        then what a web page must not do (app/api/browser_guard.py)."""
         if self.max_header_bytes is not None:
             size = _header_bytes(scope)
             if size > self.max_header_bytes:
@@ -146,15 +153,11 @@ class HTDIMiddleware:
             and self.lifecycle.draining
             and scope["path"] not in OPERATIONAL_PATHS
         ):
-            return APIError(
-                503,
-                "The server is shutting down.",
-                type="server_error",
-                code="shutting_down",
-                headers={"Connection": "close", "Retry-After": "1"},
-            )
-        if self.guard is not None:
-            return self.guard.check(scope)
+            return shutting_down()
+        if self.guard is not None and (error := self.guard.check(scope)) is not None:
+            return error
+        if self.browser is not None:
+            return self.browser.check(scope)  # Host, Origin, form bodies
         return None
 
     def _finish(
@@ -165,9 +168,10 @@ class HTDIMiddleware:
             route = _route_template(scope)
             if self.metrics is not None:
                 self.metrics.observe_http(scope["method"], route, status, seconds, ctx.model)
-            prompt = prompt_text(body) if self.log_prompts and body else None
-            log_access(access_record(ctx, method=scope["method"], route=route,
-                                     path=scope["path"], status=status, prompt=prompt))
+            if status >= 400 or self.log_probes or route not in PROBE_ROUTES:
+                prompt = prompt_text(body) if self.log_prompts and body else None
+                log_access(access_record(ctx, method=scope["method"], route=route,
+                                         path=scope["path"], status=status, prompt=prompt))
         except Exception:  # noqa: BLE001 - bookkeeping must never fail a request
             log.exception("request bookkeeping failed for %s", ctx.request_id)
 
@@ -182,8 +186,15 @@ class HTDIMiddleware:
                 return _too_large(int(declared), limit)
         chunks: list[bytes] = []
         size = 0
+        deadline = None if self.body_timeout_s is None else time.monotonic() + self.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await _receive_by(receive, deadline)
+            except TimeoutError:
+                return APIError(
+                    408, f"The request body did not arrive within {self.body_timeout_s:g} s.",
+                    code="request_timeout", headers={"Connection": "close"},
+                )
             if message["type"] == "http.disconnect":
                 return b"".join(chunks)
             chunk = message.get("body", b"")
@@ -193,6 +204,13 @@ class HTDIMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+async def _receive_by(receive: Receive, deadline: float | None) -> Message:
+    """``receive()``, raising ``TimeoutError`` once ``deadline`` (monotonic) has passed."""
+    if deadline is None:
+        return await receive()
+    return await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
 
 
 def _header_bytes(scope: Scope) -> int:

@@ -12,6 +12,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from app.api.body import BODY_MODELS
+
 
 class ErrorBody(BaseModel):
     message: str
@@ -80,6 +82,8 @@ def install_openapi(app: FastAPI, streaming_paths: tuple[str, ...]) -> None:
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(_model_schemas(ErrorEnvelope, components))
+        for model in sorted(BODY_MODELS, key=lambda m: m.__name__):  # read by json_body
+            components.update(_model_schemas(model, components))
         ref = {"$ref": "#/components/schemas/ErrorEnvelope"}
         for path, operations in schema.get("paths", {}).items():
             for method, operation in operations.items():

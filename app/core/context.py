@@ -78,6 +78,17 @@ class RequestContext:
             "model": self.model,
         }
 
+    @classmethod
+    def from_headers(cls, headers: Any) -> RequestContext:
+        """The ids a request's headers carry (a new request id when none is usable)."""
+        header_id = sane_id(headers.get(REQUEST_ID_HEADER))
+        return cls(
+            request_id=header_id or new_request_id(),
+            house_id=sane_id(headers.get(HOUSE_ID_HEADER)),
+            request_id_from_header=header_id is not None,
+            key_id=key_id(headers.get("authorization")),
+        )
+
     def response_headers(self) -> dict[str, str]:
         headers = {"X-Request-ID": self.request_id}
         if self.house_id:

@@ -90,6 +90,16 @@ def queue_full(message: str) -> APIError:
     )
 
 
+def shutting_down() -> APIError:
+    return APIError(
+        503,
+        "The server is shutting down.",
+        type="server_error",
+        code="shutting_down",
+        headers={"Connection": "close", "Retry-After": "1"},
+    )
+
+
 def internal_error(
     message: str = "The server had an error while processing your request.",
 ) -> APIError:

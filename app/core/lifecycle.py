@@ -46,8 +46,9 @@ class Lifecycle:
     async def drain(self) -> None:
         """Wait for in-flight requests (bounded), aborting them if they outlast the timeout."""
         self.begin_drain()
-        log.info("draining: %d request(s) in flight, timeout %.1fs", self.inflight,
-                 self.drain_timeout_s, extra={"event": "drain", "inflight": self.inflight})
+        log.info("draining: %d request(s) in flight, timeout %.1fs; a second Ctrl-C (or "
+                 "signal) aborts them", self.inflight, self.drain_timeout_s,
+                 extra={"event": "drain", "inflight": self.inflight})
         deadline = time.monotonic() + self.drain_timeout_s
         while self.inflight and not self.aborting and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

@@ -1,10 +1,11 @@
-"""Checks on a buffered request body before FastAPI parses it.
+"""Checks on a buffered request body before it is parsed.
 
-FastAPI decodes bytes with ``json.loads``, which accepts UTF-16/32 and lets encoded or
-escaped lone surrogates through as Python strings; deep nesting costs recursion in the
-parser and in Pydantic. So a JSON body is refused here, with a 400 envelope, when it is
-not UTF-8, nests deeper than the limit, or carries a lone surrogate. Malformed JSON is left
-to FastAPI, which answers it with the usual ``invalid_json`` 400.
+``json.loads`` accepts UTF-16/32 and lets encoded or escaped lone surrogates through as
+Python strings; deep nesting costs recursion in the parser and in Pydantic. So a JSON body
+is refused, with a 400 envelope, when it is not UTF-8, nests deeper than the limit, or
+carries a lone surrogate. The depth is measured without parsing; only a body with a
+surrogate escape is parsed here, and the parsed value is handed on so nothing is parsed
+twice. Malformed JSON is left to the parser (``invalid_json``).
 """
 
 from __future__ import annotations
@@ -26,10 +27,22 @@ def is_json_content(content_type: str | None) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
+UNPARSED = object()  # preparse_json_body did not need to parse the body
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_EMPTY_PAIR = re.compile(rb"\[\]|\{\}")
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+
+
 def check_json_body(body: bytes, max_depth: int) -> APIError | None:
     """Return the error for a body that must not reach the JSON parser, else None."""
+    return preparse_json_body(body, max_depth)[0]
+
+
+def preparse_json_body(body: bytes, max_depth: int) -> tuple[APIError | None, Any]:
+    """The checks before parsing: ``(error, data)``, where ``data`` is the parsed body when
+    the checks had to parse it (lone-surrogate escapes), else :data:`UNPARSED`."""
     if not body:
-        return None
+        return None, UNPARSED
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -37,18 +50,30 @@ def check_json_body(body: bytes, max_depth: int) -> APIError | None:
             400,
             f"The request body is not valid UTF-8 (byte {exc.start}).",
             code="invalid_encoding",
-        )
-    # Nesting deeper than max_depth needs more than max_depth brackets: most bodies skip the walk.
-    could_nest = text.count("{") + text.count("[") > max_depth
-    if not could_nest and not _SURROGATE_ESCAPE.search(body):
-        return None
+        ), UNPARSED
+    # Nesting deeper than max_depth needs more than max_depth brackets: most bodies skip this.
+    if text.count("{") + text.count("[") > max_depth and _nests_deeper(body, max_depth):
+        return _too_deep(max_depth), UNPARSED
+    if not _SURROGATE_ESCAPE.search(body):
+        return None, UNPARSED
     try:
         data = json.loads(text)
-    except RecursionError:
-        return _too_deep(max_depth)
     except ValueError:
-        return None  # malformed: FastAPI reports it as invalid_json
-    return _walk(data, max_depth)
+        return None, UNPARSED  # malformed: the parser reports it as invalid_json
+    return _walk(data, max_depth), data
+
+
+def _nests_deeper(body: bytes, max_depth: int) -> bool:
+    """Nesting depth without parsing: drop strings and all but brackets, then peel off
+    innermost pairs, one level per pass (C-speed regex passes; no Python walk)."""
+    skeleton = _STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    for _ in range(max_depth):
+        if not skeleton:
+            return False
+        skeleton, peeled = _EMPTY_PAIR.subn(b"", skeleton)
+        if not peeled:
+            return False  # unbalanced: the parser reports it
+    return bool(skeleton)
 
 
 def _walk(data: Any, max_depth: int) -> APIError | None:

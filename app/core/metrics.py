@@ -30,6 +30,7 @@ E2E_BUCKETS = (0.01, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                 120.0, 300.0)
 MODEL = ("model_name",)
+EMBEDDING_ROUTES = frozenset({"/v1/embeddings", "/embeddings"})
 
 
 class ServerMetrics:
@@ -37,6 +38,7 @@ class ServerMetrics:
 
     def __init__(self, manager: Any = None, lifecycle: Any = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.manager = manager
         r = self.registry
         self.request_success = Counter(
             "vllm:request_success", "Finished engine sequences by finish reason "
@@ -94,10 +96,20 @@ class ServerMetrics:
     ) -> None:
         self.http_requests.labels(method, route, str(status)).inc()
         self.http_latency.labels(method, route).observe(seconds)
-        if route == "/v1/embeddings" and model:
+        model = self._registry_id(model)
+        if route in EMBEDDING_ROUTES and model:
             self.embedding_requests.labels(model, str(status)).inc()
             if status == 200:
                 self.embedding_latency.labels(model).observe(seconds)
+
+    def _registry_id(self, name: str | None) -> str | None:
+        """The registry id behind ``name``; None for names the registry does not know, so a
+        client's made-up model names never become label values (unbounded series)."""
+        registry = getattr(self.manager, "registry", None)
+        if not name or registry is None:
+            return None
+        spec = registry.get(name)
+        return spec.id if spec is not None else None
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -58,6 +58,10 @@ def setup_logging(level: str, fmt: str = "text", access_log: bool = True) -> Non
         uv = logging.getLogger(name)
         uv.handlers[:] = []
         uv.propagate = True
+    # uvicorn's own start-up chatter ("Started server process", "Uvicorn running on …") at
+    # debug only: the server logs its own "ready: http://HOST:PORT" line instead.
+    if level.upper() != "DEBUG":
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     access = logging.getLogger(ACCESS_LOGGER)
     access.handlers[:] = []
     access.propagate = False

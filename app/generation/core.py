@@ -179,6 +179,17 @@ class GenerationCore:
             lease.release()
             raise
 
+    async def count_tokens(self, spec: GenerationSpec, ctx: RequestContext) -> int:
+        """Prompt tokens ``spec`` would take (template, tools and all), without generating."""
+        ctx.model = spec.model
+        check_request_limits(spec, self.settings)
+        plan = plan_tools(spec)
+        async with self.manager.lease(spec.model, spec.capability) as managed:
+            ctx.model = managed.spec.id
+            loop = asyncio.get_running_loop()
+            prompts = await loop.run_in_executor(None, prompt_tokens, managed, spec, plan)
+        return sum(len(prompt) for prompt in prompts)
+
     async def _queue(
         self, spec: GenerationSpec, ctx: RequestContext, lease: ModelLease, plan: ToolPlan | None
     ) -> Run:

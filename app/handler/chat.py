@@ -11,12 +11,10 @@ from app.core import errors
 from app.core.context import RequestContext
 from app.generation.core import GenerationCore, Run
 from app.generation.events import (
-    KEEP_ALIVE,
     ChoiceEnd,
     TextOut,
     ToolCallDelta,
     ToolCallStart,
-    Usage,
 )
 from app.generation.request import FunctionTool, GenerationSpec, Message, ToolCall
 from app.handler.logprobs import TokenTexts
@@ -145,12 +143,9 @@ class ChatHandler:
                 elif isinstance(event, ChoiceEnd):
                     final = choice(event.choice, {}, event.finish_reason, event.logprobs)
                     yield ending.final(final, ctx)
-                elif isinstance(event, Usage):
-                    last = ending.usage(event, ctx)
-                    if last is not None:
-                        yield last
-                elif event is KEEP_ALIVE:
-                    yield KEEP_ALIVE
+                else:
+                    for item in ending.passthrough(event, ctx):
+                        yield item
         finally:
             run.close()
 

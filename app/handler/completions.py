@@ -11,7 +11,7 @@ from typing import Any
 from app.core import errors
 from app.core.context import RequestContext
 from app.generation.core import GenerationCore, Run
-from app.generation.events import KEEP_ALIVE, ChoiceEnd, TextOut, TokenLogprob, Usage
+from app.generation.events import ChoiceEnd, TextOut, TokenLogprob
 from app.generation.request import FieldNames, GenerationSpec
 from app.handler.logprobs import TokenTexts
 from app.handler.openai_common import StreamEnding, sampling_of, usage_dict
@@ -142,11 +142,8 @@ class CompletionsHandler:
                 elif isinstance(event, ChoiceEnd):
                     final = choice(event.choice, "", event.finish_reason, event.logprobs or [])
                     yield ending.final(final, ctx)
-                elif isinstance(event, Usage):
-                    last = ending.usage(event, ctx)
-                    if last is not None:
-                        yield last
-                elif event is KEEP_ALIVE:
-                    yield KEEP_ALIVE
+                else:
+                    for item in ending.passthrough(event, ctx):
+                        yield item
         finally:
             run.close()

@@ -7,7 +7,7 @@ from typing import Any
 
 from app.core import errors
 from app.core.context import RequestContext
-from app.generation.events import Usage
+from app.generation.events import KEEP_ALIVE, Usage
 from app.generation.request import Sampling, ToolCall
 from app.schemas.openai import ResponseFormat, SamplingFields
 
@@ -100,3 +100,11 @@ class StreamEnding:
         if not self.include_usage:
             return None
         return {**self.base, "choices": [], "usage": usage_dict(usage), "htdi": ctx.htdi()}
+
+    def passthrough(self, event: Any, ctx: RequestContext) -> list[Any]:
+        """What the stream sends for the events every OpenAI dialect treats alike: the usage
+        chunk (if asked for) and keep-alives."""
+        if isinstance(event, Usage):
+            last = self.usage(event, ctx)
+            return [] if last is None else [last]
+        return [KEEP_ALIVE] if event is KEEP_ALIVE else []

@@ -159,11 +159,11 @@ class ModelManager:
                 self._begin_load(managed)
 
     def ready(self) -> bool:
-        """Preload models have loaded (they may have been unloaded since, by choice)."""
+        """Every preload model is loaded now (an unloaded one makes the server not ready)."""
         if self.draining:
             return False
         return all(
-            m.state == "loaded" or (m.state == "unloaded" and m.load_seconds is not None)
+            m.state == "loaded"
             for m in self.models.values()
             if m.spec.preload and self.settings.preload and not m.removed
         )
@@ -310,6 +310,8 @@ class ModelManager:
                 log.error("model %s failed to load: %s", managed.spec.id, managed.error)
                 return
             managed.engine, managed.loaded = engine, loaded
+            if managed.spec.type == "lm":
+                managed.spec.adopt_context_length(getattr(loaded, "context_length", None))
             managed.memory_bytes = max(0, after - before) or managed.memory_bytes
             managed.load_seconds = round(time.perf_counter() - started, 3)
             managed.last_used = time.time()
@@ -386,6 +388,7 @@ class ModelManager:
             # The registry's context length rules (sentence-transformers' max_seq_length only
             # says where *it* truncates); the position table is the hard limit.
             positions = loaded.model.config.max_position_embeddings
+            spec.adopt_context_length(positions)
             loaded.max_length = min(spec.context_length, positions)
             return loaded
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -14,6 +14,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from app.core.config_errors import ConfigError, describe, read_yaml
+
+log = logging.getLogger(__name__)
 
 Capability = Literal["chat", "completions", "embeddings"]
 SourceText = Annotated[str, Field(min_length=1)]
@@ -74,6 +78,18 @@ class ModelSpec(BaseModel):
         elif self.file_sha256 is not None:
             raise ValueError("file_sha256 is for multi-part (list) sources; use sha256")
         return self
+
+    def adopt_context_length(self, own: int | None) -> None:
+        """An entry without ``context_length`` takes the model's own (its config.json or GGUF
+        metadata says it); the 2048 default stays, with a warning, only when nothing does."""
+        if "context_length" in self.model_fields_set:
+            return
+        if own:
+            self.context_length = int(own)
+            self.model_fields_set.add("context_length")
+        else:
+            log.warning("model %s: its files do not say its context length; using %d (set "
+                        "context_length in the models file)", self.id, self.context_length)
 
     @property
     def source_name(self) -> str:
@@ -181,16 +197,22 @@ class ModelRegistry:
     @classmethod
     def from_yaml(cls, path: Path) -> ModelRegistry:
         try:
-            data = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise RegistryError(f"cannot read models file {path}: {exc}") from exc
+            data = read_yaml(path, "models file")
+        except ConfigError as exc:
+            raise RegistryError(str(exc)) from exc
         entries = (data or {}).get("models") if isinstance(data, dict) else None
         if not isinstance(entries, list) or not entries:
-            raise RegistryError(f"models file {path} needs a non-empty 'models' list")
-        try:
-            specs = [ModelSpec(**entry) for entry in entries]
-        except (TypeError, ValidationError) as exc:
-            raise RegistryError(f"invalid entry in {path}: {exc}") from exc
+            raise RegistryError(f"{path}: needs a non-empty 'models' list")
+        specs = []
+        for index, entry in enumerate(entries):
+            name = entry.get("id") if isinstance(entry, dict) else None
+            where = f"{path}: models[{index}]" + (f" (id {name!r})" if name else "")
+            if not isinstance(entry, dict):
+                raise RegistryError(f"{where}: each model is a mapping of keys (id, source, ...)")
+            try:
+                specs.append(ModelSpec(**entry))
+            except ValidationError as exc:
+                raise RegistryError(describe(exc, ModelSpec, where)) from exc
         return cls(specs)
 
     @classmethod

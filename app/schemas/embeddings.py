@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from app.schemas.common import StrictRequest, chunked_prompt, null_means_default
 
 
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EmbeddingRequest(StrictRequest):
     model: str = Field(min_length=1, max_length=512)
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
@@ -19,6 +19,9 @@ class EmbeddingRequest(BaseModel):
     # Extension (vLLM's name): cut each input to its last N tokens instead of refusing it;
     # -1 means the model's context length.
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
+
+    _nulls = null_means_default("encoding_format")
+    _input_chunks = chunked_prompt("input")
 
 
 class EmbeddingItem(BaseModel):

