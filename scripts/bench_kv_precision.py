@@ -66,7 +66,7 @@ def restore(entry: Any, kind: str) -> list[KVCache]:
 
 def nbytes(entry: Any) -> int:
     return sum(a.nbytes for pair in entry for part in pair
-               for a in (part if isinstance(part, tuple) else (part,)))
+               for a in (part if isinstance(part, tuple | list) else (part,)))
 
 
 def greedy(model: Any, cache: list[KVCache], last: int, n: int) -> list[int]:
