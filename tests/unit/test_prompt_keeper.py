@@ -9,7 +9,7 @@ from app.engine.lm.prompt_keeper import MIN_SHARED, common_prefix
 from app.engine.lm.types import Finished, GenerationRequest, SamplingParams, TextDelta
 from tests.unit.test_engine import _engine
 
-LONG = SamplingParams(max_tokens=300, temperature=0, ignore_eos=True)
+LONG = SamplingParams(max_tokens=150, temperature=0, ignore_eos=True)
 SHORT = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
 
 
@@ -33,7 +33,7 @@ def test_common_prefix():
 
 def test_a_prompt_hits_while_the_first_request_is_still_generating(tiny_llama_dir: Path):
     engine = _engine(tiny_llama_dir, max_batch_size=4, prefix_cache_bytes=64 << 20)
-    system = _prompt(1, 120)
+    system = _prompt(1, MIN_SHARED + 40)
     try:
         async def main():
             loop = asyncio.get_running_loop()

@@ -1,7 +1,8 @@
 """The engine's side of the prefix cache: what to look up, what to store, and when to wait.
 
 - **Prompts, not only answers.** A prompt's KV cache is stored as soon as its prefill is
-  done (and every ``CHECKPOINT_TOKENS`` during a long one), while the sequence is still in
+  done when it computed at least ``MIN_SHARED`` new tokens (and every ``CHECKPOINT_TOKENS``
+  during a long one), while the sequence is still in
   mlx-lm's prompt batch, so a second request with the same instructions hits while the
   first is still generating. The prompt is inserted as one segment; mlx-lm splits its last
   token off, so the end of that segment is the whole prompt but its last token.
@@ -90,7 +91,8 @@ class PromptKeeper:
             done = flight.cached + response.progress[0]  # progress counts fed tokens only
             if response.end_of_segment:
                 flight.prefilling = False
-                due.append(response.uid)
+                if done - flight.stored_at >= MIN_SHARED:  # a short tail: the finished
+                    due.append(response.uid)  # sequence's store comes soon, no copy now
             elif done - flight.stored_at >= CHECKPOINT_TOKENS:
                 due.append(response.uid)
         if not due:
