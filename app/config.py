@@ -135,6 +135,10 @@ class Settings(BaseSettings):
         description="tenant: prompts are cached per API key / X-House-ID / cache_salt (no "
         "tenant sees another's); shared: one cache for every caller",
     )
+    prefix_cache_kv_dtype: Literal["float16", "native"] = Field(
+        "float16", description="cached float32 KV (CPU) kept as float16: twice the prompts per "
+        "byte, greedy output unchanged on the measured prompts; native: as computed"
+    )
     prefix_cache_disk: Literal["on", "off"] = Field(
         "on", description="keep evicted prefixes (and all at shutdown) in <cache_dir>/prefix-cache"
     )

@@ -51,4 +51,5 @@ def prefix_cache_config(
         disk_max_bytes=settings.prefix_cache_disk_bytes,
         disk_write_bytes_per_hour=settings.prefix_cache_disk_write_bytes_per_hour,
         model_digest=digest,
+        kv_store=settings.prefix_cache_kv_dtype,
     )

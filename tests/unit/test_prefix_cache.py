@@ -142,3 +142,23 @@ def test_budget_from_the_models_kv_size(explicit: int | None, expected: int):
     assert config.budget_bytes(PER_TOKEN) == expected
     capped = PrefixCacheConfig(auto_tokens=100, auto_cap_bytes=1000)
     assert capped.budget_bytes(PER_TOKEN) == 1000
+
+
+def test_float16_entries_take_half_the_bytes_and_come_back_as_float32(tmp_path: Path):
+    prompt = list(range(1, BLOCK + 30))
+    plain = PrefixCache(max_bytes=1 << 24)
+    small = PrefixCache(max_bytes=1 << 24, native_dtype=mx.float32, compact_kv=True,
+                        disk=DiskTier(tmp_path, "m", max_bytes=1 << 30,
+                                      write_bytes_per_hour=1 << 30))
+    plain.store(prompt, kv(prompt))
+    small.store(prompt, kv(prompt))
+    assert small.nbytes * 2 <= plain.nbytes
+    hit, cached = small.fetch(prompt + [5])
+    assert hit[0].keys.dtype == mx.float32 and encoded(hit) == prompt
+    small.close()  # float16 on disk too; served as float32 after a restart
+    again = PrefixCache(max_bytes=1 << 24, native_dtype=mx.float32, compact_kv=True,
+                        disk=DiskTier(tmp_path, "m", max_bytes=1 << 30,
+                                      write_bytes_per_hour=1 << 30))
+    hit, cached = again.fetch(prompt + [5])
+    assert cached == BLOCK and hit[0].keys.dtype == mx.float32
+    assert encoded(hit) == prompt[:BLOCK]

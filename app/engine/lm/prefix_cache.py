@@ -29,6 +29,7 @@ from mlx_lm.models.cache import (
     trim_prompt_cache,
 )
 
+from app.engine.lm.kv_storage import compact, served
 from app.engine.lm.prefix_config import PrefixCacheConfig
 from app.engine.lm.prefix_disk import DiskTier
 
@@ -82,7 +83,14 @@ def kv_length(cache: list[Any], default: int) -> int:
 class PrefixCache:
     """Salted, byte-bounded prefix cache of KV caches; see the module docstring."""
 
-    def __init__(self, max_bytes: int, max_entries: int = 256, disk: Any = None) -> None:
+    def __init__(
+        self, max_bytes: int, max_entries: int = 256, disk: Any = None,
+        native_dtype: Any = None, compact_kv: bool = False,
+    ) -> None:
+        """``compact_kv``: keep float32 KV as float16 (:mod:`app.engine.lm.kv_storage`);
+        ``native_dtype``: the model's KV dtype, what a served copy is converted back to."""
+        self.native_dtype = native_dtype
+        self.compact_kv = compact_kv
         self.max_bytes = max_bytes
         self.max_entries = max_entries
         self.disk = disk  # a DiskTier or None
@@ -111,7 +119,8 @@ class PrefixCache:
             loaded = self.disk.load(prompt, salt, cached)
             if loaded is not None:
                 cache, tokens = loaded  # a block prefix, shorter than the prompt
-                self._insert(salt, tokens, copy.deepcopy(cache), reused=1)
+                self._insert(salt, tokens, self._kept(cache), reused=1)
+                cache = self._served(cache)
                 cached, entry, tier = len(tokens), None, "disk"
         if cache is None or cached <= 0:
             return None, 0
@@ -154,16 +163,15 @@ class PrefixCache:
             entry = self._trie.get(salt, result.shorter)
             if can_trim_prompt_cache(entry.cache):
                 return self._trimmed(entry, shorter)
-            return copy.deepcopy(entry.cache), shorter, entry
+            return self._served(entry.cache), shorter, entry
         return None, 0, None
 
-    @staticmethod
-    def _trimmed(entry: _Entry, keep: int) -> tuple[list[Any] | None, int, Any]:
+    def _trimmed(self, entry: _Entry, keep: int) -> tuple[list[Any] | None, int, Any]:
         held = kv_length(entry.cache, len(entry.tokens))
         keep = min(keep, held)
         if keep <= 0 or not can_trim_prompt_cache(entry.cache):
             return None, 0, None
-        cache = copy.deepcopy(entry.cache)
+        cache = self._served(entry.cache)
         trim_prompt_cache(cache, held - keep)
         return cache, keep, entry
 
@@ -178,7 +186,15 @@ class PrefixCache:
         # SmolLM2-135M) while counting only its own slice. Evaluating it here, on the
         # engine's thread, gives it buffers of its own size and lets the batch buffers go.
         mx.eval([c.state for c in cache])
-        self._insert(salt, list(tokens), cache)
+        self._insert(salt, list(tokens), self._kept(cache))
+
+    def _kept(self, cache: list[Any]) -> list[Any]:
+        return compact(cache) if self.compact_kv else cache
+
+    def _served(self, cache: list[Any]) -> list[Any]:
+        if self.native_dtype is None:
+            return copy.deepcopy(cache)
+        return served(cache, self.native_dtype)
 
     def _insert(self, salt: str, tokens: list[int], cache: list[Any], reused: int = 0) -> None:
         entry = _Entry(salt, tokens, cache, _nbytes(cache), reused)
@@ -265,23 +281,25 @@ class PrefixCache:
         self.clear()
 
 
-def kv_bytes_per_token(model: Any) -> int:
-    """Bytes of KV cache one token takes in ``model`` (float32 on CPU, as the engine runs)."""
+def kv_profile(model: Any) -> tuple[int, Any]:
+    """(bytes of KV one token takes in ``model``, its KV dtype), from one token's pass."""
     cache = make_prompt_cache(model)
     model(mx.array([[0]]), cache=cache)
-    total = 0.0
+    total, dtype = 0.0, None
     for layer in cache:
         keys = getattr(layer, "keys", None)
         if keys is not None and keys.ndim >= 3 and keys.shape[2] > 0:
             mx.eval(layer.state)
             total += layer.nbytes / keys.shape[2]
-    return max(1, int(total))
+            dtype = dtype or keys.dtype
+    return max(1, int(total)), dtype
 
 
 def build_prefix_cache(config: PrefixCacheConfig, model: Any, name: str) -> PrefixCache | None:
     """The engine's prefix cache for ``model``, or None when the budget is 0."""
-    per_token = kv_bytes_per_token(model) if config.max_bytes is None else 0
+    per_token, native = kv_profile(model)
     budget = config.budget_bytes(per_token)
+    compact_kv = config.kv_store == "float16" and native == mx.float32
     if budget <= 0:
         return None
     disk = None
@@ -294,7 +312,9 @@ def build_prefix_cache(config: PrefixCacheConfig, model: Any, name: str) -> Pref
         )
     log.info(
         "engine %s: prefix cache %.0f MiB in RAM%s%s", name, budget / 2**20,
-        f" (~{budget // per_token} tokens at {per_token} B/token)" if per_token else "",
+        f" (~{budget // (per_token // (2 if compact_kv else 1))} tokens, KV kept as "
+        f"{'float16' if compact_kv else native})",
         f", disk tier {config.disk_dir} ({disk.entries} entries)" if disk else "",
     )
-    return PrefixCache(budget, config.max_entries, disk=disk)
+    return PrefixCache(budget, config.max_entries, disk=disk, native_dtype=native,
+                       compact_kv=compact_kv)
