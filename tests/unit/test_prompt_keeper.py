@@ -55,38 +55,39 @@ def test_a_prompt_hits_while_the_first_request_is_still_generating(tiny_llama_di
         engine.stop()
 
 
-def test_requests_sharing_a_long_prefix_wait_for_one_prefill(tiny_llama_dir: Path):
-    engine = _engine(tiny_llama_dir, max_batch_size=4, prefix_cache_bytes=64 << 20)
-    shared = _prompt(3, MIN_SHARED + 100)
-    try:
-        async def main():
-            loop = asyncio.get_running_loop()
-            requests = [GenerationRequest(shared + [20 + i, 30 + i], SHORT, loop)
-                        for i in range(3)]
+def _serve(engine, prompts: list[list[int]], salts: list[str], together: bool) -> list:
+    """Finish ``prompts`` (all queued at once, or one after another) on ``engine``."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        requests = [GenerationRequest(p, SHORT, loop, cache_salt=s)
+                    for p, s in zip(prompts, salts, strict=True)]
+        if together:
             for request in requests:
                 engine.submit(request)
             return await asyncio.gather(*[_finish(r) for r in requests])
+        out = []
+        for request in requests:
+            engine.submit(request)
+            out.append(await _finish(request))
+        return out
 
-        results = asyncio.run(main())
-        assert sorted(r.cached_tokens for r in results)[1:] == [len(shared)] * 2
+    try:
+        return asyncio.run(main())
     finally:
         engine.stop()
+
+
+def test_requests_sharing_a_long_prefix_wait_for_one_prefill(tiny_llama_dir: Path):
+    engine = _engine(tiny_llama_dir, max_batch_size=4, prefix_cache_bytes=64 << 20)
+    shared = _prompt(3, MIN_SHARED + 100)
+    prompts = [shared + [20 + i, 30 + i] for i in range(3)]
+    results = _serve(engine, prompts, [""] * 3, together=True)
+    assert sorted(r.cached_tokens for r in results)[1:] == [len(shared)] * 2
 
 
 def test_different_salts_do_not_share(tiny_llama_dir: Path):
     engine = _engine(tiny_llama_dir, max_batch_size=4, prefix_cache_bytes=64 << 20)
-    prompt = _prompt(5, 80)
-    try:
-        async def main():
-            loop = asyncio.get_running_loop()
-            out = []
-            for salt in ("a", "b", "a"):
-                request = GenerationRequest(prompt + [1], SHORT, loop, cache_salt=salt)
-                engine.submit(request)
-                out.append((await _finish(request)).cached_tokens)
-            return out
-
-        first_a, b, second_a = asyncio.run(main())
-        assert first_a == 0 and b == 0 and second_a >= len(prompt)
-    finally:
-        engine.stop()
+    prompt = _prompt(5, 80) + [1]
+    first_a, b, second_a = _serve(engine, [prompt] * 3, ["a", "b", "a"], together=False)
+    assert first_a.cached_tokens == 0 and b.cached_tokens == 0
+    assert second_a.cached_tokens >= len(prompt) - 1
