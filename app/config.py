@@ -136,8 +136,9 @@ class Settings(BaseSettings):
         "tenant sees another's); shared: one cache for every caller",
     )
     prefix_cache_kv_dtype: Literal["float16", "native"] = Field(
-        "float16", description="cached float32 KV (CPU) kept as float16: twice the prompts per "
-        "byte, greedy output unchanged on the measured prompts; native: as computed"
+        "native", description="native: cached KV kept as computed (a hit gives the same output "
+        "as a cold prefill); float16: float32 KV kept as float16, twice the prompts per byte, "
+        "greedy output may differ where logits nearly tie"
     )
     prefix_cache_disk: Literal["on", "off"] = Field(
         "on", description="keep evicted prefixes (and all at shutdown) in <cache_dir>/prefix-cache"

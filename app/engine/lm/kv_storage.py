@@ -1,9 +1,10 @@
 """Cached KV entries in a smaller dtype than the model computes in (float32 on CPU).
 
 Measured (``scripts/bench_kv_precision.py``, docs/BENCHMARKS.md): float16 halves an entry's
-bytes, so the same budget keeps twice the prompts, restores in ~20 ms what costs seconds to
-prefill, and left greedy output unchanged on the test prompts. Only plain ``KVCache`` layers
-holding float32 are converted; others are kept as they are.
+bytes, so the same budget keeps twice the prompts, and restores in ~20 ms what costs seconds
+to prefill; greedy output was unchanged on SmolLM2's test prompts but not on the tiny random
+test model (near-tied logits), so it is opt-in (``prefix_cache_kv_dtype: float16``). Only
+plain ``KVCache`` layers holding float32 are converted; others are kept as they are.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ class PrefixCacheConfig:
     disk_max_bytes: int = 4 << 30
     disk_write_bytes_per_hour: int = 8 << 30
     model_digest: str = ""
-    kv_store: str = "float16"  # "float16": float32 KV kept as float16; "native": as computed
+    kv_store: str = "native"  # "float16": float32 KV kept as float16; "native": as computed
 
     def budget_bytes(self, per_token: int) -> int:
         if self.max_bytes is not None:
