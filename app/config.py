@@ -126,7 +126,9 @@ class Settings(BaseSettings):
         "(default: an eighth of the batch)",
     )
     max_sequences_per_client: int = Field(
-        0, ge=0, description="sequences one client (X-House-ID) may have queued or running; 0: off"
+        0, ge=0,
+        description="sequences one client (API key + X-House-ID) may have queued or running; "
+        "0: off",
     )
     max_chars_per_token: float = Field(
         16.0,
@@ -162,11 +164,37 @@ class Settings(BaseSettings):
     mlx_cache_limit_bytes: int | None = Field(
         256 * 1024 * 1024, ge=0, description="MLX's pool of freed buffers kept for reuse"
     )
-    prefix_cache_bytes: int = Field(
-        64 * 1024 * 1024,
+    prefix_cache_bytes: int | None = Field(
+        None,
         ge=0,
-        description="KV cache kept for shared prompt prefixes (system prompts, earlier turns); "
-        "0: off",
+        description="KV cache kept in RAM for shared prompt prefixes (system prompts, earlier "
+        "turns); default: prefix_cache_tokens of the model's KV, at most "
+        "prefix_cache_memory_share of the memory budget; 0: off",
+    )
+    prefix_cache_tokens: int = Field(
+        32768, ge=0, description="default prefix-cache RAM budget: this many tokens of the "
+        "model's KV cache (measured at load)"
+    )
+    prefix_cache_memory_share: float = Field(
+        0.25, ge=0, le=1, description="cap of the default prefix-cache budget: this share of "
+        "the memory budget"
+    )
+    prefix_cache_scope: Literal["tenant", "shared"] = Field(
+        "tenant",
+        description="tenant: prompts are cached per API key / X-House-ID / cache_salt (no "
+        "tenant sees another's); shared: one cache for every caller",
+    )
+    prefix_cache_kv_dtype: Literal["float16", "native"] = Field(
+        "native", description="native: cached KV kept as computed (a hit gives the same output "
+        "as a cold prefill); float16: float32 KV kept as float16, twice the prompts per byte, "
+        "greedy output may differ where logits nearly tie"
+    )
+    prefix_cache_disk: Literal["on", "off"] = Field(
+        "on", description="keep evicted prefixes (and all at shutdown) in <cache_dir>/prefix-cache"
+    )
+    prefix_cache_disk_bytes: int = Field(4 << 30, ge=0, description="disk tier size bound")
+    prefix_cache_disk_write_bytes_per_hour: int = Field(
+        8 << 30, ge=0, description="disk tier write budget (SSD wear)"
     )
 
     model_map: Annotated[dict[str, str], NoDecode] = Field(

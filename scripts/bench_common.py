@@ -49,6 +49,10 @@ def _words(n: int) -> str:
 
 def build_prompt(style: str, prompt_tokens: int, max_tokens: int, tag: str | None = None) -> str:
     """Deterministic prompt of roughly `prompt_tokens` tokens; `tag` defeats prefix caching."""
+    if style == "natural":
+        from bench_prompts import natural_prompt
+
+        return natural_prompt(prompt_tokens, tag)
     head = f"[{tag}] " if tag else ""
     if style == "free":  # nothing worth copying: shuffled words, then a request for new text
         words = ESSAY.split()

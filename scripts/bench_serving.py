@@ -79,10 +79,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt-tokens", type=int, default=128, help="approximate prompt length")
     p.add_argument(
         "--prompt-style",
-        choices=["essay", "rag", "free"],
-        default="essay",
-        help="essay: continue a (repeated) essay; rag: passage + 'quote it verbatim' (both "
-        "speculative-decoding friendly); free: a new story, nothing in the prompt to copy",
+        choices=["natural", "essay", "rag", "free"],
+        default="natural",
+        help="natural: questions, instructions and free writing, nothing to copy (the "
+        "headline); COPY-HEAVY, report as their own rows: essay (continue a repeated essay), "
+        "rag (passage + 'quote it verbatim'); free: a new story after scrambled words",
     )
     p.add_argument(
         "--same-prompt",
@@ -141,6 +142,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.compare and a.mlx_dir is None and ("{mlx_dir}" in a.ours_cmd + a.theirs_cmd):
         p.error("--compare needs --mlx-dir (or commands without {mlx_dir})")
     return a
+
+
+def style_label(style: str) -> str:
+    """How a row's prompts are labelled: copy-heavy styles never pass for natural ones."""
+    copy_heavy = {"essay": "continue an essay", "rag": "quote a passage"}
+    if style in copy_heavy:
+        return f"COPY-HEAVY prompts ({copy_heavy[style]}): prompt-lookup drafts accepted"
+    return f"{style} prompts"
 
 
 def fmt(v: Any, nd: int = 1) -> str:
@@ -364,9 +373,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for srv in servers.values():
             srv.stop()
+    label = style_label(args.prompt_style)
     for t in targets:
         r = results[t.name]
-        print_single(f"{t.name}: {t.base_url} model={t.model}", r["levels"])
+        print_single(f"{t.name}: {t.base_url} model={t.model} [{label}]", r["levels"])
         for k in ("memory_after_warmup", "memory_after_run"):
             if k in r:
                 print(f"  {k}: {r[k]}")
@@ -380,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     if args.compare:
+        print(f"\nprompts: {label}")
         print_compare(results["ours"]["levels"], results["theirs"]["levels"])
         doc["comparison"] = ratios(results["ours"]["levels"], results["theirs"]["levels"])
     if args.json_out:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import uuid
@@ -21,6 +22,14 @@ def sane_id(value: str | None) -> str | None:
     return None
 
 
+def key_id(authorization: str | None) -> str | None:
+    """A non-secret name for the bearer token a request sent (its tenant), or None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return hashlib.sha256(token.strip().encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 def new_request_id() -> str:
     return f"req-{uuid.uuid4().hex}"
 
@@ -32,6 +41,7 @@ class RequestContext:
     source: str | None = None
     model: str | None = None
     request_id_from_header: bool = False
+    key_id: str | None = None  # the API key's hash (see key_id): with house_id, the tenant
     started: float = field(default_factory=time.perf_counter)
     # The request's app.generation.timing.RequestTimer: attached by the middleware, fed by
     # the generation core, read by the request log (core does not import the layer above).
@@ -51,6 +61,15 @@ class RequestContext:
             self.house_id = sane_id(str(metadata.get("houseId") or ""))
         if self.source is None and isinstance(metadata.get("source"), str):
             self.source = metadata["source"][:128]
+
+    def tenant(self) -> str:
+        """Who the request is for, as far as caches are concerned: API key and house id."""
+        return f"key={self.key_id or ''};house={self.house_id or ''}"
+
+    def client(self) -> str:
+        """The fairness and per-client-cap unit: the tenant, or "" when the request names
+        neither an API key nor a house (each such request is then its own client)."""
+        return self.tenant() if (self.key_id or self.house_id) else ""
 
     def latency_ms(self) -> float:
         return round((time.perf_counter() - self.started) * 1000.0, 3)
@@ -72,6 +91,7 @@ class RequestContext:
             request_id=header_id or new_request_id(),
             house_id=sane_id(headers.get(HOUSE_ID_HEADER)),
             request_id_from_header=header_id is not None,
+            key_id=key_id(headers.get("authorization")),
         )
 
     def response_headers(self) -> dict[str, str]:

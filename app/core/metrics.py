@@ -28,6 +28,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from app.core.metrics_prefix import prefix_cache_families
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Buckets follow vLLM's, with finer low ends for small models on CPUs.
@@ -197,8 +199,10 @@ class _EngineCollector(Collector):
                     "prefill_step_size"])
         settings = getattr(self.manager, "settings", None)
         if settings is not None:
-            info.add_metric([str(settings.prefix_cache_bytes > 0).lower(),
-                             str(settings.prefix_cache_bytes), str(settings.max_batch_size),
+            budget = settings.prefix_cache_bytes  # None: sized per model at load ("auto")
+            info.add_metric([str(budget is None or budget > 0).lower(),
+                             "auto" if budget is None else str(budget),
+                             str(settings.max_batch_size),
                              str(settings.prefill_step_size)], 1.0)
         return info
 
@@ -255,6 +259,7 @@ class _EngineCollector(Collector):
         preemptions = CounterMetricFamily(
             "vllm:num_preemptions", "Sequences preempted (this engine never preempts: a "
             "running sequence keeps its KV cache until it ends).", labels=MODEL)
+        prefix_caches: list[tuple[str, Any]] = []
         for model_id, managed in list(self.manager.models.items()):
             engine = managed.engine
             loaded.add_metric([model_id, managed.spec.type], 1.0 if managed.state == "loaded"
@@ -287,6 +292,7 @@ class _EngineCollector(Collector):
                     hits.add_metric([model_id], cache.stats.cached_tokens)
                     cache_bytes.add_metric([model_id], cache.stats.bytes)
                     kv_usage.add_metric([model_id], cache.stats.bytes / max(1, cache.max_bytes))
+                    prefix_caches.append((model_id, cache))
                 else:
                     kv_usage.add_metric([model_id], 0.0)
             elif hasattr(engine, "stats_snapshot"):
@@ -296,6 +302,7 @@ class _EngineCollector(Collector):
         yield from (running, waiting, prompt, generated, queries, hits, cache_bytes, spec_steps,
                     spec_drafted, spec_accepted, spec_emitted, spec_rate, passes, served, loaded,
                     load_s, memory, iteration, kv_usage, preemptions, self._cache_config())
+        yield from prefix_cache_families(prefix_caches)
         if self.lifecycle is not None:
             yield GaugeMetricFamily(
                 "mlx_server_draining", "1 while the server drains before exiting.",

@@ -28,6 +28,7 @@ from app.engine.lm.types import (
     TextDelta,
     TokenLogprob,
 )
+from app.generation.cache_salt import cache_salt
 from app.generation.events import (
     KEEP_ALIVE,
     ChoiceEnd,
@@ -318,11 +319,12 @@ class GenerationCore:
             params = [replace(p, prompt_logprobs=spec.prompt_logprobs) for p in params]
         submissions: list[Submission] = []
         group = next_group()
+        salt = cache_salt(ctx, spec, managed.spec, self.settings)
         try:
             for prompt, choice_params in zip(prompts, params, strict=True):
                 submissions.append(
                     submit(managed, prompt, choice_params, spec.n, ctx.request_id,
-                           group=group, client=ctx.house_id or "")
+                           group=group, client=ctx.client(), cache_salt=salt)
                 )
         except errors.APIError:
             for submission in submissions:

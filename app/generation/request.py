@@ -124,3 +124,4 @@ class GenerationSpec:
     prompt_logprobs: int | None = None  # None: off; k >= 0: each prompt token and the top k
     reasoning_effort: str | None = None  # "none": no thinking where the template allows
     names: FieldNames = field(default_factory=FieldNames)
+    cache_salt: str | None = None  # the client's prefix-cache namespace (vLLM's cache_salt)

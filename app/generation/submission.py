@@ -45,10 +45,11 @@ class Submission:
 
 def submit(
     managed: ManagedModel, prompt: list[int], params: SamplingParams, n: int, request_id: str,
-    *, group: int = 0, client: str = "",
+    *, group: int = 0, client: str = "", cache_salt: str = "",
 ) -> Submission:
     """Queue ``n`` choices of one prompt; a full or stopped engine takes none of them.
-    ``group``: the API request (:func:`next_group`), ``client``: its X-House-ID."""
+    ``group``: the API request (:func:`next_group`), ``client``: its tenant
+    (:meth:`RequestContext.client`), ``cache_salt``: its prefix-cache namespace."""
     loop = asyncio.get_running_loop()
     group = group or next_group()
     requests = [
@@ -59,6 +60,7 @@ def submit(
             request_id=request_id,
             group=group,
             client=client,
+            cache_salt=cache_salt,
         )
         for i in range(n)
     ]

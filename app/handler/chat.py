@@ -100,6 +100,7 @@ def chat_spec(body: ChatCompletionRequest) -> GenerationSpec:
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         prompt_options=prompt_options_of(body),
         reasoning_effort=body.reasoning_effort,
+        cache_salt=body.cache_salt,
     )
 
 

@@ -46,6 +46,7 @@ def completion_spec(body: CompletionRequest) -> GenerationSpec:
         prompt_logprobs=body.logprobs if body.echo else None,  # prompt scoring
         fim=FillInMiddle(body.suffix) if body.suffix else None,
         names=FieldNames(prompt="prompt"),
+        cache_salt=body.cache_salt,
     )
 
 

@@ -18,6 +18,7 @@ from app.config import Settings
 from app.core import errors
 from app.core.faults import fault_hook_from_env
 from app.lifecycle.load_failures import LoadFailure, load_failed, next_failure, public_reason
+from app.lifecycle.prefix_budget import prefix_cache_config
 from app.lifecycle.registry import ModelRegistry, ModelSpec
 from app.lifecycle.residency import (
     default_memory_budget,
@@ -409,7 +410,7 @@ class ModelManager:
             max_sequences_per_client=s.max_sequences_per_client,
             admission_gap_s=s.admission_gap_ms / 1000.0,
             split_phases=s.split_phases,
-            prefix_cache_bytes=s.prefix_cache_bytes,
+            prefix_cache=prefix_cache_config(spec, s, self.memory_budget),
             mlx_cache_limit=s.mlx_cache_limit_bytes,
             name=spec.id,
         )

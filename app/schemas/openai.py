@@ -115,6 +115,7 @@ class SamplingFields(_Strict):
     min_tokens: int = Field(0, ge=0)
     stop_token_ids: list[int] | None = Field(None, max_length=64)
     speculative: bool = True  # prompt-lookup speculative decoding where it applies
+    cache_salt: str | None = Field(None, min_length=1, max_length=256)  # vLLM: own prefix cache
 
     _nulls = null_means_default("n", "stream", "ignore_eos", "min_tokens", "speculative")
 

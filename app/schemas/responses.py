@@ -97,6 +97,7 @@ class ResponsesRequest(StrictRequest):
     safety_identifier: str | None = Field(None, max_length=512)
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
     client_metadata: dict[str, Any] | None = None  # sent by Codex CLI; recorded nowhere
+    cache_salt: str | None = Field(None, min_length=1, max_length=256)  # vLLM: own prefix cache
     # Sampling extensions shared with our chat route (vLLM / mlx-lm names)
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     top_k: int | None = Field(None, ge=0)

@@ -192,3 +192,16 @@ def test_connect_retries(bc: ModuleType, base_url: str) -> None:
     assert all(r.retries == 1 and r.completion_tokens == N_CHUNKS + 2 for r in results)
     results, _, agg = _level(bc, base_url, "http500", conc=1, n=1, retries=3)
     assert agg["errors"] == 1 and results[0].retries == 0  # HTTP errors are not retried
+
+
+def test_natural_prompts_are_the_default_and_ask_for_nothing_to_copy(bc: ModuleType) -> None:
+    import bench_serving
+
+    assert bench_serving.parse_args([]).prompt_style == "natural"
+    prompts = {bc.build_prompt("natural", 128, 64, f"t{i}") for i in range(16)}
+    assert len({p.split("] ", 1)[1] for p in prompts}) > 3  # a mix, not one prompt
+    for p in prompts:
+        assert "verbatim" not in p and "Continue this essay" not in p
+        assert 60 < len(p.split()) * bc.TOKENS_PER_WORD < 220
+    assert "COPY-HEAVY" in bench_serving.style_label("rag")
+    assert "COPY-HEAVY" not in bench_serving.style_label("natural")

@@ -180,9 +180,9 @@ def test_a_finishing_sequence_does_not_hold_back_the_others_tokens(tiny_llama_di
     store = engine.prefix_cache.store
     engine.fault_hook = lambda request, n: log.append(("token", engine.stats.steps))
 
-    def logged_store(tokens, cache):
+    def logged_store(tokens, cache, salt=""):
         log.append(("store", engine.stats.steps))
-        store(tokens, cache)
+        store(tokens, cache, salt)
 
     engine.prefix_cache.store = logged_store
     try:

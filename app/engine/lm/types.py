@@ -103,6 +103,7 @@ class GenerationRequest:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     request_id: str = ""
+    cache_salt: str = ""  # prefix-cache namespace (the tenant); "" is the shared one
     enqueued_at: float = field(default_factory=time.monotonic)
     admitted_at: float | None = None  # when it joined the running batch
     cancelled: bool = False

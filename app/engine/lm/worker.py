@@ -32,8 +32,10 @@ from app.engine.lm.admission import AdmissionPolicy
 from app.engine.lm.detokenizer import make_detokenizer
 from app.engine.lm.grammar import GrammarFactory
 from app.engine.lm.iteration_stats import TokenHistogram, step_tokens
-from app.engine.lm.prefix_cache import PrefixCache
+from app.engine.lm.prefix_cache import build_prefix_cache
+from app.engine.lm.prefix_config import PrefixCacheConfig
 from app.engine.lm.processors import make_processors
+from app.engine.lm.prompt_keeper import PromptKeeper
 from app.engine.lm.sampling import make_request_sampler
 from app.engine.lm.sequence import SequenceState
 from app.engine.lm.speculative import SpeculativeBatchGenerator, SpeculativeStats
@@ -86,6 +88,7 @@ class ModelEngine:
         admission_gap_s: float = 0.0,
         split_phases: bool = True,
         prefix_cache_bytes: int = 0,
+        prefix_cache: PrefixCacheConfig | None = None,
         mlx_cache_limit: int | None = None,
         name: str = "model",
     ) -> None:
@@ -110,7 +113,10 @@ class ModelEngine:
         self.spec_stats = SpeculativeStats()  # survives generator replacement after a failure
         self._waiting: deque[GenerationRequest] = deque()
         self._active: dict[int, SequenceState] = {}
-        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+        # Built once the model is loaded (its budget depends on the model's KV size).
+        self.prefix_cache_config = prefix_cache or PrefixCacheConfig(max_bytes=prefix_cache_bytes)
+        self.prefix_cache: Any = None
+        self._keeper: PromptKeeper | None = None
         self.mlx_cache_limit = mlx_cache_limit
         self._cond = threading.Condition()
         self._stopping = False
@@ -158,7 +164,8 @@ class ModelEngine:
         log.debug("engine %s: request queued, %d waiting", self.name, len(self._waiting))
 
     def _check_client_cap(self, request: GenerationRequest) -> None:
-        """A client (X-House-ID) over its sequence cap is refused like a full queue. Lock held."""
+        """A client (API key + X-House-ID) over its sequence cap is refused like a full
+        queue. Lock held."""
         cap = self.max_sequences_per_client
         if not cap or not request.client:
             return
@@ -211,6 +218,11 @@ class ModelEngine:
                 self.tokenizer, _vocab_size(loaded), self.eos_token_ids
             )
             self._generator = self._new_generator()
+            self.prefix_cache = build_prefix_cache(
+                self.prefix_cache_config, self.model, self.name
+            )
+            if self.prefix_cache is not None:
+                self._keeper = PromptKeeper(self.prefix_cache, self._active)
             if self.mlx_cache_limit is not None:
                 # MLX keeps freed buffers for reuse, unbounded by default; under a steady
                 # stream of differently sized batches and KV caches that pool only grows.
@@ -250,7 +262,7 @@ class ModelEngine:
         self._close_generator()
         self.loaded = self.model = self.grammars = None
         if self.prefix_cache is not None:
-            self.prefix_cache.clear()
+            self.prefix_cache.close()  # to the disk tier, if there is one
 
     def _admit_and_step(self, admitted: list[GenerationRequest]) -> None:
         try:
@@ -302,6 +314,12 @@ class ModelEngine:
         pending = self._generator.prompts_pending() if self._generator is not None else 0
         taken = self.admission.select(live, (seq.request for seq in self._active.values()),
                                       at_most=max(0, self.prefill_batch_size - pending))
+        if self._keeper is not None:  # one prefill for a prefix that several prompts share
+            kept: list[GenerationRequest] = []
+            for request in taken:
+                if not self._keeper.must_wait(request, kept):
+                    kept.append(request)
+            taken = kept
         chosen = {id(r) for r in taken}
         self._waiting = deque(r for r in live if id(r) not in chosen)
         self.stats.waiting = len(self._waiting)
@@ -314,8 +332,8 @@ class ModelEngine:
         prompts, caches, known, stop_sets = [], [], [], []
         for request in requests:
             cache, cached = None, 0
-            if self.prefix_cache is not None and request.params.prompt_logprobs is None:
-                cache, cached = self.prefix_cache.fetch(request.prompt_tokens)
+            if self._keeper is not None and request.params.prompt_logprobs is None:
+                cache, cached = self._keeper.lookup(request)
             prompts.append(request.prompt_tokens[cached:])
             caches.append(cache)
             known.append(request.prompt_tokens[:cached])
@@ -340,6 +358,8 @@ class ModelEngine:
             request.admitted_at = now
             if request.params.prompt_logprobs is not None:
                 self._generator.prompt_scores.watch(uid, request.params.prompt_logprobs)
+            if self._keeper is not None:
+                self._keeper.admitted(uid, request, len(prefix))
             self._active[uid] = SequenceState(
                 request=request,
                 detokenizer=make_detokenizer(self.tokenizer),
@@ -367,11 +387,11 @@ class ModelEngine:
     def _remove(self, uids: list[int]) -> None:
         """Take sequences out of the batch, keeping their KV caches for later prefixes."""
         assert self._generator is not None
-        keep = self.prefix_cache is not None
+        keep = self._keeper is not None
         caches = self._generator.remove(uids, return_prompt_caches=keep)
         if keep:
-            for cache, tokens in caches.values():
-                self.prefix_cache.store(tokens, cache)
+            for uid, (cache, tokens) in caches.items():
+                self._keeper.finished(uid, tokens, cache)
 
     def _step(self) -> None:
         assert self._generator is not None
@@ -385,6 +405,8 @@ class ModelEngine:
                 self.name, self.stats.steps, (time.perf_counter() - started) * 1e3,
                 len(self._active), len(generation_responses), len(prompt_responses),
             )
+        if self._keeper is not None:
+            self._keeper.on_prompt_progress(self._generator, prompt_responses)
         ended: list[int] = []
         for response in prompt_responses:
             seq = self._active.get(response.uid)
@@ -395,7 +417,7 @@ class ModelEngine:
             elif seq.prompt_done(self._generator.prompt_scores.take(response.uid)):
                 ended.append(response.uid)  # max_tokens 0: the prompt was all it wanted
                 self._active.pop(response.uid)
-        finished: list[tuple[list[int], Any]] = []
+        finished: list[tuple[int, list[int], Any]] = []
         for response in generation_responses:
             seq = self._active.get(response.uid)
             if seq is None:
@@ -418,13 +440,13 @@ class ModelEngine:
                 continue
             if response.finish_reason is None:  # we ended it (stop string, error, cancel)
                 ended.append(response.uid)
-            elif self.prefix_cache is not None and response.prompt_cache is not None:
-                finished.append((response.all_tokens, response.prompt_cache))
+            elif self._keeper is not None and response.prompt_cache is not None:
+                finished.append((response.uid, response.all_tokens, response.prompt_cache))
             self._active.pop(response.uid, None)
         # Stored only once every row's token is out: storing evaluates the cache, and with
         # eager tokens that runs the batch's next pass, which would hold back the rows after it.
-        for tokens, cache in finished:
-            self.prefix_cache.store(tokens, cache)
+        for uid, tokens, cache in finished:
+            self._keeper.finished(uid, tokens, cache)
         if ended:
             self._remove(ended)
         self.stats.running = len(self._active)

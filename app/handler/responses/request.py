@@ -165,6 +165,7 @@ def generation_spec(body: ResponsesRequest, messages: list[Message]) -> Generati
         output_schema=output_schema(body),
         logprobs=logprobs,
         names=NAMES,
+        cache_salt=body.cache_salt,
     )
 
 
