@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         try:
             import playwright.sync_api  # noqa: F401
         except ImportError:
-            reason = "Playwright's Python package is missing: pip install -e '.[dev]'"
+            reason = "Playwright's Python package is missing: pip install -e '.[cpu,dev]'"
     for item in items:
         if "tests/browser/" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(pytest.mark.browser)
