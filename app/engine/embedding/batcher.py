@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from app.core.blas.governor import blas_governor
-from app.engine.base import STOP, QueueFullError, QueueWorker, deliver
+from app.engine.base import STOP, QueueWorker, deliver
 from app.engine.embedding.slicing import EmbedRequest, plan_pass
 
 logger = logging.getLogger(__name__)
@@ -83,14 +83,12 @@ class EmbeddingBatcher(QueueWorker):
         ``warmup`` (optional) runs first on the worker thread; requests wait for it."""
         if max_batch_size < 1 or max_pass_tokens < 1:
             raise ValueError("max_batch_size and max_pass_tokens must be >= 1")
-        super().__init__(name=name, warmup=warmup)
+        super().__init__(name=name, queue_depth=queue_depth, warmup=warmup)
         self._forward = forward
         self._validate = validate
         self.max_batch_size = max_batch_size
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
         self.max_pass_tokens = max_pass_tokens
-        self.queue_depth = queue_depth
-        self._outstanding = 0  # requests queued or in progress (any thread, under the lock)
         self._backlog: deque[EmbedRequest] = deque()  # worker thread only: requests being served
         self.stats = EmbeddingBatcherStats()
         self._expected_requests = 1  # worker thread only: see the module docstring
@@ -118,25 +116,9 @@ class EmbeddingBatcher(QueueWorker):
             self._validate(batch)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[list[float]]] = loop.create_future()
-        with self._stats_lock:
-            if self._outstanding >= self.queue_depth:
-                raise QueueFullError(
-                    f"model {self.name} has {self._outstanding} embedding requests in progress "
-                    f"(queue depth {self.queue_depth})"
-                )
-            self._outstanding += 1
-        try:
-            self._put(EmbedRequest(batch, future, loop))
-        except BaseException:
-            self._done(future)
-            raise
-        future.add_done_callback(self._done)
+        self._submit(EmbedRequest(batch, future, loop))
+        future.add_done_callback(self._release)  # answered, failed or abandoned
         return await future
-
-    def _done(self, _future: asyncio.Future) -> None:
-        """A request was answered, failed or abandoned: it no longer counts."""
-        with self._stats_lock:
-            self._outstanding -= 1
 
     # -- worker thread -------------------------------------------------------------------
     def _serve(self, item: EmbedRequest) -> object | None:
