@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from app.core.blas.governor import blas_governor
-from app.engine.base import EngineStoppedError, QueueFullError, QueueWorker
+from app.engine.base import QueueFullError, QueueWorker
 
 logger = logging.getLogger(__name__)
 
@@ -70,37 +70,25 @@ class SpeechWorker(QueueWorker):
     """Runs a speech model's jobs in order on its own thread (see the module docstring)."""
 
     thread_suffix = "speech"
+    held_what = "requests already waiting"
 
     def __init__(self, *, name: str, queue_depth: int = 64,
                  warmup: Callable[[], object] | None = None) -> None:
-        super().__init__(name=name, warmup=warmup)
-        self.queue_depth = queue_depth
+        super().__init__(name=name, queue_depth=queue_depth, warmup=warmup)
         self.stats = SpeechWorkerStats()
-        self._waiting = 0
         self._blas = blas_governor()
 
     def stats_snapshot(self) -> dict[str, Any]:
         with self._stats_lock:
             snap = asdict(self.stats)
-            snap["waiting"] = self._waiting
+            snap["waiting"] = self.held
         return snap
 
     # -- asyncio side --------------------------------------------------------------------
     async def stream(self, fn: Callable[[Emit], Any]) -> AsyncIterator[Any]:
         """Queue ``fn``; yield its partial results, then one :class:`JobOutcome`."""
         job = _Job(fn, asyncio.get_running_loop())
-        with self._stats_lock:
-            if self._waiting >= self.queue_depth:
-                raise QueueFullError(
-                    f"{self.name}: {self._waiting} requests are already waiting"
-                )
-            self._waiting += 1
-        try:
-            self._put(job)
-        except RuntimeError as exc:  # stopped: the model is unloading
-            with self._stats_lock:
-                self._waiting -= 1
-            raise EngineStoppedError(str(exc)) from exc
+        self._submit(job)  # QueueFullError; EngineStoppedError while the model unloads
         try:
             while True:
                 item = await job.events.get()
@@ -126,8 +114,7 @@ class SpeechWorker(QueueWorker):
 
     # -- worker thread -------------------------------------------------------------------
     def _serve(self, item: _Job) -> None:
-        with self._stats_lock:
-            self._waiting -= 1
+        self._release()  # a job counts against the queue depth while it waits
         if item.cancelled.is_set():
             self._count(jobs_cancelled=1)
             return None
@@ -160,6 +147,7 @@ class SpeechWorker(QueueWorker):
         return None
 
     def _fail(self, item: _Job, exc: BaseException) -> None:
+        self._release()  # only jobs that never started fail here (the worker stopped)
         item.post(exc)
 
 
