@@ -67,7 +67,20 @@ def clip_seconds(path: Path) -> float:
 def heard(page) -> set[str]:
     """The key words of SENTENCE found in the transcript, once it is shown."""
     wait_until(page, STT_DONE, timeout_s=MODEL_LOAD_S)
+    assert not failed(page, "#stt-info"), page.inner_text("#stt-info")
     return KEY_WORDS & set(words(page.inner_text("#stt-text")))
+
+
+def failed(page, note: str) -> bool:
+    return page.evaluate(f"document.querySelector({note!r}).classList.contains('error-text')")
+
+
+def wait_for_speech(page, extra_condition: str = "true") -> None:
+    """Wait until the player can play the speech, or the page says why it cannot."""
+    wait_until(page, f"({PLAYABLE} && {extra_condition}) || "
+                     "document.querySelector('#tts-info').classList.contains('error-text')",
+               timeout_s=MODEL_LOAD_S)
+    assert not failed(page, "#tts-info"), page.inner_text("#tts-info")
 
 
 def open_audio(page, server) -> None:
@@ -91,7 +104,7 @@ def test_an_uploaded_clip_is_transcribed_and_typed_text_is_spoken(page, server, 
 
     page.fill("#tts-input", "Dinner is ready. Please come to the kitchen.")
     page.click("#tts-run")
-    wait_until(page, PLAYABLE, timeout_s=MODEL_LOAD_S)
+    wait_for_speech(page)
     assert page.evaluate(f"{PLAYER}.duration") > 1.5
     wait_until(page, f"{PLAYER}.currentTime > 0")  # Speak also started playing it
     assert "of wav" in page.inner_text("#tts-info")
@@ -127,8 +140,7 @@ def test_speech_in_other_formats_plays(page, server, fmt):
     page.select_option("#tts-format", fmt)
     page.fill("#tts-input", "The front door is locked.")
     page.press("#tts-input", "Control+Enter")  # the keyboard speaks too
-    wait_until(page, PLAYABLE + f" && {text_of('#tts-info')}.includes('of {fmt}')",
-               timeout_s=MODEL_LOAD_S)
+    wait_for_speech(page, f"{text_of('#tts-info')}.includes('of {fmt}')")
     seconds = page.evaluate(f"{PLAYER}.duration")
     peak, played = page.evaluate(PLAY_AND_MEASURE)
     assert seconds > 1 and peak > 0.05, (seconds, peak)  # speech, not silence
@@ -156,7 +168,8 @@ def test_a_file_that_is_not_audio_shows_the_servers_error(page, server):
     page.set_input_files("#stt-file", {"name": "notes.wav", "mimeType": "audio/wav",
                                        "buffer": data})
     page.click("#stt-run")
-    wait_until(page, "document.querySelector('#stt-info').classList.contains('error-text')")
+    wait_until(page, STT_DONE)
+    assert failed(page, "#stt-info")
     info = page.inner_text("#stt-info")
     assert info.startswith(expected) and "(request req-" in info, info
     assert page.inner_text("#stt-text") == ""
@@ -211,7 +224,7 @@ def test_audio_calls_carry_the_api_key(browser, auth_server, spoken_clip):
         page.press("#key-input", "Enter")
         wait_until(page, "document.querySelector('#tts-model').options.length > 0")
         page.click("#tts-run")
-        wait_until(page, PLAYABLE, timeout_s=MODEL_LOAD_S)
+        wait_for_speech(page)
         # an upload is a multipart request: it carries the key as well (the server decodes
         # before it would load Whisper, so a bad file answers at once)
         page.set_input_files("#stt-file", {"name": "notes.wav", "mimeType": "audio/wav",

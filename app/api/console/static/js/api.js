@@ -16,7 +16,7 @@ export class ApiError extends Error {
 
 /** What to show for a failed call: the server's message and, when known, its request id. */
 export function failureText(err) {
-  if (!(err instanceof ApiError)) return String(err);
+  if (!(err instanceof ApiError)) return err instanceof Error ? err.message : String(err);
   return err.requestId ? `${err.message} (request ${err.requestId})` : err.message;
 }
 

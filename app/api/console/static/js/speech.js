@@ -35,7 +35,8 @@ function play(blob, format) {
   const ready = new Promise((resolve, reject) => {
     player.addEventListener("loadedmetadata", () => resolve(player.duration), { once: true });
     player.addEventListener("error", () => reject(new Error(
-      `This browser cannot play ${format} audio: pick another format.`)), { once: true });
+      `This browser cannot play the ${format} audio (${player.error?.message || "no reason"})`
+      + ": try another format.")), { once: true });
   });
   player.src = audioUrl;
   player.hidden = false;
