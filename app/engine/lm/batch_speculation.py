@@ -27,6 +27,7 @@ so texts are those of non-speculative decoding up to floating-point ties.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
@@ -35,6 +36,7 @@ from mlx_lm.models.cache import BatchKVCache, KVCache
 
 from app.engine.lm.drafting import Drafter, row_logprobs
 from app.engine.lm.eager_tokens import EagerTokenBatch
+from app.engine.lm.spec_gate import SpeculationGate
 
 if TYPE_CHECKING:
     from app.engine.lm.speculative import SpeculativeBatchGenerator
@@ -141,6 +143,7 @@ class BatchSpeculation:
     def __init__(self, generator: SpeculativeBatchGenerator) -> None:
         self.generator = generator
         self.drafters: dict[int, Drafter] = {}
+        self.gates: dict[int, SpeculationGate] = {}  # by batch size (powers of two)
 
     def _eligible(self, batch: GenerationBatch) -> bool:
         if self.generator.num_draft <= 0 or len(batch) < 2 or batch._next_tokens is None:
@@ -268,13 +271,23 @@ class BatchSpeculation:
 
 
 class SpeculativeGenerationBatch(EagerTokenBatch):
-    """``GenerationBatch`` whose ``next()`` tries a speculative step first."""
+    """``GenerationBatch`` whose ``next()`` tries a speculative step first, when the gate
+    (:mod:`app.engine.lm.spec_gate`) says passes are paying for themselves."""
 
     speculation: BatchSpeculation | None = None
 
     def next(self) -> list[GenerationBatch.Response]:
-        if self.speculation is not None and self.uids:
-            responses = self.speculation.step(self)
+        speculation = self.speculation
+        if speculation is None or not self.uids:
+            return super().next()
+        gate = speculation.gates.setdefault(len(self.uids).bit_length(), SpeculationGate())
+        started = time.perf_counter()
+        if len(self.uids) > 1 and gate.speculate():
+            responses = speculation.step(self)
             if responses is not None:
+                gate.record(True, len(responses), time.perf_counter() - started)
                 return responses
-        return super().next()
+            started = time.perf_counter()
+        responses = super().next()
+        gate.record(False, len(responses), time.perf_counter() - started)
+        return responses
