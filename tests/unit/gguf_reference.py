@@ -5,6 +5,8 @@
   weights exactly as stored (norms multiply by the stored ``1 + w``, NEOX RoPE);
 - :func:`qwen_logits` is llama.cpp's Qwen2 / Qwen3 graph (``build_qwen2``/``build_qwen3``)
   in numpy: q/k/v biases or per-head q/k norms, NEOX RoPE, SiLU-gated MLP;
+- :func:`phi3_logits` is llama.cpp's Phi-3 graph (``llm_build_phi3``) in numpy: fused qkv
+  cut by offsets, partial NEOX RoPE with frequency factors, SwiGLU split of the fused up;
 - :func:`spm_tokenize` is llama.cpp's SPM tokenizer loop (best-scoring bigram, leftmost
   first; byte tokens for what is left outside the vocabulary).
 """
@@ -37,14 +39,33 @@ def _rms(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
-def _rope_neox(x: np.ndarray, base: float) -> np.ndarray:
-    """x: (heads, seq, dim); rotate-half RoPE (llama.cpp's NEOX mode)."""
-    seq, dim = x.shape[1], x.shape[2]
+def _rope_neox(
+    x: np.ndarray, base: float, n_rot: int | None = None, factors: np.ndarray | None = None,
+    mscale: float = 1.0,
+) -> np.ndarray:  # fmt: skip
+    """x: (heads, seq, dim); rotate-half RoPE (llama.cpp's NEOX mode, ``ggml_rope_ext``) on
+    the first ``n_rot`` dims: angle ``pos * base^(-2i/n_rot) / factors[i]``, cos and sin
+    times ``mscale`` (the attention factor); the other dims pass through."""
+    seq, dim = x.shape[1], n_rot or x.shape[2]
     inv = base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)
+    if factors is not None:
+        inv = inv / factors
     ang = np.arange(seq)[:, None] * inv[None, :]
-    cos, sin = np.cos(ang), np.sin(ang)
-    a, b = x[..., : dim // 2], x[..., dim // 2 :]
-    return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+    cos, sin = np.cos(ang) * mscale, np.sin(ang) * mscale
+    a, b, rest = x[..., : dim // 2], x[..., dim // 2 : dim], x[..., dim:]
+    return np.concatenate([a * cos - b * sin, b * cos + a * sin, rest], axis=-1)
+
+
+def _attend(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Causal softmax attention of (heads, seq, d) queries on (kv heads, seq, d) keys and
+    values (grouped: each KV head serves consecutive query heads); (seq, heads * d) out."""
+    heads, seq, _ = q.shape
+    k, v = np.repeat(k, heads // k.shape[0], axis=0), np.repeat(v, heads // v.shape[0], axis=0)
+    causal = np.tril(np.ones((seq, seq), dtype=bool))
+    scores = np.where(causal, q @ k.transpose(0, 2, 1), -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return (probs @ v).transpose(1, 0, 2).reshape(seq, -1)
 
 
 def _gelu_tanh(x: np.ndarray) -> np.ndarray:
@@ -99,7 +120,10 @@ def _silu(x: np.ndarray) -> np.ndarray:
 
 
 def qwen_logits(meta: dict[str, Any], t: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
-    """(seq, vocab) logits of llama.cpp's ``qwen2`` or ``qwen3`` graph, float64."""
+    """(seq, vocab) logits of llama.cpp's ``qwen2`` or ``qwen3`` graph, float64.
+
+    It is also llama.cpp's ``llama`` graph (interleaved RoPE on q/k rows the converter
+    permuted) when given q/k un-permuted, since both RoPEs rotate the same pairs then."""
     arch = meta["general.architecture"]
     g = {k.removeprefix(f"{arch}."): v for k, v in meta.items() if k.startswith(f"{arch}.")}
     hidden, heads = g["embedding_length"], g["attention.head_count"]
@@ -108,7 +132,6 @@ def qwen_logits(meta: dict[str, Any], t: dict[str, np.ndarray], ids: list[int]) 
     eps, base, seq = g["attention.layer_norm_rms_epsilon"], g["rope.freq_base"], len(ids)
     w = {k: v.astype(np.float64) for k, v in t.items()}
     x = w["token_embd.weight"][ids]
-    causal = np.tril(np.ones((seq, seq), dtype=bool))
 
     def project(h: np.ndarray, p: str, name: str, n: int) -> np.ndarray:
         out = h @ w[f"{p}{name}.weight"].T + w.get(f"{p}{name}.bias", 0.0)
@@ -121,16 +144,42 @@ def qwen_logits(meta: dict[str, Any], t: dict[str, np.ndarray], ids: list[int]) 
         h = _rms(x, w[p + "attn_norm.weight"], eps)
         q = _rope_neox(project(h, p, "attn_q", heads), base) / math.sqrt(head_dim)
         k = _rope_neox(project(h, p, "attn_k", kv), base)
-        v = project(h, p, "attn_v", kv)
-        k, v = np.repeat(k, heads // kv, axis=0), np.repeat(v, heads // kv, axis=0)
-        scores = np.where(causal, q @ k.transpose(0, 2, 1), -np.inf)
-        probs = np.exp(scores - scores.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
-        attn = (probs @ v).transpose(1, 0, 2).reshape(seq, heads * head_dim)
+        attn = _attend(q, k, project(h, p, "attn_v", kv))
         x = x + attn @ w[p + "attn_output.weight"].T
         h = _rms(x, w[p + "ffn_norm.weight"], eps)
         gate = _silu(h @ w[p + "ffn_gate.weight"].T) * (h @ w[p + "ffn_up.weight"].T)
         x = x + gate @ w[p + "ffn_down.weight"].T
+    x = _rms(x, w["output_norm.weight"], eps)
+    return x @ w.get("output.weight", w["token_embd.weight"]).T
+
+
+def phi3_logits(meta: dict[str, Any], t: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
+    """(seq, vocab) logits of llama.cpp's ``phi3`` graph (``llm_build_phi3``), float64.
+
+    The fused ``attn_qkv`` output is cut at ``n_embd`` and ``n_embd + n_embd_gqa`` (q, k,
+    v); NEOX RoPE on ``rope.dimension_count`` dims with the long rope factors (llama.cpp's
+    choice when its context exceeds the original one) and ``rope.scaling.attn_factor``;
+    the fused ``ffn_up`` output is SwiGLU-split: SiLU of the first half times the second.
+    """
+    g = {k.removeprefix("phi3."): v for k, v in meta.items() if k.startswith("phi3.")}
+    hidden, heads = g["embedding_length"], g["attention.head_count"]
+    kv, head_dim = g["attention.head_count_kv"], hidden // heads
+    eps, base, seq = g["attention.layer_norm_rms_epsilon"], g["rope.freq_base"], len(ids)
+    n_rot, mscale = g["rope.dimension_count"], g.get("rope.scaling.attn_factor", 1.0)
+    w = {k: v.astype(np.float64) for k, v in t.items()}
+    factors = w.get("rope_factors_long.weight")
+    x = w["token_embd.weight"][ids]
+    for i in range(g["block_count"]):
+        p = f"blk.{i}."
+        qkv = _rms(x, w[p + "attn_norm.weight"], eps) @ w[p + "attn_qkv.weight"].T
+        q, k, v = np.split(qkv, [hidden, hidden + kv * head_dim], axis=-1)
+        q, k, v = (m.reshape(seq, -1, head_dim).transpose(1, 0, 2) for m in (q, k, v))
+        q = _rope_neox(q, base, n_rot, factors, mscale) / math.sqrt(head_dim)
+        k = _rope_neox(k, base, n_rot, factors, mscale)
+        x = x + _attend(q, k, v) @ w[p + "attn_output.weight"].T
+        up = _rms(x, w[p + "ffn_norm.weight"], eps) @ w[p + "ffn_up.weight"].T
+        gate, up = np.split(up, 2, axis=-1)
+        x = x + (_silu(gate) * up) @ w[p + "ffn_down.weight"].T
     x = _rms(x, w["output_norm.weight"], eps)
     return x @ w.get("output.weight", w["token_embd.weight"]).T
 

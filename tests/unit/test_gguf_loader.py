@@ -194,7 +194,7 @@ def test_float16_and_untied_output(tmp_path: Path) -> None:
 def test_unsupported_architecture_is_a_clear_error(tmp_path: Path) -> None:
     tiny = write_tiny_gguf(tmp_path / "other.gguf", arch="phi2")
     with pytest.raises(ValueError, match=r"other\.gguf.*architecture 'phi2' is not supported "
-                                         r"\(supported: gemma3, llama, qwen2, qwen3\)"):
+                                         r"\(supported: gemma3, llama, phi3, qwen2, qwen3\)"):
         load_gguf_model(tiny.path)
 
 

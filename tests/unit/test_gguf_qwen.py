@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -30,6 +33,15 @@ def logits(model: nn.Module, ids: list[int] = PROMPT) -> np.ndarray:
     return np.array(model(mx.array([ids])).astype(mx.float32))[0]
 
 
+def assert_matches_graph(model: nn.Module, path: Path, graph: Callable[..., np.ndarray]) -> None:
+    """``model``'s logits on :data:`PROMPT` are ``graph``'s (a numpy llama.cpp graph from
+    :mod:`tests.unit.gguf_reference`) on the file's own tensors, read by gguf-py."""
+    meta, tensors = read_reference(path)
+    want = graph(meta, tensors, PROMPT)
+    assert np.abs(want).max() > 1.0  # not a degenerate model
+    np.testing.assert_allclose(logits(model), want, atol=2e-4, rtol=1e-4)
+
+
 def test_the_file_mixes_quant_types(tiny: TinyQwen) -> None:
     assert {"Q5_0", "Q8_0", "Q4_K", "Q6_K", "F32"} <= set(tiny.types.values())
 
@@ -50,11 +62,7 @@ def test_config_comes_from_gguf(tiny: TinyQwen, f32: LoadedLanguageModel) -> Non
 def test_float32_logits_match_llama_cpp_graph(tiny: TinyQwen, f32: LoadedLanguageModel) -> None:
     """Biases (qwen2), q/k norms and head size (qwen3), NEOX RoPE and the untied (qwen2) or
     tied (qwen3) head all have to be right for this to hold."""
-    meta, tensors = read_reference(tiny.path)
-    want = qwen_logits(meta, tensors, PROMPT)
-    got = logits(f32.model)
-    assert np.abs(want).max() > 1.0  # not a degenerate model
-    np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
+    assert_matches_graph(f32.model, tiny.path, qwen_logits)
 
 
 def test_quantized_mode_keeps_the_files_blocks(tiny: TinyQwen, f32: LoadedLanguageModel) -> None:

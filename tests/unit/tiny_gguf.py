@@ -99,14 +99,19 @@ def _layer_tensors(
 
 
 def add_shape(w: GGUFWriter, *, context: int, hidden: int, layers: int, ffn: int, heads: int,
-              kv_heads: int) -> None:
-    """The model-shape metadata every tiny GGUF carries."""
+              kv_heads: int, rope: tuple[int, float, float] | None = None) -> None:
+    """The model-shape metadata every tiny GGUF carries; ``rope``: (rotary dims, RoPE
+    base, RMSNorm epsilon) when the file sets them."""
     w.add_context_length(context)
     w.add_embedding_length(hidden)
     w.add_block_count(layers)
     w.add_feed_forward_length(ffn)
     w.add_head_count(heads)
     w.add_head_count_kv(kv_heads)
+    if rope is not None:
+        w.add_rope_dimension_count(rope[0])
+        w.add_rope_freq_base(rope[1])
+        w.add_layer_norm_rms_eps(rope[2])
 
 
 def write_tiny_gguf(

@@ -67,6 +67,24 @@ def train_tokenizer() -> Tokenizer:
     return bpe._tokenizer
 
 
+def add_bpe_vocab(w: GGUFWriter, tok: Tokenizer, *, pre: str) -> int:
+    """Write ``tok`` as a GGUF ``gpt2`` tokenizer (specials as control tokens, end of text
+    as BOS and pad, ``<|im_end|>`` as EOS); returns the vocabulary size."""
+    vocab = tok.get_vocab()
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    w.add_bos_token_id(vocab["<|endoftext|>"])
+    w.add_eos_token_id(vocab["<|im_end|>"])
+    w.add_pad_token_id(vocab["<|endoftext|>"])
+    w.add_add_bos_token(False)
+    return len(tokens)
+
+
 def _layer(rng: np.random.Generator, arch: str, i: int) -> list[tuple[str, np.ndarray | None,
                                                                      Q, tuple]]:
     """(name, float value or None for random K blocks, type, shape) for one block."""
@@ -102,10 +120,6 @@ def write_tiny_qwen(path: Path, *, arch: str = "qwen2", seed: int = 0) -> TinyQw
     GGUF has), qwen3 a tied embedding."""
     rng = np.random.default_rng(seed)
     tok = train_tokenizer()
-    vocab = tok.get_vocab()
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    merges = json.loads(tok.to_str())["model"]["merges"]
-
     w = GGUFWriter(str(path), arch)
     add_shape(w, context=CONTEXT, hidden=HIDDEN, layers=LAYERS, ffn=FFN, heads=HEADS,
               kv_heads=KV_HEADS)
@@ -115,18 +129,9 @@ def write_tiny_qwen(path: Path, *, arch: str = "qwen2", seed: int = 0) -> TinyQw
     w.add_layer_norm_rms_eps(EPS)
     w.add_rope_freq_base(ROPE_BASE)
     w.add_file_type(LlamaFileType.MOSTLY_Q5_0)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
-    w.add_token_list(tokens)
-    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-    w.add_bos_token_id(vocab["<|endoftext|>"])
-    w.add_eos_token_id(vocab["<|im_end|>"])
-    w.add_pad_token_id(vocab["<|endoftext|>"])
-    w.add_add_bos_token(False)
+    n = add_bpe_vocab(w, tok, pre="qwen2")
     w.add_chat_template(CHAT_TEMPLATE)
 
-    n = len(tokens)
     tensors = [("token_embd.weight", rng.normal(0, 0.5, (n, HIDDEN)), Q.Q5_0, (n, HIDDEN))]
     for i in range(LAYERS):
         tensors += _layer(rng, arch, i)

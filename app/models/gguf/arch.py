@@ -16,10 +16,19 @@ from the GGUF hyperparameters.
   (rotate-half) RoPE and does not permute q/k, so mlx-lm's ``qwen2`` loads it as stored.
 - ``qwen3``: as ``qwen2`` without biases, plus per-head RMSNorms on q and k
   (``attn_q_norm``/``attn_k_norm``) and an explicit head size (``attention.key_length``).
+- ``phi3`` (Phi-3, Phi-3.5, Phi-4-mini): fused ``attn_qkv`` (q, k, v rows in that order) and
+  fused ``ffn_up`` (gate rows, then up rows), as mlx-lm's ``qkv_proj``/``gate_up_proj``
+  hold them; NEOX RoPE, unpermuted, on ``rope.dimension_count`` dims of each head (partial
+  rotary for Phi-4-mini). Long-context files carry ``rope_factors_long``/``_short``
+  tensors: mlx-lm applies the long ones with its own attention factor, which llama.cpp
+  also uses whenever its context exceeds the original training length, so the file's
+  ``rope.scaling.attn_factor`` must agree with it. ``attention.sliding_window`` is ignored,
+  as llama.cpp does for Phi (its Phi SWA is disabled) and mlx-lm's ``phi3`` has none.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -55,6 +64,15 @@ QWEN3_IN_BLOCK = {
     "attn_q_norm": "self_attn.q_norm",
     "attn_k_norm": "self_attn.k_norm",
 }
+PHI3_IN_BLOCK = {
+    "attn_qkv": "self_attn.qkv_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_up": "mlp.gate_up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+PHI3_ROPE_FACTORS = ("rope_factors_long", "rope_factors_short")
 GEMMA3_LOCAL_ROPE_BASE = 10_000.0
 GEMMA3_SLIDING_WINDOW_PATTERN = 6
 GEMMA3_27B_LAYERS = 62
@@ -71,10 +89,14 @@ class Family:
     top_level: dict[str, str]
     config: Callable[[dict[str, Any], Weights, Path], dict[str, Any]]
     fix: Callable[[str, np.ndarray], np.ndarray]  # (gguf name, value) -> value for mlx-lm
+    extras: tuple[str, ...] = ()  # tensors (base names) the config reads, not the model
 
     def rename(self, name: str) -> str | None:
-        """The mlx-lm parameter name of a GGUF tensor, or None if this family has none."""
+        """The mlx-lm parameter name of a GGUF tensor (an extra keeps its GGUF name), or
+        None if this family has none."""
         base, _, suffix = name.rpartition(".")
+        if base in self.extras and suffix == "weight":
+            return name
         if suffix not in _SUFFIXES:
             return None
         block = _BLOCK_RE.fullmatch(base)
@@ -185,6 +207,62 @@ def qwen_config(meta: dict[str, Any], weights: Weights, path: Path) -> dict[str,
     return config
 
 
+def phi3_config(meta: dict[str, Any], weights: Weights, path: Path) -> dict[str, Any]:
+    """mlx-lm ``phi3`` config; ``weights`` also holds the ``rope_factors_*`` extras."""
+    get = _meta(meta, "phi3", path)
+    hidden, heads = int(get("embedding_length")), int(get("attention.head_count"))
+    head_dim = hidden // heads
+    if int(get("attention.key_length", head_dim)) != head_dim:
+        raise ValueError(f"{path}: phi3 needs head size hidden / heads, not a separate one")
+    rope_dims = int(get("rope.dimension_count", head_dim))
+    partial = rope_dims / head_dim
+    if int(head_dim * partial) != rope_dims or rope_dims % 2:
+        raise ValueError(f"{path}: {rope_dims} rotary dims of {head_dim} cannot be expressed")
+    context = int(get("context_length", 4096))
+    original = int(get("rope.scaling.original_context_length", context))
+    return {
+        "model_type": "phi3",
+        "architectures": ["Phi3ForCausalLM"],
+        "hidden_size": hidden,
+        "num_hidden_layers": int(get("block_count")),
+        "intermediate_size": int(get("feed_forward_length")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(get("attention.head_count_kv", heads)),
+        "rms_norm_eps": _f32(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": _f32(get("rope.freq_base", 10_000.0)),
+        "rope_scaling": _phi3_rope_scaling(get, weights, rope_dims, context, original, path),
+        "partial_rotary_factor": partial,
+        "max_position_embeddings": context,
+        "original_max_position_embeddings": original,
+        "vocab_size": int(weights["model.embed_tokens.weight"].shape[0]),
+        "tie_word_embeddings": "lm_head.weight" not in weights,
+    }
+
+
+def _phi3_rope_scaling(get: Callable[..., Any], weights: Weights, rope_dims: int, context: int,
+                       original: int, path: Path) -> dict[str, Any] | None:
+    """``longrope`` scaling from the ``rope_factors_*`` tensors, None without them."""
+    if str(get("rope.scaling.type", "none")) not in ("none", "longrope", "su"):
+        raise ValueError(f"{path}: rope scaling {get('rope.scaling.type')!r} is not supported "
+                         "for phi3")
+    found = [f"{name}.weight" in weights for name in PHI3_ROPE_FACTORS]
+    if not any(found):
+        return None
+    if not all(found):
+        raise ValueError(f"{path}: phi3 needs both rope_factors_long and rope_factors_short")
+    long, short = (np.asarray(weights[f"{n}.weight"], np.float32).reshape(-1).tolist()
+                   for n in PHI3_ROPE_FACTORS)
+    if len(long) != rope_dims // 2 or len(short) != rope_dims // 2:
+        raise ValueError(f"{path}: phi3 rope factors need {rope_dims // 2} values each")
+    scale = context / original
+    implied = math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1 else 1.0
+    stored = float(get("rope.scaling.attn_factor", implied))
+    if abs(stored - implied) > 1e-4:
+        raise ValueError(f"{path}: phi3 rope attention factor {stored} is not the longrope "
+                         f"one ({implied:.6f}) that mlx-lm applies")
+    return {"type": "longrope", "long_factor": long, "short_factor": short}
+
+
 def _gemma3_fix(name: str, value: np.ndarray) -> np.ndarray:
     return value - 1.0 if name.endswith("norm.weight") else value
 
@@ -208,6 +286,8 @@ FAMILIES: dict[str, Family] = {
                     lambda _name, value: value),
     "qwen3": Family("qwen3", "qwen3", QWEN3_IN_BLOCK, LLAMA_TOP_LEVEL, qwen_config,
                     lambda _name, value: value),
+    "phi3": Family("phi3", "phi3", PHI3_IN_BLOCK, LLAMA_TOP_LEVEL, phi3_config,
+                   lambda _name, value: value, PHI3_ROPE_FACTORS),
 }  # fmt: skip
 
 
@@ -230,6 +310,8 @@ def model_class(model_type: str) -> tuple[type, type]:
         from mlx_lm.models import qwen2 as module
     elif model_type == "qwen3":
         from mlx_lm.models import qwen3 as module
+    elif model_type == "phi3":
+        from mlx_lm.models import phi3 as module
     else:  # pragma: no cover - FAMILIES only names the ones above
         raise ValueError(f"no mlx-lm model for {model_type!r}")
     return module.Model, module.ModelArgs

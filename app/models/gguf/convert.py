@@ -27,6 +27,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from gguf import GGMLQuantizationType
 from tqdm import tqdm
 
@@ -99,21 +100,26 @@ def convert_gguf(path: Path, out_dir: Path, *, progress: bool | None = None) -> 
                 f"{path}: unsupported {family.arch} tensors: {', '.join(sorted(unknown)[:5])}"
             )
         weights: dict[str, mx.array] = {}
+        extras: dict[str, np.ndarray] = {}  # tensors the config reads (phi3's rope factors)
         layers: dict[str, dict[str, str]] = {}  # module -> GGUF tensor and type
         bar = tqdm(gf.tensors, desc=f"dequantizing {path.name}", unit="tensor",
                    disable=None if progress is None else not progress, leave=False)
         for info in bar:
             name = family.rename(info.name)
             assert name is not None
+            if name.removesuffix(".weight") in family.extras:
+                extras[name] = gf.dequantize(info)
+                continue
             weights[name] = mx.array(family.fix(info.name, gf.dequantize(info)))
             mx.eval(weights[name])
             if name.endswith(".weight") and len(info.shape) == 2:
                 layers[name.removesuffix(".weight")] = {"tensor": info.name,
                                                         "type": info.type_name}
-    config = family.config(meta, weights, path)
+    config = family.config(meta, {**weights, **extras}, path)
     model_cls, args_cls = model_class(family.model_type)
     model = model_cls(args_cls.from_dict(config))
-    weights = model.sanitize(weights)
+    if hasattr(model, "sanitize"):  # mlx-lm's phi3 has none
+        weights = model.sanitize(weights)
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as exc:
