@@ -17,7 +17,7 @@ from app.config import Settings
 from app.core import errors
 from app.core.context import RequestContext
 from app.engine.base import EngineStoppedError, QueueFullError
-from app.engine.speech.worker import JobOutcome
+from app.engine.speech.worker import JobOutcome, Stepped
 from app.handler.subtitles import srt, vtt
 from app.lifecycle.manager import ModelManager
 from app.models.audio_codec import AudioDecodeError, decode_audio
@@ -95,8 +95,10 @@ class TranscriptionHandler:
                                      temperature=params.temperature)
             seconds = audio.size / SAMPLE_RATE
 
-            def job(emit: Any) -> Transcript:
-                return loaded.transcribe(audio, options, prompt=params.prompt, on_segment=emit)
+            job = Stepped(  # shares decoder steps with the model's other transcriptions
+                group=loaded, open_batch=loaded.open_batch,
+                start=lambda emit: loaded.transcription(audio, options, prompt=params.prompt,
+                                                        on_segment=emit))
 
             if params.stream:
                 events = self._stream(task, managed, job, seconds, ctx, lease)

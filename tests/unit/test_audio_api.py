@@ -127,3 +127,18 @@ def test_models_list_the_stt_model(client):
     assert meta["type"] == "stt" and meta["capabilities"] == ["transcriptions", "translations"]
     metrics = client.get("/metrics").text
     assert 'mlx_server_audio_seconds_total{model_name="tiny-whisper",task="transcribe"}' in metrics
+
+
+def test_concurrent_requests_each_get_their_own_transcript(client):
+    """Requests decoded in one batch: each answer belongs to its own upload."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    durations = [0.5, 1.5, 1.0, 2.0]  # the upload limit here is 64 KiB
+    with ThreadPoolExecutor(len(durations)) as pool:
+        replies = list(pool.map(lambda s: _post(client, _wav(s), response_format="verbose_json",
+                                                ), durations))
+    for seconds, reply in zip(durations, replies, strict=True):
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["duration"] == seconds and "htdi" in body
+        assert all(0.0 <= s["start"] <= s["end"] <= seconds for s in body["segments"])

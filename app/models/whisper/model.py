@@ -41,9 +41,10 @@ class WhisperDims:
 
 
 class MultiHeadAttention(nn.Module):
-    def __init__(self, n_state: int, n_head: int) -> None:
+    def __init__(self, n_state: int, n_head: int, cross: bool = False) -> None:
         super().__init__()
         self.n_head = n_head
+        self.cross = cross  # keys/values from the audio (``xa``) or from a cache of them
         self.query = nn.Linear(n_state, n_state)
         self.key = nn.Linear(n_state, n_state)
         self.value = nn.Linear(n_state, n_state)
@@ -61,15 +62,17 @@ class MultiHeadAttention(nn.Module):
         kv_cache: tuple[mx.array, mx.array] | None = None,
     ) -> tuple[mx.array, tuple[mx.array, mx.array]]:
         q = self._heads(self.query(x))
-        if xa is None:  # self-attention: extend the cache with this step's keys/values
+        if not self.cross:  # self-attention: extend the cache with this step's keys/values
             k, v = self._heads(self.key(x)), self._heads(self.value(x))
             if kv_cache is not None:
                 k = mx.concatenate([kv_cache[0], k], axis=2)
                 v = mx.concatenate([kv_cache[1], v], axis=2)
-        elif kv_cache is None:  # cross-attention: audio keys/values, computed once
+        elif kv_cache is None and xa is not None:  # cross-attention: audio keys/values, once
             k, v = self._heads(self.key(xa)), self._heads(self.value(xa))
-        else:
+        elif kv_cache is not None:
             k, v = kv_cache
+        else:
+            raise ValueError("cross-attention needs the audio features or their cache")
         scale = (q.shape[-1]) ** -0.5
         if q.shape[2] == k.shape[2] and mask is None:  # the encoder: one shape, compiled once
             out = sdpa(q, k, v, scale, mask)
@@ -84,7 +87,8 @@ class ResidualAttentionBlock(nn.Module):
         super().__init__()
         self.attn = MultiHeadAttention(n_state, n_head)
         self.attn_ln = nn.LayerNorm(n_state)
-        self.cross_attn = MultiHeadAttention(n_state, n_head) if cross_attention else None
+        self.cross_attn = (MultiHeadAttention(n_state, n_head, cross=True) if cross_attention
+                           else None)
         self.cross_attn_ln = nn.LayerNorm(n_state) if cross_attention else None
         self.mlp1 = nn.Linear(n_state, 4 * n_state)
         self.mlp2 = nn.Linear(4 * n_state, n_state)
@@ -139,15 +143,25 @@ class TextDecoder(nn.Module):
         self.ln = nn.LayerNorm(d)
 
     def __call__(
-        self, tokens: mx.array, xa: mx.array, cache: list[LayerCache] | None = None
+        self, tokens: mx.array, xa: mx.array | None, cache: list[LayerCache] | None = None,
+        *, positions: mx.array | None = None, mask: mx.array | str | None = None,
     ) -> tuple[mx.array, list[LayerCache]]:
-        """Logits for ``tokens`` (batch, steps) after ``cache``'s positions; the new cache."""
-        offset = 0
-        if cache and cache[0][0] is not None:
-            offset = cache[0][0][0].shape[2]
+        """Logits for ``tokens`` (batch, steps) after ``cache``'s positions; the new cache.
+
+        A batch of rows with caches of different lengths (one step each) passes
+        ``positions`` (batch,), each row's own position, and an additive ``mask``
+        (batch, 1, 1, keys) hiding each row's padding; ``xa`` may then be None (the
+        cache holds the audio keys/values).
+        """
         steps = tokens.shape[1]
-        x = self.token_embedding(tokens) + self.positional_embedding[offset : offset + steps]
-        mask = "causal" if steps > 1 else None
+        if positions is not None:
+            x = self.token_embedding(tokens) + self.positional_embedding[positions][:, None]
+        else:
+            offset = 0
+            if cache and cache[0][0] is not None:
+                offset = cache[0][0][0].shape[2]
+            x = self.token_embedding(tokens) + self.positional_embedding[offset : offset + steps]
+            mask = "causal" if steps > 1 else None
         cache = cache or [(None, None)] * len(self.blocks)
         new_cache: list[LayerCache] = []
         for block, layer_cache in zip(self.blocks, cache, strict=True):
