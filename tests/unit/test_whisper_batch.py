@@ -1,6 +1,6 @@
 """Batched Whisper decoding on the tiny random model: transcripts equal to decoding alone
 (greedy and seeded sampling, members joining mid-way, prompts and windows of different
-lengths), padded rows see exactly their own keys, and a failing member ends alone.
+lengths, word timestamps), padded rows see exactly their own keys, and a failing member ends alone.
 
 Tokens, text and timestamps must be identical; log-probabilities may differ in the 8th
 digit, because OpenBLAS multiplies a (rows, d) batch with other kernels than one row
@@ -39,7 +39,8 @@ PROMPTS = [None, "hello there", None, "a much longer prompt " * 3]
 
 
 def _options(loaded, i: int, greedy: bool):
-    options = loaded.options(task="transcribe", language="en" if i % 2 else None)
+    options = loaded.options(task="transcribe", language="en" if i % 2 else None,
+                             word_timestamps=i % 2 == 1)
     options.sample_len, options.seed = 16 + 5 * i, i
     if greedy:
         options.temperatures = (0.0,)
@@ -87,6 +88,7 @@ def test_batched_transcripts_equal_decoding_alone(loaded, greedy):
     for got, want in zip(together, alone, strict=True):
         assert_same(got, want)  # tokens, text, timestamps, languages, log-probs
     assert sum(t.windows for t in alone) >= 7 and all(t.segments for t in alone)
+    assert any(s.words for s in alone[1].segments)  # word timestamps ran in the batch too
     assert batch.max_rows == 4 and batch.row_steps > 1.5 * batch.steps  # steps were shared
 
 

@@ -2,14 +2,14 @@
 
 Each member is a :func:`~app.models.whisper.transcribe.transcription` generator. A
 :meth:`TranscriptionBatch.step` first answers what members wait for outside the step
-batch (encoding a window, detecting the language, running a pass's prompt: prompts differ
-in length, so each runs alone), until every member is decoding or done; then it feeds
-every decoding member's next token to the decoder as one (rows, 1) batch
-(:class:`~app.models.whisper.rows.DecoderRows`). Sampling, the logit rules and the
-temperature fallback stay per member (:class:`~app.models.whisper.decoding.WindowPass`,
-each member with its own random generator), so a member's transcript does not depend on
-who it shares steps with. One member's failure (a caller gone: its ``on_segment``
-raises) ends only that member.
+batch (encoding windows, together; detecting the language, the cross-attention for word
+timestamps and a pass's prompt, each alone: prompts differ in length), until every member
+is decoding or done; then it feeds every decoding member's next token to the decoder as
+one (rows, 1) batch (:class:`~app.models.whisper.rows.DecoderRows`). Sampling, the logit
+rules and the temperature fallback stay per member
+(:class:`~app.models.whisper.decoding.WindowPass`, each member with its own random
+generator), so a member's tokens do not depend on who it shares steps with. One member's
+failure (a caller gone: its ``on_segment`` raises) ends only that member.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from app.models.whisper.model import Whisper
 from app.models.whisper.rows import DecoderRows
 from app.models.whisper.tokenizer import WhisperTokenizer
 from app.models.whisper.transcribe import (
+    Align,
     Decode,
     Encode,
     Request,
@@ -31,6 +32,7 @@ from app.models.whisper.transcribe import (
     detect_language,
     encode,
 )
+from app.models.whisper.words import attention_weights
 
 Finished = tuple["Member", Transcript | None, BaseException | None]
 
@@ -116,7 +118,11 @@ class TranscriptionBatch:
                 if isinstance(request, Decode):
                     self._join(member, request, finished)
                     continue
-                answer: Any = detect_language(self.model, self.tok, request.features)
+                if isinstance(request, Align):
+                    answer: Any = attention_weights(self.model, request.features,
+                                                    request.tokens, request.heads)
+                else:
+                    answer = detect_language(self.model, self.tok, request.features)
             except Exception as exc:  # noqa: BLE001 - this member ends, the others go on
                 finished.append(self._end(member, None, exc))
                 continue

@@ -39,6 +39,8 @@ class DecodeOptions:
     logprob_threshold: float | None = -1.0
     no_speech_threshold: float | None = 0.6
     seed: int | None = None
+    word_timestamps: bool = False
+    alignment_heads: Sequence[Sequence[int]] = ()  # (layer, head); empty: see words.py
 
 
 @dataclass

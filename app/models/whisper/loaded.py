@@ -31,14 +31,16 @@ class LoadedWhisper:
         return list(self.tokenizer.languages)
 
     def options(self, *, task: str, language: str | None, timestamps: bool = True,
-                temperature: float = 0.0) -> DecodeOptions:
-        """Decoding options: a temperature above 0 starts the fallback ladder there."""
+                temperature: float = 0.0, word_timestamps: bool = False) -> DecodeOptions:
+        """Decoding options: a temperature above 0 starts the fallback ladder there; word
+        timestamps use the alignment heads of the model's ``config.json`` if it has them."""
         ladder = [round(t, 1) for t in np.arange(temperature, 1.0 + 1e-6, 0.2)] or [temperature]
         return DecodeOptions(
             task=task, language=language, timestamps=timestamps,
             suppress=self.hints.get("suppress_ids", []),
             suppress_at_begin=self.hints.get("suppress_ids_begin", []),
-            temperatures=ladder,
+            temperatures=ladder, word_timestamps=word_timestamps,
+            alignment_heads=self.hints.get("alignment_heads") or (),
         )
 
     @property

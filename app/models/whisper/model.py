@@ -60,7 +60,10 @@ class MultiHeadAttention(nn.Module):
         xa: mx.array | None = None,
         mask: mx.array | str | None = None,
         kv_cache: tuple[mx.array, mx.array] | None = None,
+        qk_out: list[mx.array] | None = None,
     ) -> tuple[mx.array, tuple[mx.array, mx.array]]:
+        """``qk_out``: a list that gets the scaled query-key logits (batch, heads, queries,
+        keys), computed without the fused kernel (word timestamps read them)."""
         q = self._heads(self.query(x))
         if not self.cross:  # self-attention: extend the cache with this step's keys/values
             k, v = self._heads(self.key(x)), self._heads(self.value(x))
@@ -74,7 +77,13 @@ class MultiHeadAttention(nn.Module):
         else:
             raise ValueError("cross-attention needs the audio features or their cache")
         scale = (q.shape[-1]) ** -0.5
-        if q.shape[2] == k.shape[2] and mask is None:  # the encoder: one shape, compiled once
+        if qk_out is not None:
+            if mask is not None:
+                raise ValueError("attention logits are read from unmasked (cross) attention")
+            qk = (q @ k.transpose(0, 1, 3, 2)).astype(mx.float32) * scale
+            qk_out.append(qk)
+            out = (mx.softmax(qk, axis=-1).astype(v.dtype) @ v)
+        elif q.shape[2] == k.shape[2] and mask is None:  # the encoder: one shape, compiled once
             out = sdpa(q, k, v, scale, mask)
         else:  # decoder steps: a new key length each step, nothing to compile per shape
             out = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
@@ -100,12 +109,15 @@ class ResidualAttentionBlock(nn.Module):
         xa: mx.array | None = None,
         mask: mx.array | str | None = None,
         cache: LayerCache = (None, None),
+        cross_qk: list[mx.array] | None = None,
     ) -> tuple[mx.array, LayerCache]:
+        """``cross_qk``: a list that gets the cross-attention logits (see the attention)."""
         self_kv, cross_kv = cache
         y, self_kv = self.attn(self.attn_ln(x), mask=mask, kv_cache=self_kv)
         x = x + y
         if self.cross_attn is not None:
-            y, cross_kv = self.cross_attn(self.cross_attn_ln(x), xa, kv_cache=cross_kv)
+            y, cross_kv = self.cross_attn(self.cross_attn_ln(x), xa, kv_cache=cross_kv,
+                                          qk_out=cross_qk)
             x = x + y
         x = x + self.mlp2(nn.gelu(self.mlp1(self.mlp_ln(x))))
         return x, (self_kv, cross_kv)
@@ -145,13 +157,15 @@ class TextDecoder(nn.Module):
     def __call__(
         self, tokens: mx.array, xa: mx.array | None, cache: list[LayerCache] | None = None,
         *, positions: mx.array | None = None, mask: mx.array | str | None = None,
+        cross_qk: list[mx.array] | None = None,
     ) -> tuple[mx.array, list[LayerCache]]:
         """Logits for ``tokens`` (batch, steps) after ``cache``'s positions; the new cache.
 
         A batch of rows with caches of different lengths (one step each) passes
         ``positions`` (batch,), each row's own position, and an additive ``mask``
         (batch, 1, 1, keys) hiding each row's padding; ``xa`` may then be None (the
-        cache holds the audio keys/values).
+        cache holds the audio keys/values). ``cross_qk`` gets each layer's cross-attention
+        logits (batch, heads, tokens, frames), for word timestamps.
         """
         steps = tokens.shape[1]
         if positions is not None:
@@ -165,7 +179,7 @@ class TextDecoder(nn.Module):
         cache = cache or [(None, None)] * len(self.blocks)
         new_cache: list[LayerCache] = []
         for block, layer_cache in zip(self.blocks, cache, strict=True):
-            x, layer_cache = block(x, xa, mask=mask, cache=layer_cache)
+            x, layer_cache = block(x, xa, mask=mask, cache=layer_cache, cross_qk=cross_qk)
             new_cache.append(layer_cache)
         x = self.ln(x)
         return self.token_embedding.as_linear(x), new_cache

@@ -33,6 +33,15 @@ from app.models.whisper.features import (
 )
 from app.models.whisper.model import Whisper, WhisperDims
 from app.models.whisper.tokenizer import TIME_PRECISION, WhisperTokenizer
+from app.models.whisper.words import (
+    Word,
+    alignment_heads,
+    attach_words,
+    attention_weights,
+    find_words,
+    limit_durations,
+    merge_punctuation,
+)
 
 SILENCE_PEAK = 10 ** (-60 / 20)  # -60 dBFS: digital silence and dither, no speech
 INPUT_STRIDE = 2  # mel frames per encoder position (and per timestamp step of 20 ms)
@@ -51,6 +60,7 @@ class Segment:
     avg_logprob: float
     compression_ratio: float
     no_speech_prob: float
+    words: list[Word] = field(default_factory=list)  # with word timestamps only
 
 
 @dataclass
@@ -121,7 +131,17 @@ class Decode:
     window: WindowPass
 
 
-Request = Encode | Language | Decode
+@dataclass
+class Align:
+    """Request: the alignment heads' cross-attention logits of ``tokens`` over
+    ``features``; answer: (heads, tokens, frames) numpy (see ``words.attention_weights``)."""
+
+    features: mx.array
+    tokens: list[int]
+    heads: list[tuple[int, int]]
+
+
+Request = Encode | Language | Decode | Align
 Transcription = Generator[Request, Any, Transcript]
 
 
@@ -148,6 +168,7 @@ def transcription(
     language = options.language
     windows = steps = 0
     seek = 0
+    last_speech = 0.0  # end of the last word (word timestamps)
     while seek < content_frames:
         size = min(N_FRAMES, content_frames - seek)
         samples = audio[seek * HOP_LENGTH : (seek + size) * HOP_LENGTH]
@@ -176,18 +197,29 @@ def transcription(
             continue
         offset = seek / FRAMES_PER_SECOND
         pieces, advance = _split_segments(result.tokens, tok, offset, size / FRAMES_PER_SECOND)
+        new: list[Segment] = []
         for start, end, piece in pieces:
             text = tok.decode(piece)
             if not text.strip():
                 continue
-            segment = Segment(
-                id=len(segments), seek=seek, start=round(min(start, duration), 3),
+            new.append(Segment(
+                id=len(segments) + len(new), seek=seek, start=round(min(start, duration), 3),
                 end=round(min(max(end, start), duration), 3), text=text,
                 tokens=[t for t in piece if t < tok.eot],
                 temperature=result.temperature, avg_logprob=result.avg_logprob,
                 compression_ratio=result.compression_ratio,
                 no_speech_prob=result.no_speech_prob,
-            )
+            ))
+        if options.word_timestamps and new:
+            text_tokens = [t for s in new for t in s.tokens]
+            sot = tok.sot_sequence(language, options.task, timestamps=True)
+            weights = yield Align(features, [*sot, tok.no_timestamps, *text_tokens, tok.eot],
+                                  alignment_heads(dims, options.alignment_heads))
+            found = find_words(weights, len(sot), text_tokens, size, tok, language)
+            median = limit_durations(found)
+            last_speech = attach_words(new, merge_punctuation(found), offset, median,
+                                       last_speech)
+        for segment in new:
             segments.append(segment)
             all_tokens.extend(segment.tokens)
             if on_segment is not None:
@@ -218,6 +250,8 @@ def run_alone(model: Whisper, tok: WhisperTokenizer, job: Transcription,
             answer = encode(model, [request.mel], dtype)
         elif isinstance(request, Language):
             answer = detect_language(model, tok, request.features)
+        elif isinstance(request, Align):
+            answer = attention_weights(model, request.features, request.tokens, request.heads)
         else:
             answer = decode_window(model, request.features, request.window)
 
