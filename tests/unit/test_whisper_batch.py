@@ -129,3 +129,12 @@ def test_a_failing_member_ends_alone(loaded):
     assert ended[first] == (None, boom)
     assert ended[second][1] is None
     assert_same(ended[second][0], loaded.transcribe(clips[1], _options(loaded, 1, True)))
+
+
+def test_silence_ends_at_once_in_a_batch(loaded):
+    batch = TranscriptionBatch(loaded.model, loaded.tokenizer)
+    options = _options(loaded, 0, True)
+    member = batch.add(loaded.transcription(np.zeros(16000 * 600, np.float32), options))
+    [(ended, value, error)] = batch.step()
+    assert ended is member and error is None and len(batch) == 0
+    assert value.text == "" and value.windows == 0 and value.duration == 600.0

@@ -58,15 +58,17 @@ class TranscriptionBatch:
         self.rows = DecoderRows(model)
         self.members: list[Member] = []
         self.steps = self.row_steps = self.max_rows = 0  # batched steps, rows fed, widest
+        self._ended: list[Finished] = []  # members that ended in add()
 
     def __len__(self) -> int:
         return len(self.members)
 
     def add(self, job: Transcription) -> Member:
-        """A new member; runs ``job`` up to its first request (its log-mel features)."""
+        """A new member; runs ``job`` up to its first request (its log-mel features first:
+        audio that is all silence ends there, and the next :meth:`step` reports it)."""
         member = Member(job)
-        member.request = job.send(None)  # a transcription's first request: never its end
         self.members.append(member)
+        self._answer(member, None, self._ended)
         return member
 
     def drop(self, member: Member) -> None:
@@ -79,7 +81,7 @@ class TranscriptionBatch:
     def step(self) -> list[Finished]:
         """Advance every member by one decoder step; the members that ended (with their
         transcript, or the error that ended them)."""
-        finished: list[Finished] = []
+        finished, self._ended = self._ended, []
         self._settle(finished)
         decoding = [m for m in self.rows.keys if isinstance(m, Member)]
         if decoding:
