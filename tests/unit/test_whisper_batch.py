@@ -138,3 +138,10 @@ def test_silence_ends_at_once_in_a_batch(loaded):
     [(ended, value, error)] = batch.step()
     assert ended is member and error is None and len(batch) == 0
     assert value.text == "" and value.windows == 0 and value.duration == 600.0
+
+
+def test_a_member_dropped_before_its_first_step_is_never_reported(loaded):
+    batch = TranscriptionBatch(loaded.model, loaded.tokenizer)
+    silent = batch.add(loaded.transcription(np.zeros(16000, np.float32), _options(loaded, 0, True)))
+    batch.drop(silent)  # its caller left before the worker stepped
+    assert batch.step() == [] and len(batch) == 0

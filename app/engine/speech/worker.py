@@ -269,7 +269,8 @@ class SpeechWorker(QueueWorker):
             else:
                 ended = batch.step()
             for member, value, error in ended:
-                self._finish(members.pop(member), value, error, busy=False)
+                if (job := members.pop(member, None)) is not None:  # else dropped already
+                    self._finish(job, value, error, busy=False)
         with self._stats_lock:
             self.stats.busy_seconds += time.perf_counter() - started
             self.stats.batches += 1

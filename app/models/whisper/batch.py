@@ -76,6 +76,7 @@ class TranscriptionBatch:
         self.rows.remove({member})
         if member in self.members:
             self.members.remove(member)
+        self._ended = [end for end in self._ended if end[0] is not member]
         member.job.close()
 
     def step(self) -> list[Finished]:
