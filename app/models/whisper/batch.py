@@ -2,7 +2,7 @@
 
 Each member is a :func:`~app.models.whisper.transcribe.transcription` generator. A
 :meth:`TranscriptionBatch.step` first answers what members wait for outside the step
-batch (encoding windows, together; detecting the language, the cross-attention for word
+batch (encoding windows, two at a time; detecting the language, the cross-attention for word
 timestamps and a pass's prompt, each alone: prompts differ in length), until every member
 is decoding or done; then it feeds every decoding member's next token to the decoder as
 one (rows, 1) batch (:class:`~app.models.whisper.rows.DecoderRows`). Sampling, the logit
@@ -35,6 +35,9 @@ from app.models.whisper.transcribe import (
 from app.models.whisper.words import attention_weights
 
 Finished = tuple["Member", Transcript | None, BaseException | None]
+# Windows encoded at once. On the 2-core CPU, two windows together took ~0.85x the time of
+# two alone, four together ~1.4x of four alone (docs/BENCHMARKS.md); not measured on a GPU.
+ENCODE_BATCH = 2
 
 
 class Member:
@@ -52,9 +55,10 @@ class Member:
 class TranscriptionBatch:
     """Transcriptions advanced together (see the module docstring)."""
 
-    def __init__(self, model: Whisper, tok: WhisperTokenizer, dtype: mx.Dtype = mx.float32
-                 ) -> None:
+    def __init__(self, model: Whisper, tok: WhisperTokenizer, dtype: mx.Dtype = mx.float32,
+                 encode_batch: int = ENCODE_BATCH) -> None:
         self.model, self.tok, self.dtype = model, tok, dtype
+        self.encode_batch = max(1, encode_batch)
         self.rows = DecoderRows(model)
         self.members: list[Member] = []
         self.steps = self.row_steps = self.max_rows = 0  # batched steps, rows fed, widest
@@ -113,7 +117,7 @@ class TranscriptionBatch:
         while waiting := [m for m in self.members if m.window is None]:
             encodes = [m for m in waiting if isinstance(m.request, Encode)]
             if encodes:
-                self._encode(encodes, finished)
+                self._encode(encodes[: self.encode_batch], finished)
                 continue
             member = waiting[0]
             request = member.request
