@@ -12,7 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /srv/mlx-openai-server-lab
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir '.[cpu]' \
     && useradd --create-home --uid 1000 server \
     && mkdir -p /cache && chown server /cache
 

@@ -91,9 +91,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _configure_backend(settings: Settings) -> None:
     """Pick the BLAS before MLX is imported, then log what MLX will run on."""
     from app.core.blas import configure_blas
+    from app.core.mlx_backend import import_mlx_core
 
     report = configure_blas(settings.blas, settings.blas_threads)
-    import mlx.core as mx
+    mx = import_mlx_core()
 
     if mx.metal.is_available():
         backend = "metal"

@@ -208,6 +208,10 @@ class Settings(BaseSettings):
     embedding_batch_wait_ms: float = Field(
         5.0, ge=0, description="how long an embedding pass waits for company"
     )
+    embedding_pass_tokens: int = Field(
+        2048, ge=1, description="padded tokens (rows x longest) per embedding pass: a larger "
+        "request is served in slices, with smaller requests run between them"
+    )
 
     # Responses API: stored responses (docs/PHASE4_TIER3A_CONTRACT.md, "Responses")
     responses_store: Literal["on", "off"] = Field(

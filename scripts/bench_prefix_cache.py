@@ -27,10 +27,12 @@ from bench_common import ManagedServer, build_prompt, percentile
 from load_test import loopback_only, rss_mb, wait_idle
 
 
-async def turn(client: httpx.AsyncClient, model: str, messages: list[dict], max_tokens: int
-               ) -> dict[str, Any]:
+async def turn(client: httpx.AsyncClient, model: str, messages: list[dict], max_tokens: int,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One streamed greedy chat turn: TTFT, text, prompt and cached tokens; ``extra``: more
+    body fields (e.g. ``cache_salt``)."""
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}}
+            "stream": True, "stream_options": {"include_usage": True}, **(extra or {})}
     started = time.perf_counter()
     ttft, text, usage = None, "", {}
     async with client.stream("POST", "/v1/chat/completions", json=body) as resp:

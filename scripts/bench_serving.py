@@ -132,6 +132,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="alternate",
         help="alternate: swap which server goes first at every level",
     )
+    c.add_argument(
+        "--theirs-threads",
+        type=int,
+        default=None,
+        help="OPENBLAS_NUM_THREADS for the baseline alone (measure 1 and 2 on a 2-core "
+        "machine and report its faster one; default: inherited)",
+    )
     c.add_argument("--startup-timeout", type=float, default=600.0)
     c.add_argument("--log-dir", default=None, help="server logs (default: a temp dir)")
     a = p.parse_args(argv)
@@ -358,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
                     port=port,
                     mlx_dir=shlex.quote(args.mlx_dir or ""),
                 )
+                if name == "theirs" and args.theirs_threads is not None:
+                    cmd = f"env OPENBLAS_NUM_THREADS={args.theirs_threads} {cmd}"
                 srv = ManagedServer(name, cmd, port, log_dir / f"{name}.log")
                 print(f"starting {name}: {cmd}  (log {srv.log_path})", flush=True)
                 srv.start()

@@ -7,6 +7,11 @@ stops after the items queued before :meth:`QueueWorker.stop`. The embedding batc
 one; speech models' workers are meant to be others. The language-model engine keeps its
 own condition-variable loop (continuous batching needs to see its waiting list), and
 shares the errors below.
+
+Every queue is bounded: :meth:`QueueWorker._submit` counts a request against
+``queue_depth`` (raising :class:`QueueFullError`, a 429 with ``Retry-After``, when it is
+reached) and the worker says when it stops counting with :meth:`QueueWorker._release`: the
+embedding batcher once the request is answered, a speech worker once it starts the job.
 """
 
 from __future__ import annotations
@@ -56,9 +61,12 @@ class QueueWorker:
     """A worker thread serving a queue; subclasses define :meth:`_serve` and :meth:`_fail`."""
 
     thread_suffix = "worker"
+    held_what = "requests queued or in progress"  # what ``held`` counts, for QueueFullError
 
-    def __init__(self, *, name: str, warmup: Callable[[], object] | None = None) -> None:
+    def __init__(self, *, name: str, queue_depth: int,
+                 warmup: Callable[[], object] | None = None) -> None:
         self.name = name
+        self.queue_depth = queue_depth
         self._warmup = warmup
         self.ready = threading.Event()  # set once warm-up has finished (or failed)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -66,7 +74,8 @@ class QueueWorker:
         self._lifecycle = threading.Lock()
         self._stopping = False
         self.stats: Any = None  # a subclass's counters (a dataclass of ints)
-        self._stats_lock = threading.Lock()  # guards ``stats`` (and subclasses' own tallies)
+        self._stats_lock = threading.Lock()  # guards ``stats``, ``held`` (and subclasses' tallies)
+        self.held = 0  # requests counted against ``queue_depth`` (see _submit and _release)
 
     # -- lifecycle (any thread) -------------------------------------------------------
     @property
@@ -108,12 +117,31 @@ class QueueWorker:
                 self._thread = None
         self._fail_queued(RuntimeError(f"{self.name} {self.thread_suffix} stopped"))
 
-    def _put(self, item: Any) -> None:
-        """Queue ``item``, unless the worker is not running (then RuntimeError)."""
-        with self._lifecycle:  # so that no item lands behind the stop marker
-            if not self.running:
-                raise RuntimeError(f"{self.name} {self.thread_suffix} is not running")
-            self._queue.put(item)
+    def _submit(self, item: Any) -> None:
+        """Queue ``item`` as one more request held against ``queue_depth``: raises
+        :class:`QueueFullError` when that many are held, :class:`EngineStoppedError` when the
+        worker is not running (then it is not held)."""
+        with self._stats_lock:
+            if self.held >= self.queue_depth:
+                raise QueueFullError(
+                    f"model {self.name} has {self.held} {self.held_what} "
+                    f"(queue depth {self.queue_depth})"
+                )
+            self.held += 1
+        try:
+            with self._lifecycle:  # so that no item lands behind the stop marker
+                if not self.running:
+                    raise EngineStoppedError(f"{self.name} {self.thread_suffix} is not running")
+                self._queue.put(item)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self, *_: object) -> None:
+        """One request submitted earlier no longer counts against ``queue_depth`` (any
+        thread; extra arguments let it be a future's done callback)."""
+        with self._stats_lock:
+            self.held -= 1
 
     # -- worker thread ----------------------------------------------------------------
     def _run(self) -> None:

@@ -437,6 +437,7 @@ class ModelManager:
             loaded,
             max_batch_size=self.settings.embedding_batch_size,
             max_wait_ms=self.settings.embedding_batch_wait_ms,
+            max_pass_tokens=self.settings.embedding_pass_tokens,
             queue_depth=self.settings.embedding_queue_depth,
             name=spec.id,
         )

@@ -1,6 +1,7 @@
 """The web console in a real headless Chromium (Debian's ``chromium``, driven by
 Playwright's Python package; no browser is downloaded). One server with the default models
-and one browser serve every test; each test gets a fresh browser context (its own session
+and one browser serve every test (a test that needs other Chromium switches, such as the
+fake microphone, launches its own); each test gets a fresh browser context (its own session
 storage). Without Chromium or Playwright the tests skip and say which is missing.
 
 ``MLX_CONSOLE_SCREENSHOTS=DIR`` writes the panels' screenshots to DIR (``docs/console``
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -33,7 +35,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         try:
             import playwright.sync_api  # noqa: F401
         except ImportError:
-            reason = "Playwright's Python package is missing: pip install -e '.[dev]'"
+            reason = "Playwright's Python package is missing: pip install -e '.[cpu,dev]'"
     for item in items:
         if "tests/browser/" in str(item.fspath).replace(os.sep, "/"):
             item.add_marker(pytest.mark.browser)
@@ -59,21 +61,32 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="package")
-def browser():
+def playwright():
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with sync_playwright() as driver:
+        yield driver
 
 
-@pytest.fixture()
-def page(browser):
-    """A desktop-sized page in a fresh context; JavaScript errors fail the test."""
-    context = browser.new_context(viewport=DESKTOP, color_scheme="light")
+def launch(playwright, *args: str):
+    """Debian's Chromium, headless, with these command-line switches."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=list(args))
+
+
+@pytest.fixture(scope="package")
+def browser(playwright):
+    browser = launch(playwright)
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+@contextmanager
+def fresh_page(browser, **context_options):
+    """A desktop-sized page in a fresh context; JavaScript errors on it fail the test."""
+    context = browser.new_context(**{"viewport": DESKTOP, "color_scheme": "light",
+                                     **context_options})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -82,6 +95,12 @@ def page(browser):
     finally:
         context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture()
+def page(browser):
+    with fresh_page(browser) as page:
+        yield page
 
 
 def metric(server: Server, name: str, **labels: str) -> float:

@@ -28,7 +28,7 @@ def _blocks(language: str) -> list[str]:
 def test_install_and_test_commands_are_what_ci_runs():
     bash = _blocks("bash")
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "pip install -e '.[dev]'" in bash[0] and "install -q -e '.[dev]'" in ci
+    assert "pip install -e '.[cpu,dev]'" in bash[0] and "install -q -e '.[cpu,dev]'" in ci
     assert "python -m pytest -q" in bash[1] and "python -m pytest -q" in ci
 
 

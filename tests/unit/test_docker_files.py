@@ -33,7 +33,9 @@ def test_dockerfile_instructions_and_runtime():
     assert "MLX_SERVER_CACHE_DIR=/cache" in env and "MLX_SERVER_HOST=0.0.0.0" in env
     assert ("VOLUME", '["/cache"]') in steps and ("EXPOSE", "8000") in steps
     assert any(kind == "COPY" and args.startswith("app ") for kind, args in steps)
-    assert any(kind == "RUN" and "pip install --no-cache-dir ." in args for kind, args in steps)
+    # the CPU backend extra: on Linux a plain install has no MLX backend at all
+    assert any(kind == "RUN" and "pip install --no-cache-dir '.[cpu]'" in args
+               for kind, args in steps)
     health = next(args for kind, args in steps if kind == "HEALTHCHECK")
     assert "/ready" in health
     assert steps[-1] == ("CMD", '["python", "-m", "app", "serve"]')

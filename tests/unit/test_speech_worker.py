@@ -64,9 +64,12 @@ def test_queue_is_bounded(worker):
         with pytest.raises(QueueFullError):
             await worker.run(lambda emit: 1)
         gate.set()
-        return [(await f).value for f in [running, *queued]]
+        values = [(await f).value for f in [running, *queued]]
+        assert worker.stats_snapshot()["waiting"] == 0  # started jobs no longer count
+        values.append((await worker.run(lambda emit: 2)).value)  # room again
+        return values
 
-    assert asyncio.run(main()) == [True, 1, 1]
+    assert asyncio.run(main()) == [True, 1, 1, 2]
 
 
 def test_a_caller_that_leaves_cancels_its_job(worker):

@@ -123,3 +123,13 @@ def test_alignment_heads_from_the_model_config_or_the_second_half():
     dims = WhisperDims(80, 1500, 512, 8, 6, 51865, 448, 512, 8, 6)
     assert alignment_heads(dims, [[3, 1], [5, 6], [9, 0]]) == [(3, 1), (5, 6)]
     assert alignment_heads(dims, None) == [(i, h) for i in (3, 4, 5) for h in range(8)]
+
+
+def test_invalid_bytes_do_not_swallow_the_words_after_them(tok):
+    from tests.unit.tiny_whisper import _bytes_to_unicode
+
+    byte = {b: tok.tokenizer.token_to_id(c) for b, c in _bytes_to_unicode().items()}
+    tokens = [byte[0xE2], byte[0x82], *tok.encode("A b"), tok.eot]  # E2 82: never finished
+    groups = split_words(tok, tokens, "en")
+    assert groups[-1] == ("", [tok.eot]) and groups[-2] == (" b", tok.encode(" b"))
+    assert sum(len(g) for _, g in groups) == len(tokens)

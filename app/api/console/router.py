@@ -28,12 +28,13 @@ CONTENT_TYPES = {
     ".svg": "image/svg+xml",
 }
 # The page runs only its own files and talks only to this server: an injected script could
-# otherwise read the API key from session storage and send it elsewhere.
+# otherwise read the API key from session storage and send it elsewhere. Its players play
+# blob: URLs only (the speech it fetched, the clip it recorded or was given).
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
-        "form-action 'self'"
+        "media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+        "frame-ancestors 'none'; form-action 'self'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",

@@ -15,12 +15,14 @@ request ~20% of its latency), and N
 clients that each wait for their answer are gathered into one pass without waiting out
 the window.
 
-A request larger than one pass is served a pass at a time, and requests that arrive in the
-meantime join the next pass ahead of its remainder (smallest remainder first), so a one-word
-request is not held behind a 128-document one; a request whose client has left (its future
-cancelled) is dropped before its next pass. At most ``queue_depth`` requests are queued or in
-progress; beyond that :meth:`EmbeddingBatcher.embed` raises
-:class:`~app.engine.base.QueueFullError` (a 429 with ``Retry-After``).
+A pass holds at most ``max_batch_size`` sequences and ``max_pass_tokens`` padded tokens, so a
+request larger than that is served a slice at a time; between its slices, requests that arrived
+meanwhile run first, each in a pass of its own when it can finish there (the rule is in
+:mod:`app.engine.embedding.slicing`), so a one-word request waits for the rest of one slice,
+not for a 128-document request. A request whose client has left (its future cancelled) is
+dropped before its next slice. At most ``queue_depth`` requests are queued or in progress;
+beyond that :meth:`EmbeddingBatcher.embed` raises :class:`~app.engine.base.QueueFullError`
+(a 429 with ``Retry-After``).
 
 A failing forward pass that mixed several requests is retried request by request, so an
 error only fails the requests that actually cause it; the worker keeps running.
@@ -37,7 +39,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from app.core.blas.governor import blas_governor
-from app.engine.base import STOP, QueueFullError, QueueWorker, deliver
+from app.engine.base import STOP, QueueWorker, deliver
+from app.engine.embedding.slicing import EmbedRequest, plan_pass
 
 logger = logging.getLogger(__name__)
 
@@ -57,20 +60,6 @@ class EmbeddingBatcherStats:
     max_sequences_in_pass: int = 0
 
 
-class _Request:
-    __slots__ = ("token_ids", "future", "loop", "results", "remaining", "error", "order")
-
-    def __init__(self, token_ids: list[list[int]], future: asyncio.Future[Any], loop: Any) -> None:
-        self.token_ids = token_ids
-        self.future = future
-        self.loop: asyncio.AbstractEventLoop = loop
-        self.results: list[list[float] | None] = [None] * len(token_ids)
-        self.remaining = len(token_ids)
-        self.error: BaseException | None = None
-        # sequence indices not yet in a pass, shortest first (similar lengths pad less)
-        self.order = deque(sorted(range(len(token_ids)), key=lambda i: len(token_ids[i])))
-
-
 class EmbeddingBatcher(QueueWorker):
     """Gathers concurrent embedding requests into padded forward passes on one thread."""
 
@@ -82,6 +71,7 @@ class EmbeddingBatcher(QueueWorker):
         *,
         max_batch_size: int = 32,
         max_wait_ms: float = 5.0,
+        max_pass_tokens: int = 2048,
         queue_depth: int = 64,
         validate: ValidateFn | None = None,
         warmup: Callable[[], object] | None = None,
@@ -91,16 +81,15 @@ class EmbeddingBatcher(QueueWorker):
         only ever called from the worker thread.  ``validate`` (optional) runs on the
         caller's side before queueing and should raise ``ValueError`` for bad input.
         ``warmup`` (optional) runs first on the worker thread; requests wait for it."""
-        if max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1")
-        super().__init__(name=name, warmup=warmup)
+        if max_batch_size < 1 or max_pass_tokens < 1:
+            raise ValueError("max_batch_size and max_pass_tokens must be >= 1")
+        super().__init__(name=name, queue_depth=queue_depth, warmup=warmup)
         self._forward = forward
         self._validate = validate
         self.max_batch_size = max_batch_size
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
-        self.queue_depth = queue_depth
-        self._outstanding = 0  # requests queued or in progress (any thread, under the lock)
-        self._backlog: deque[_Request] = deque()  # worker thread only: requests being served
+        self.max_pass_tokens = max_pass_tokens
+        self._backlog: deque[EmbedRequest] = deque()  # worker thread only: requests being served
         self.stats = EmbeddingBatcherStats()
         self._expected_requests = 1  # worker thread only: see the module docstring
         self._queued_at_results = 0  # worker thread only: queue size when results went out
@@ -127,31 +116,15 @@ class EmbeddingBatcher(QueueWorker):
             self._validate(batch)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[list[float]]] = loop.create_future()
-        with self._stats_lock:
-            if self._outstanding >= self.queue_depth:
-                raise QueueFullError(
-                    f"model {self.name} has {self._outstanding} embedding requests in progress "
-                    f"(queue depth {self.queue_depth})"
-                )
-            self._outstanding += 1
-        try:
-            self._put(_Request(batch, future, loop))
-        except BaseException:
-            self._done(future)
-            raise
-        future.add_done_callback(self._done)
+        self._submit(EmbedRequest(batch, future, loop))
+        future.add_done_callback(self._release)  # answered, failed or abandoned
         return await future
 
-    def _done(self, _future: asyncio.Future) -> None:
-        """A request was answered, failed or abandoned: it no longer counts."""
-        with self._stats_lock:
-            self._outstanding -= 1
-
     # -- worker thread -------------------------------------------------------------------
-    def _serve(self, item: _Request) -> object | None:
+    def _serve(self, item: EmbedRequest) -> object | None:
         """Gather requests into a pass (see the module docstring), then serve them pass by
         pass, letting newly queued requests into each next pass."""
-        pending: list[_Request] = [item]
+        pending: list[EmbedRequest] = [item]
         queued = len(item.token_ids)
         stop_after = False
         deadline = time.monotonic() + self.max_wait_s
@@ -191,21 +164,17 @@ class EmbeddingBatcher(QueueWorker):
         self._expected_requests = max(1, len(pending) + self._queued_at_results)
         return None
 
-    def _next_pass(self) -> list[tuple[_Request, int]]:
-        """Up to ``max_batch_size`` sequences, smallest remainders first; drops requests that
-        were cancelled, failed or fully handed to passes."""
-        live: list[_Request] = []
+    def _next_pass(self) -> list[tuple[EmbedRequest, int]]:
+        """The next pass (:func:`~app.engine.embedding.slicing.plan_pass`); drops requests
+        that were cancelled, failed or fully handed to passes."""
+        live: list[EmbedRequest] = []
         for req in self._backlog:
             if req.future.cancelled():  # racy read is fine: only skips wasted work
                 self._count(requests_cancelled=1)
             elif req.error is None and req.order:
                 live.append(req)
-        live.sort(key=lambda r: len(r.order))
-        items: list[tuple[_Request, int]] = []
-        for req in live:
-            while req.order and len(items) < self.max_batch_size:
-                items.append((req, req.order.popleft()))
-        self._backlog = deque(req for req in live if req.order)
+        items = plan_pass(live, self.max_batch_size, self.max_pass_tokens)
+        self._backlog = deque(req for req in live if req.order)  # still in arrival order
         items.sort(key=lambda it: len(it[0].token_ids[it[1]]))
         return items
 
@@ -218,7 +187,7 @@ class EmbeddingBatcher(QueueWorker):
             self._blas.tick(self, lambda: None)  # our forward passes return evaluated
             return self._forward(batch)
 
-    def _run_pass(self, items: list[tuple[_Request, int]], *, retry: bool) -> None:
+    def _run_pass(self, items: list[tuple[EmbedRequest, int]], *, retry: bool) -> None:
         items = [(req, i) for req, i in items if req.error is None]
         if not items:
             return
@@ -251,7 +220,7 @@ class EmbeddingBatcher(QueueWorker):
                 self._count(requests_served=1)
                 deliver(req.loop, req.future, req.results)
 
-    def _fail(self, req: _Request, exc: BaseException) -> None:
+    def _fail(self, req: EmbedRequest, exc: BaseException) -> None:
         if req.error is not None:
             return
         req.error = exc

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from app.core.blas.governor import blas_governor
-from app.engine.base import STOP, EngineStoppedError, QueueFullError, QueueWorker
+from app.engine.base import STOP, QueueFullError, QueueWorker
 
 logger = logging.getLogger(__name__)
 
@@ -109,38 +109,26 @@ class SpeechWorker(QueueWorker):
     """Runs a speech model's jobs in order on its own thread (see the module docstring)."""
 
     thread_suffix = "speech"
+    held_what = "requests already waiting"
 
     def __init__(self, *, name: str, queue_depth: int = 64, max_batch: int = 8,
                  warmup: Callable[[], object] | None = None) -> None:
-        super().__init__(name=name, warmup=warmup)
-        self.queue_depth = queue_depth
+        super().__init__(name=name, queue_depth=queue_depth, warmup=warmup)
         self.max_batch = max(1, max_batch)
         self.stats = SpeechWorkerStats()
-        self._waiting = 0
         self._blas = blas_governor()
 
     def stats_snapshot(self) -> dict[str, Any]:
         with self._stats_lock:
             snap = asdict(self.stats)
-            snap["waiting"] = self._waiting
+            snap["waiting"] = self.held
         return snap
 
     # -- asyncio side --------------------------------------------------------------------
     async def stream(self, fn: Job) -> AsyncIterator[Any]:
         """Queue ``fn``; yield its partial results, then one :class:`JobOutcome`."""
         job = _Job(fn, asyncio.get_running_loop())
-        with self._stats_lock:
-            if self._waiting >= self.queue_depth:
-                raise QueueFullError(
-                    f"{self.name}: {self._waiting} requests are already waiting"
-                )
-            self._waiting += 1
-        try:
-            self._put(job)
-        except RuntimeError as exc:  # stopped: the model is unloading
-            with self._stats_lock:
-                self._waiting -= 1
-            raise EngineStoppedError(str(exc)) from exc
+        self._submit(job)  # QueueFullError; EngineStoppedError while the model unloads
         try:
             while True:
                 item = await job.events.get()
@@ -179,8 +167,7 @@ class SpeechWorker(QueueWorker):
         return None
 
     def _left_queue(self, item: _Job) -> None:
-        with self._stats_lock:
-            self._waiting -= 1
+        self._release()  # a job counts against the queue depth while it waits
         item.started_at = time.perf_counter()
 
     @staticmethod
@@ -290,6 +277,7 @@ class SpeechWorker(QueueWorker):
             self._finish(item, None, exc)
 
     def _fail(self, item: _Job, exc: BaseException) -> None:
+        self._release()  # only jobs that never started fail here (the worker stopped)
         item.post(exc)
 
 

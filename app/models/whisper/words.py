@@ -101,16 +101,13 @@ def split_words(tok: WhisperTokenizer, tokens: list[int], language: str | None
     full = tok.decode(tokens)
     pieces: list[tuple[str, list[int]]] = []
     current: list[int] = []
-    offset = 0
-    for token in tokens:
+    done = ""  # the text of the groups so far
+    for count, token in enumerate(tokens, start=1):
         current.append(token)
-        text = tok.decode(current)
-        bad = text.find("\ufffd")  # an unfinished character, unless the bytes are invalid
-        if bad < 0 or (offset + bad < len(full) and full[offset + bad] == "\ufffd"):
-            pieces.append((text, current))
-            current, offset = [], offset + len(text)
-    if current:
-        pieces.append((tok.decode(current), current))
+        text = tok.decode(tokens[:count])  # "...\ufffd" while a character is unfinished
+        if full.startswith(text) or count == len(tokens):
+            pieces.append((text[len(done):], current))
+            current, done = [], text
     if language in NO_SPACES:
         return pieces
     words: list[tuple[str, list[int]]] = []

@@ -14,6 +14,12 @@ export class ApiError extends Error {
   }
 }
 
+/** What to show for a failed call: the server's message and, when known, its request id. */
+export function failureText(err) {
+  if (!(err instanceof ApiError)) return err instanceof Error ? err.message : String(err);
+  return err.requestId ? `${err.message} (request ${err.requestId})` : err.message;
+}
+
 let keyPrompt = null; // one pending prompt shared by every caller that got a 401
 
 // Escape would close the dialog and leave the page without a key, where nothing works.
@@ -75,13 +81,16 @@ async function errorFrom(response) {
 
 /**
  * fetch() with the key; on 401 asks for a key and retries, as often as the user tries.
- * Other failures become ApiError.
+ * `body` is sent as JSON, or as it is when it is a FormData (uploads). Other failures
+ * become ApiError.
  */
 export async function request(path, { method = "GET", body, signal, accept } = {}) {
   let wrong = false;
   for (;;) {
     const init = { method, signal, headers: headers(accept ? { Accept: accept } : {}) };
-    if (body !== undefined) {
+    if (body instanceof FormData) {
+      init.body = body; // multipart: the browser writes the Content-Type with its boundary
+    } else if (body !== undefined) {
       init.body = JSON.stringify(body);
       init.headers["Content-Type"] = "application/json";
     }

@@ -4,16 +4,15 @@
 import { ApiError, stream } from "./api.js";
 import { AssistantMessage, userItem } from "./chat_message.js";
 import { initOptions, jsonMode, requestOptions, systemPrompt } from "./chat_options.js";
-import { byId, h, setOptions } from "./dom.js";
+import { byId, h } from "./dom.js";
+import { fillModelPicker } from "./models.js";
 
 const history = []; // user, assistant and tool messages; the system prompt is added per request
 let controller = null; // AbortController of the running request
 
 /** Fill the model picker with the chat-capable models, the default one selected. */
 export function setChatModels(models) {
-  const chat = models.filter((m) => (m.metadata?.capabilities || []).includes("chat"));
-  const preferred = chat.find((m) => (m.metadata?.aliases || []).includes("default"));
-  setOptions(byId("chat-model"), chat.map((m) => m.id), preferred?.id);
+  fillModelPicker(byId("chat-model"), models, ["chat"], "default");
 }
 
 export function initChat() {

@@ -84,3 +84,9 @@ export function setStatus(text, isError = false) {
   el.textContent = text;
   el.classList.toggle("error-text", isError);
 }
+
+/** Put a line in a panel's note (role="status"), styled as an error when it is one. */
+export function showNote(el, text, isError = false) {
+  el.textContent = text;
+  el.classList.toggle("error-text", isError);
+}

@@ -2,16 +2,15 @@
 // heat map (each cell labelled with its value, so colour is never the only cue).
 
 import { ApiError, getJSON } from "./api.js";
-import { byId, s, setOptions } from "./dom.js";
+import { byId, s } from "./dom.js";
+import { fillModelPicker } from "./models.js";
 
 const CELL = 64;
 const LABEL = 190; // room for the row labels
 const TOP = 26; // room for the column numbers
 
 export function setEmbeddingModels(models) {
-  const usable = models.filter((m) => (m.metadata?.capabilities || []).includes("embeddings"));
-  const preferred = usable.find((m) => (m.metadata?.aliases || []).includes("default-embedding"));
-  setOptions(byId("embed-model"), usable.map((m) => m.id), preferred?.id);
+  fillModelPicker(byId("embed-model"), models, ["embeddings"], "default-embedding");
 }
 
 export function initEmbeddings() {

@@ -7,6 +7,8 @@ import { byId, setStatus } from "./dom.js";
 import { initEmbeddings, setEmbeddingModels } from "./embeddings.js";
 import { fetchModels, initModels, renderModels } from "./models.js";
 import { initMetrics } from "./metrics.js";
+import { initSpeech, setSpeechModels } from "./speech.js";
+import { initTranscription, setTranscriptionModels } from "./transcribe.js";
 
 const MODELS_POLL_MS = 5000;
 
@@ -47,6 +49,8 @@ async function refreshModels() {
     renderModels(models);
     setChatModels(models);
     setEmbeddingModels(models);
+    setTranscriptionModels(models);
+    setSpeechModels(models);
     const loaded = models.filter((m) => m.metadata?.state === "loaded").length;
     setStatus(`${models.length} models, ${loaded} loaded`);
   } catch (err) {
@@ -58,6 +62,8 @@ async function start() {
   initTabs();
   initChat();
   initEmbeddings();
+  initTranscription();
+  initSpeech();
   let config;
   try {
     config = await getJSON("/console/config");

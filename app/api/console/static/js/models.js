@@ -2,7 +2,7 @@
 // load and unload buttons when the server has its admin routes.
 
 import { ApiError, getJSON } from "./api.js";
-import { byId, formatAgo, formatBytes, formatSeconds, h } from "./dom.js";
+import { byId, formatAgo, formatBytes, formatSeconds, h, setOptions } from "./dom.js";
 
 let config = { admin: false, keep_alive_default_s: 1800 };
 let onChange = () => {};
@@ -94,6 +94,35 @@ export function renderModels(models) {
 function focusRowButton(modelId) {
   const row = [...byId("models-table").tBodies[0].rows].find((r) => r.dataset.model === modelId);
   row?.querySelector("button")?.focus();
+}
+
+/**
+ * Fill a model picker with the models that have any of `capabilities`, the one with the
+ * alias `preferredAlias` selected by default. Returns those models.
+ */
+export function fillModelPicker(select, models, capabilities, preferredAlias) {
+  const usable = models.filter((m) => (m.metadata?.capabilities || [])
+    .some((c) => capabilities.includes(c)));
+  const preferred = usable.find((m) => (m.metadata?.aliases || []).includes(preferredAlias));
+  setOptions(select, usable.map((m) => m.id), preferred?.id);
+  return usable;
+}
+
+/**
+ * Fill the picker `${prefix}-model` of a panel part that needs a model; without one, its
+ * note `${prefix}-none` shows and its fieldset `${prefix}-fields` is disabled. Returns the
+ * usable models.
+ */
+export function fillModelFields(prefix, models, capabilities, preferredAlias) {
+  const usable = fillModelPicker(byId(`${prefix}-model`), models, capabilities, preferredAlias);
+  byId(`${prefix}-none`).hidden = usable.length > 0;
+  byId(`${prefix}-fields`).disabled = usable.length === 0;
+  return usable;
+}
+
+/** The model that the picker `${prefix}-model` shows, from the models it was filled with. */
+export function pickedModel(prefix, usable) {
+  return usable.find((m) => m.id === byId(`${prefix}-model`).value);
 }
 
 /** The current listing (also feeds the model pickers). */
