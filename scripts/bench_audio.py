@@ -12,6 +12,12 @@ with temperature fallback) and to faster-whisper (``--reference-python``: a venv
 same ``model.bin``). Real-time factor = audio seconds / wall seconds of one run (above
 1: faster than real time). ``--write-fixture`` records faster-whisper's words for a
 shorter clip (the first sentences) for ``tests/e2e/test_audio_e2e.py``.
+
+``--concurrent N`` (with ``--concurrent-seconds S``, 20) also transcribes N different S
+second slices of the clip, first one after the other (each alone), then as one batch
+whose decoder steps run together (what the speech worker does with concurrent requests),
+and reports the aggregate audio seconds per wall second of both and whether the batch's
+tokens equal the lone runs'.
 """
 
 from __future__ import annotations
@@ -139,6 +145,52 @@ def run_ours(audio: np.ndarray) -> dict:
             "decoder_steps": result.decoder_steps}
 
 
+def run_concurrent(audio: np.ndarray, n: int, seconds: float) -> dict:
+    """N slices alone, then batched: aggregate audio seconds per second, same tokens?"""
+    from app.config import Settings
+    from app.lifecycle.registry import ModelRegistry
+    from app.lifecycle.speech import load_speech_model
+
+    whisper = load_speech_model(ModelRegistry.defaults().get("whisper-base"), Settings())
+    whisper.warmup()
+    size = int(seconds * 16000)
+    stride = max(1, (audio.size - size) // max(1, n - 1))
+    clips = [audio[i * stride : i * stride + size] for i in range(n)]
+    total = sum(c.size for c in clips) / 16000
+
+    def options():
+        return whisper.options(task="transcribe", language="en")
+
+    started = time.perf_counter()
+    alone = [whisper.transcribe(c, options()) for c in clips]
+    alone_s = time.perf_counter() - started
+    started = time.perf_counter()
+    batch = whisper.open_batch()
+    members = [batch.add(whisper.transcription(c, options())) for c in clips]
+    done: dict = {}
+    while len(batch):
+        for member, value, error in batch.step():
+            if error is not None:
+                raise error
+            done[member] = value
+    batched_s = time.perf_counter() - started
+    together = [done[m] for m in members]
+
+    def tokens(results: list) -> list:
+        return [[s.tokens for s in t.segments] for t in results]
+
+    return {"requests": n, "clip_seconds": round(seconds, 1), "audio_seconds": round(total, 1),
+            "alone_wall_seconds": round(alone_s, 2),
+            "alone_audio_seconds_per_second": round(total / alone_s, 2),
+            "batched_wall_seconds": round(batched_s, 2),
+            "batched_audio_seconds_per_second": round(total / batched_s, 2),
+            "speedup": round(alone_s / batched_s, 2),
+            "batched_steps": batch.steps, "batched_row_steps": batch.row_steps,
+            "same_tokens": tokens(alone) == tokens(together),
+            "same_text": [a.text for a in alone] == [t.text for t in together],
+            "texts": [t.text for t in together]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference-python", help="python of a venv with faster-whisper")
@@ -147,6 +199,11 @@ def main() -> None:
                         help="faster-whisper's CPU threads")
     parser.add_argument("--write-fixture", type=Path)
     parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument("--concurrent", type=int, default=0,
+                        help="also: N requests alone vs batched")
+    parser.add_argument("--concurrent-seconds", type=float, default=20.0)
+    parser.add_argument("--skip-single", action="store_true",
+                        help="skip the single-clip real-time factor (with --concurrent)")
     args = parser.parse_args()
 
     if args.write_fixture:
@@ -176,6 +233,11 @@ def main() -> None:
                     "tts": {"audio_seconds": round(tts_seconds, 2),
                             "wall_seconds": round(tts_wall, 3),
                             "real_time_factor": round(tts_seconds / tts_wall, 1)}}
+    if args.concurrent:
+        report["concurrent"] = run_concurrent(audio, args.concurrent, args.concurrent_seconds)
+    if args.skip_single:
+        print(json.dumps(report, indent=1))
+        return
     ours = run_ours(audio)
     report["ours"] = {**ours, "real_time_factor": round(clip / ours["seconds"], 2)}
     if args.reference_python:

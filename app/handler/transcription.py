@@ -17,7 +17,7 @@ from app.config import Settings
 from app.core import errors
 from app.core.context import RequestContext
 from app.engine.base import EngineStoppedError, QueueFullError
-from app.engine.speech.worker import JobOutcome
+from app.engine.speech.worker import JobOutcome, Stepped
 from app.handler.subtitles import srt, vtt
 from app.lifecycle.manager import ModelManager
 from app.models.audio_codec import AudioDecodeError, decode_audio
@@ -91,12 +91,15 @@ class TranscriptionHandler:
                         f"Unsupported language {params.language!r}; use an ISO-639-1 code "
                         f"such as 'en' ({len(loaded.languages)} are supported).",
                         param="language")
-            options = loaded.options(task=task, language=language,
-                                     temperature=params.temperature)
+            options = loaded.options(
+                task=task, language=language, temperature=params.temperature,
+                word_timestamps=not params.stream and "word" in params.timestamp_granularities)
             seconds = audio.size / SAMPLE_RATE
 
-            def job(emit: Any) -> Transcript:
-                return loaded.transcribe(audio, options, prompt=params.prompt, on_segment=emit)
+            job = Stepped(  # shares decoder steps with the model's other transcriptions
+                group=loaded, open_batch=loaded.open_batch,
+                start=lambda emit: loaded.transcription(audio, options, prompt=params.prompt,
+                                                        on_segment=emit))
 
             if params.stream:
                 events = self._stream(task, managed, job, seconds, ctx, lease)
@@ -122,10 +125,10 @@ class TranscriptionHandler:
                 raise errors.invalid_request(
                     "timestamp_granularities[] items must be 'segment' or 'word'.",
                     param="timestamp_granularities[]")
-            if granularity == "word":
+            if granularity == "word" and params.response_format != "verbose_json":
                 raise errors.invalid_request(
-                    "Word timestamps are not supported by this server; use 'segment'.",
-                    param="timestamp_granularities[]", code="unsupported_parameter")
+                    "Word timestamps need response_format 'verbose_json'.",
+                    param="timestamp_granularities[]")
         if not 0.0 <= params.temperature <= 1.0:
             raise errors.invalid_request("temperature must be between 0 and 1.",
                                          param="temperature")
@@ -188,6 +191,9 @@ class TranscriptionHandler:
                     "language": language_name(transcript.language),
                     "duration": transcript.duration, "text": transcript.text,
                     "segments": [_segment_json(s) for s in transcript.segments]}
+            if "word" in params.timestamp_granularities:
+                body["words"] = [{"word": w.word.strip(), "start": w.start, "end": w.end}
+                                 for s in transcript.segments for w in s.words]
         body["usage"] = usage
         body["model"] = model
         body["htdi"] = ctx.htdi()

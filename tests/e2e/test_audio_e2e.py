@@ -223,3 +223,73 @@ def test_audio_metrics(server, audio_models):
     assert 'mlx_server_audio_real_time_factor_count{model_name="hibari-tts",task="speech"}' in text
     assert re.search(r'mlx_server_audio_requests_total\{model_name="whisper-base",'
                      r'route="/v1/audio/transcriptions",status="200"\} [1-9]', text)
+
+
+def _spoken(text: str, path: Path) -> tuple[np.ndarray, float, float]:
+    """espeak-ng's ``text`` at 16 kHz and where its sound starts and ends (seconds)."""
+    from app.models.audio_codec import decode_audio
+
+    samples = decode_audio(espeak(text, "en-us", path, wpm=150))
+    loud = np.flatnonzero(np.abs(samples) > 0.01)
+    return samples, loud[0] / 16000, loud[-1] / 16000
+
+
+def _wav(samples: np.ndarray) -> bytes:
+    from app.models.audio_codec import StreamEncoder
+
+    encoder = StreamEncoder("wav", 16000)
+    return encoder.feed(samples) + encoder.close()
+
+
+@needs_espeak
+def test_word_timestamps_follow_the_speech(server, audio_models, tmp_path):
+    """Silence, a sentence, a long pause, a sentence: each word lies where it was spoken."""
+    first, on1, off1 = _spoken(SENTENCES[0], tmp_path / "a.wav")
+    second, on2, off2 = _spoken(SENTENCES[4], tmp_path / "b.wav")
+    lead, gap = 1.5, 3.0
+    silence = [np.zeros(int(16000 * s), np.float32) for s in (lead, gap, 0.5)]
+    audio = np.concatenate([silence[0], first, silence[1], second, silence[2]])
+    spans = [(lead + on1, lead + off1)]
+    spans.append((lead + first.size / 16000 + gap + on2, lead + first.size / 16000 + gap + off2))
+    r = transcribe(server, _wav(audio), response_format="verbose_json", language="en",
+                   **{"timestamp_granularities[]": ["word", "segment"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    found = body["words"]
+    assert [w["word"] for w in found] == [w for s in body["segments"] for w in s["text"].split()]
+    assert word_error_rate(" ".join(SENTENCES[i] for i in (0, 4)), body["text"]) <= 0.10
+    starts = [w["start"] for w in found]
+    assert starts == sorted(starts) and all(w["start"] <= w["end"] for w in found)
+    for segment in body["segments"]:
+        inside = [w for w in found if segment["start"] <= w["start"] < segment["end"]]
+        assert all(w["end"] <= segment["end"] for w in inside)
+    n = len(words(SENTENCES[0]))
+    for sentence, (begin, end) in zip((found[:n], found[n:]), spans, strict=True):
+        # Whisper's first word of a phrase tends to start early (it is cut to twice the
+        # median word length); the rest follow the speech closely
+        assert begin - 0.8 <= sentence[0]["start"] <= begin + 0.3, (sentence, begin)
+        assert all(begin - 0.8 <= w["start"] and w["end"] <= end + 0.5 for w in sentence)
+        assert abs(sentence[-1]["end"] - end) <= 0.5, (sentence, end)
+
+
+def test_concurrent_transcriptions_share_decoder_steps(server, audio_models):
+    """Four requests at once: the same text as one by one, and the worker batched steps."""
+    from app.models.audio_codec import decode_audio
+
+    def stats() -> dict:
+        models = httpx.get(server.v1 + "/models").json()["data"]
+        return next(m for m in models if m["id"] == "whisper-base")["metadata"]["batching"]
+
+    clips = []
+    for sentence in SENTENCES[:4]:
+        r = httpx.post(f"{server.v1}/audio/speech", timeout=120,
+                       json={"model": TTS, "input": sentence, "response_format": "wav"})
+        clips.append(_wav(decode_audio(r.content)))
+    alone = [transcribe(server, c, language="en").json()["text"] for c in clips]
+    before = stats()
+    with ThreadPoolExecutor(len(clips)) as pool:
+        together = list(pool.map(lambda c: transcribe(server, c, language="en"), clips))
+    after = stats()
+    assert [r.json()["text"] for r in together] == alone
+    steps = after["batch_steps"] - before["batch_steps"]
+    assert after["batched_job_steps"] - before["batched_job_steps"] > 1.5 * steps

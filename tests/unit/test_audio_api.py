@@ -6,6 +6,7 @@ statuses are what a client sees."""
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import numpy as np
@@ -61,6 +62,19 @@ def test_json_and_verbose_json(client):
                             "compression_ratio", "no_speech_prob"}
 
 
+def test_word_timestamps_in_verbose_json(client):
+    body = _post(client, _wav(), response_format="verbose_json", temperature="0",
+                 **{"timestamp_granularities[]": ["word", "segment"]}).json()
+    assert body["segments"], body  # the tiny model's noise still makes segments
+    words = body["words"]
+    assert words and all(set(w) == {"word", "start", "end"} for w in words)
+    ascii_ = re.compile(r"[^ -~]")  # noise bytes: a word may join two segments' halves
+    assert ascii_.sub("", "".join(w["word"] for w in words)) == ascii_.sub(
+        "", body["text"]).replace(" ", "")
+    starts = [w["start"] for w in words]
+    assert starts == sorted(starts) and all(0.0 <= w["start"] <= w["end"] <= 2.0 for w in words)
+
+
 def test_text_srt_vtt(client):
     text = _post(client, _wav(), response_format="text")
     assert text.status_code == 200 and text.headers["content-type"].startswith("text/plain")
@@ -86,8 +100,8 @@ def test_translation_and_stream(client):
 
 @pytest.mark.parametrize("fields,param,code", [
     ({"response_format": "xml"}, "response_format", None),
-    ({"timestamp_granularities[]": "word"}, "timestamp_granularities[]",
-     "unsupported_parameter"),
+    ({"timestamp_granularities[]": "word"}, "timestamp_granularities[]", None),  # json
+    ({"timestamp_granularities[]": "char"}, "timestamp_granularities[]", None),
     ({"temperature": "2"}, "temperature", None),
     ({"temperature": "hot"}, "temperature", None),
     ({"language": "xx"}, "language", None),
@@ -127,3 +141,18 @@ def test_models_list_the_stt_model(client):
     assert meta["type"] == "stt" and meta["capabilities"] == ["transcriptions", "translations"]
     metrics = client.get("/metrics").text
     assert 'mlx_server_audio_seconds_total{model_name="tiny-whisper",task="transcribe"}' in metrics
+
+
+def test_concurrent_requests_each_get_their_own_transcript(client):
+    """Requests decoded in one batch: each answer belongs to its own upload."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    durations = [0.5, 1.5, 1.0, 2.0]  # the upload limit here is 64 KiB
+    with ThreadPoolExecutor(len(durations)) as pool:
+        replies = list(pool.map(lambda s: _post(client, _wav(s), response_format="verbose_json",
+                                                ), durations))
+    for seconds, reply in zip(durations, replies, strict=True):
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["duration"] == seconds and "htdi" in body
+        assert all(0.0 <= s["start"] <= s["end"] <= seconds for s in body["segments"])

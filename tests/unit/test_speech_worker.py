@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
 from app.engine.base import EngineStoppedError, QueueFullError
-from app.engine.speech.worker import JobOutcome, SpeechWorker
+from app.engine.speech.worker import JobOutcome, SpeechWorker, Stepped
 
 
 @pytest.fixture
@@ -103,3 +104,99 @@ def test_stopped_worker_refuses():
 
     with pytest.raises(EngineStoppedError):
         asyncio.run(main())
+
+
+class CountingBatch:
+    """A stand-in StepBatch: a member counts down ``n`` steps, emitting each, and ends with
+    the list of batch sizes it saw; ``n < 0`` fails at once."""
+
+    def __init__(self, log):
+        self.members, self.log = {}, log
+
+    def __len__(self):
+        return len(self.members)
+
+    def add(self, job):
+        emit, n = job
+        member = object()
+        self.members[member] = [emit, n, []]
+        return member
+
+    def drop(self, member):
+        del self.members[member]
+
+    def step(self):
+        time.sleep(0.005)  # a model step takes a while: callers can come and go meanwhile
+        self.log.append(len(self.members))
+        ended = []
+        for member, state in list(self.members.items()):
+            emit, n, seen = state
+            seen.append(len(self.members))
+            try:
+                if n < 0:
+                    raise ValueError("bad member")
+                emit(n)
+            except Exception as exc:
+                ended.append((member, None, exc))
+                del self.members[member]
+                continue
+            state[1] = n - 1
+            if n == 0:
+                ended.append((member, seen, None))
+                del self.members[member]
+        return ended
+
+
+def stepped(group, log, n, gate=None):
+    def start(emit):
+        if gate is not None:
+            gate.wait(10)
+        return emit, n
+
+    return Stepped(group=group, open_batch=lambda: CountingBatch(log), start=start)
+
+
+def test_stepped_jobs_share_steps_and_join_while_it_runs():
+    w = SpeechWorker(name="batch", queue_depth=8, max_batch=3)
+    w.start()
+    log, gate = [], threading.Event()
+    group = object()
+
+    async def main():
+        first = asyncio.ensure_future(w.run(stepped(group, log, 5, gate)))
+        await asyncio.sleep(0.1)  # the worker holds the first job (its start waits)
+        rest = [asyncio.ensure_future(w.run(stepped(group, log, 2))) for _ in range(3)]
+        plain = asyncio.ensure_future(w.run(lambda emit: "alone"))
+        await asyncio.sleep(0.05)
+        gate.set()
+        return [(await f).value for f in [first, *rest, plain]]
+
+    try:
+        values = asyncio.run(main())
+    finally:
+        w.stop()
+    assert values[0][:3] == [1, 3, 3] and max(log) == 3  # two joined, max_batch held
+    assert values[4] == "alone"  # the plain job waited for the batch to end
+    assert all(len(v) == 3 for v in values[1:4])
+    stats = w.stats_snapshot()
+    assert stats["jobs_served"] == 5 and stats["batches"] >= 1
+    assert stats["batched_job_steps"] > stats["batch_steps"] and stats["waiting"] == 0
+
+
+def test_a_failing_or_departed_member_leaves_the_others_running(worker):
+    log, group = [], object()
+
+    async def main():
+        bad = asyncio.ensure_future(worker.run(stepped(group, log, -1)))
+        stream = worker.stream(stepped(group, log, 50))
+        good = asyncio.ensure_future(worker.run(stepped(group, log, 3)))
+        with pytest.raises(ValueError, match="bad member"):
+            await bad
+        assert await anext(stream) == 50
+        await stream.aclose()  # this caller leaves: its member is dropped
+        return (await good).value
+
+    assert len(asyncio.run(main())) == 4
+    stats = worker.stats_snapshot()
+    assert stats["jobs_failed"] == 1 and stats["jobs_cancelled"] == 1
+    assert stats["jobs_served"] == 1 and max(log) <= 2

@@ -5,14 +5,15 @@ suppressed tokens (non-speech symbols and task tokens from the model's ``config.
 no blank or end of text as the first token, and the timestamp rules (timestamps come
 in pairs, never go back, the first token is a timestamp within the first second, and a
 timestamp wins when the timestamps together are likelier than any text token).
-:func:`decode_with_fallback` retries at higher temperatures when the text repeats itself
-(gzip compression ratio) or the model is unsure (average log-probability).
+:class:`WindowPass` holds one pass's state; :func:`needs_fallback` says when a pass is
+retried at a higher temperature: the text repeats itself (gzip compression ratio) or
+the model is unsure (average log-probability).
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -38,6 +39,8 @@ class DecodeOptions:
     logprob_threshold: float | None = -1.0
     no_speech_threshold: float | None = 0.6
     seed: int | None = None
+    word_timestamps: bool = False
+    alignment_heads: Sequence[Sequence[int]] = ()  # (layer, head); empty: see words.py
 
 
 @dataclass
@@ -115,50 +118,71 @@ class LogitRules:
             logits[:begin] = -np.inf
 
 
-def decode_window(
-    model: Whisper,
-    tok: WhisperTokenizer,
-    features: mx.array,
-    previous: Sequence[int],
-    options: DecodeOptions,
-    temperature: float,
-    rng: np.random.Generator,
-    on_token: Callable[[int], None] | None = None,
-) -> WindowResult:
-    """One pass over a window's encoded ``features`` (1, frames, state) at ``temperature``."""
-    prompt, sot_index = prompt_tokens(tok, previous, options)
-    rules = LogitRules(tok, options, model.dims.n_vocab)
-    limit = min(options.sample_len, model.dims.n_text_ctx - len(prompt))
-    logits, cache = model.decoder(mx.array([prompt]), features)
-    first = logits[0, sot_index].astype(mx.float32)
-    no_speech = float(mx.softmax(first)[tok.no_speech].item())
-    step_logits = logits[0, -1]
-    sampled: list[int] = []
-    sum_logprob = 0.0
-    cache_: list[LayerCache] = cache
-    while len(sampled) < limit:
-        filtered = rules.apply(np.array(step_logits.astype(mx.float32)), sampled)
+class WindowPass:
+    """One decoding pass over a window at one temperature, fed one step's logits at a time.
+
+    The model calls are the driver's (:func:`decode_window` alone, or a batch of rows in
+    :mod:`app.models.whisper.batch`), so every driver applies the same rules and sampling.
+    """
+
+    def __init__(self, tok: WhisperTokenizer, options: DecodeOptions, previous: Sequence[int],
+                 temperature: float, rng: np.random.Generator, n_vocab: int, n_text_ctx: int
+                 ) -> None:
+        self.tok, self.temperature, self.rng = tok, temperature, rng
+        self.prompt, self.sot_index = prompt_tokens(tok, previous, options)
+        self.rules = LogitRules(tok, options, n_vocab)
+        self.limit = min(options.sample_len, n_text_ctx - len(self.prompt))
+        self.sampled: list[int] = []
+        self.sum_logprob = 0.0
+        self.no_speech = 0.0
+
+    def start(self, sot_logits: np.ndarray, last_logits: np.ndarray) -> int | None:
+        """After the prompt's pass: the first token to feed (None: the pass is over)."""
+        self.no_speech = float(np.exp(log_softmax(sot_logits))[self.tok.no_speech])
+        return self.advance(last_logits)
+
+    def advance(self, logits: np.ndarray) -> int | None:
+        """The next token to feed after this step's ``logits`` (None: the pass is over)."""
+        if len(self.sampled) >= self.limit:
+            return None
+        filtered = self.rules.apply(logits, self.sampled)
         logprobs = log_softmax(filtered)
-        if temperature == 0.0:
+        if self.temperature == 0.0:
             token = int(np.argmax(filtered))
         else:
-            probs = np.exp(log_softmax(filtered / temperature))
-            token = int(rng.choice(len(probs), p=probs / probs.sum()))
-        sum_logprob += float(logprobs[token])
-        if token == tok.eot:
-            break
-        sampled.append(token)
-        if on_token is not None:
-            on_token(token)
+            probs = np.exp(log_softmax(filtered / self.temperature))
+            token = int(self.rng.choice(len(probs), p=probs / probs.sum()))
+        self.sum_logprob += float(logprobs[token])
+        if token == self.tok.eot:
+            return None
+        self.sampled.append(token)
+        return token
+
+    def result(self) -> WindowResult:
+        text = self.tok.decode(self.sampled)
+        return WindowResult(
+            tokens=self.sampled, text=text,
+            avg_logprob=self.sum_logprob / (len(self.sampled) + 1),
+            no_speech_prob=self.no_speech, temperature=self.temperature,
+            compression_ratio=compression_ratio(text), prompt_tokens=len(self.prompt),
+            steps=len(self.sampled) + 1,
+        )
+
+
+def last_logits(logits: mx.array, index: int = -1) -> np.ndarray:
+    """Row 0's logits at ``index`` as float32 numpy."""
+    return np.array(logits[0, index].astype(mx.float32))
+
+
+def decode_window(model: Whisper, features: mx.array, window: WindowPass) -> WindowResult:
+    """Run ``window`` alone over a window's encoded ``features`` (1, frames, state)."""
+    logits, cache = model.decoder(mx.array([window.prompt]), features)
+    token = window.start(last_logits(logits, window.sot_index), last_logits(logits))
+    cache_: list[LayerCache] = cache
+    while token is not None:
         logits, cache_ = model.decoder(mx.array([[token]]), features, cache_)
-        step_logits = logits[0, -1]
-    text = tok.decode(sampled)
-    return WindowResult(
-        tokens=sampled, text=text, avg_logprob=sum_logprob / (len(sampled) + 1),
-        no_speech_prob=no_speech, temperature=temperature,
-        compression_ratio=compression_ratio(text), prompt_tokens=len(prompt),
-        steps=len(sampled) + 1,
-    )
+        token = window.advance(last_logits(logits))
+    return window.result()
 
 
 def needs_fallback(result: WindowResult, options: DecodeOptions) -> bool:
@@ -171,21 +195,3 @@ def needs_fallback(result: WindowResult, options: DecodeOptions) -> bool:
     silent = (options.no_speech_threshold is not None
               and result.no_speech_prob > options.no_speech_threshold)
     return unsure and not silent
-
-
-def decode_with_fallback(
-    model: Whisper,
-    tok: WhisperTokenizer,
-    features: mx.array,
-    previous: Sequence[int],
-    options: DecodeOptions,
-    rng: np.random.Generator,
-) -> WindowResult:
-    """The first temperature whose result needs no fallback (else the last one tried)."""
-    result: WindowResult | None = None
-    for temperature in options.temperatures:
-        result = decode_window(model, tok, features, previous, options, temperature, rng)
-        if not needs_fallback(result, options):
-            break
-    assert result is not None
-    return result

@@ -11,11 +11,12 @@ import mlx.core as mx
 import numpy as np
 
 from app.models.loaded import FLOAT_DTYPES, cpu_backend, resolve_weights
+from app.models.whisper.batch import TranscriptionBatch
 from app.models.whisper.decoding import DecodeOptions
 from app.models.whisper.features import N_FRAMES
 from app.models.whisper.model import Whisper, WhisperDims
 from app.models.whisper.tokenizer import WhisperTokenizer
-from app.models.whisper.transcribe import Transcript, transcribe
+from app.models.whisper.transcribe import Transcript, Transcription, transcribe, transcription
 
 
 @dataclass
@@ -30,24 +31,38 @@ class LoadedWhisper:
         return list(self.tokenizer.languages)
 
     def options(self, *, task: str, language: str | None, timestamps: bool = True,
-                temperature: float = 0.0) -> DecodeOptions:
-        """Decoding options: a temperature above 0 starts the fallback ladder there."""
+                temperature: float = 0.0, word_timestamps: bool = False) -> DecodeOptions:
+        """Decoding options: a temperature above 0 starts the fallback ladder there; word
+        timestamps use the alignment heads of the model's ``config.json`` if it has them."""
         ladder = [round(t, 1) for t in np.arange(temperature, 1.0 + 1e-6, 0.2)] or [temperature]
         return DecodeOptions(
             task=task, language=language, timestamps=timestamps,
             suppress=self.hints.get("suppress_ids", []),
             suppress_at_begin=self.hints.get("suppress_ids_begin", []),
-            temperatures=ladder,
+            temperatures=ladder, word_timestamps=word_timestamps,
+            alignment_heads=self.hints.get("alignment_heads") or (),
         )
 
+    @property
+    def dtype(self) -> mx.Dtype:
+        return FLOAT_DTYPES.get(self.weight_dtype, mx.float32)
+
     def transcribe(self, audio: np.ndarray, options: DecodeOptions, **kwargs: Any) -> Transcript:
-        dtype = FLOAT_DTYPES.get(self.weight_dtype, mx.float32)
-        return transcribe(self.model, self.tokenizer, audio, options, dtype=dtype, **kwargs)
+        """Transcribe ``audio`` alone (no batching)."""
+        return transcribe(self.model, self.tokenizer, audio, options, dtype=self.dtype, **kwargs)
+
+    def transcription(self, audio: np.ndarray, options: DecodeOptions, **kwargs: Any
+                      ) -> Transcription:
+        """A transcription for :meth:`open_batch`'s batches (see ``transcribe.transcription``)."""
+        return transcription(self.model.dims, self.tokenizer, audio, options, **kwargs)
+
+    def open_batch(self) -> TranscriptionBatch:
+        """A batch whose members' decoder steps run together."""
+        return TranscriptionBatch(self.model, self.tokenizer, self.dtype)
 
     def warmup(self) -> None:
         """One encoder pass and a few decoder steps, so the first request is not slower."""
-        dtype = FLOAT_DTYPES.get(self.weight_dtype, mx.float32)
-        mel = mx.zeros((1, N_FRAMES, self.model.dims.n_mels), dtype=dtype)
+        mel = mx.zeros((1, N_FRAMES, self.model.dims.n_mels), dtype=self.dtype)
         features = self.model.encoder(mel)
         logits, _ = self.model.decoder(mx.array([[self.tokenizer.sot] * 4]), features)
         mx.eval(logits)

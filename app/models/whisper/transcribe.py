@@ -9,13 +9,20 @@ running the model, which keeps an hour of silence cheap.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
 
-from app.models.whisper.decoding import DecodeOptions, WindowResult, decode_with_fallback
+from app.models.whisper.decoding import (
+    DecodeOptions,
+    WindowPass,
+    WindowResult,
+    decode_window,
+    needs_fallback,
+)
 from app.models.whisper.features import (
     FRAMES_PER_SECOND,
     HOP_LENGTH,
@@ -24,8 +31,17 @@ from app.models.whisper.features import (
     log_mel_spectrogram,
     pad_or_trim,
 )
-from app.models.whisper.model import Whisper
+from app.models.whisper.model import Whisper, WhisperDims
 from app.models.whisper.tokenizer import TIME_PRECISION, WhisperTokenizer
+from app.models.whisper.words import (
+    Word,
+    alignment_heads,
+    attach_words,
+    attention_weights,
+    find_words,
+    limit_durations,
+    merge_punctuation,
+)
 
 SILENCE_PEAK = 10 ** (-60 / 20)  # -60 dBFS: digital silence and dither, no speech
 INPUT_STRIDE = 2  # mel frames per encoder position (and per timestamp step of 20 ms)
@@ -44,6 +60,7 @@ class Segment:
     avg_logprob: float
     compression_ratio: float
     no_speech_prob: float
+    words: list[Word] = field(default_factory=list)  # with word timestamps only
 
 
 @dataclass
@@ -92,8 +109,44 @@ def _split_segments(tokens: list[int], tok: WhisperTokenizer, offset: float, win
     return [(offset, offset + duration, tokens)], None
 
 
-def transcribe(
-    model: Whisper,
+@dataclass
+class Encode:
+    """Request: encode one window's log-mel (frames, n_mels); answer: features (1, ctx, state)."""
+
+    mel: np.ndarray
+
+
+@dataclass
+class Language:
+    """Request: the language of encoded ``features``; answer: a code (``en``)."""
+
+    features: mx.array
+
+
+@dataclass
+class Decode:
+    """Request: run ``window`` over ``features``; answer: its :class:`WindowResult`."""
+
+    features: mx.array
+    window: WindowPass
+
+
+@dataclass
+class Align:
+    """Request: the alignment heads' cross-attention logits of ``tokens`` over
+    ``features``; answer: (heads, tokens, frames) numpy (see ``words.attention_weights``)."""
+
+    features: mx.array
+    tokens: list[int]
+    heads: list[tuple[int, int]]
+
+
+Request = Encode | Language | Decode | Align
+Transcription = Generator[Request, Any, Transcript]
+
+
+def transcription(
+    dims: WhisperDims,
     tok: WhisperTokenizer,
     audio: np.ndarray,
     options: DecodeOptions,
@@ -101,11 +154,12 @@ def transcribe(
     prompt: str | None = None,
     condition_on_previous_text: bool = True,
     on_segment: Callable[[Segment], None] | None = None,
-    dtype: mx.Dtype = mx.float32,
-) -> Transcript:
-    """Transcribe (or translate) 16 kHz mono ``audio`` window by window."""
+) -> Transcription:
+    """Transcribe (or translate) 16 kHz mono ``audio`` window by window, as a generator of
+    model requests: :func:`transcribe` answers them one by one, a
+    :class:`~app.models.whisper.batch.TranscriptionBatch` together with other requests'."""
     duration = audio.size / (N_SAMPLES / 30)
-    mel = log_mel_spectrogram(audio, model.dims.n_mels, padding=N_SAMPLES)
+    mel = log_mel_spectrogram(audio, dims.n_mels, padding=N_SAMPLES)
     content_frames = mel.shape[-1] - N_FRAMES
     rng = np.random.default_rng(options.seed)
     all_tokens: list[int] = tok.encode(" " + prompt.strip()) if prompt and prompt.strip() else []
@@ -114,22 +168,27 @@ def transcribe(
     language = options.language
     windows = steps = 0
     seek = 0
+    last_speech = 0.0  # end of the last word (word timestamps)
     while seek < content_frames:
         size = min(N_FRAMES, content_frames - seek)
         samples = audio[seek * HOP_LENGTH : (seek + size) * HOP_LENGTH]
         if samples.size == 0 or float(np.max(np.abs(samples))) < SILENCE_PEAK:
             seek += size
             continue
-        window_mel = pad_or_trim(mel[:, seek : seek + size])
-        features = model.encoder(mx.array(window_mel.T[None]).astype(dtype))
+        features = yield Encode(pad_or_trim(mel[:, seek : seek + size]).T)
         if language is None:
-            language = detect_language(model, tok, features)
+            language = yield Language(features)
             options.language = language
-        result: WindowResult = decode_with_fallback(
-            model, tok, features, all_tokens[reset_since:], options, rng
-        )
+        result: WindowResult | None = None
+        for temperature in options.temperatures:
+            window = WindowPass(tok, options, all_tokens[reset_since:], temperature, rng,
+                                dims.n_vocab, dims.n_text_ctx)
+            result = yield Decode(features, window)
+            steps += result.steps
+            if not needs_fallback(result, options):
+                break
+        assert result is not None
         windows += 1
-        steps += result.steps
         if (options.no_speech_threshold is not None
                 and result.no_speech_prob > options.no_speech_threshold
                 and (options.logprob_threshold is None
@@ -138,18 +197,29 @@ def transcribe(
             continue
         offset = seek / FRAMES_PER_SECOND
         pieces, advance = _split_segments(result.tokens, tok, offset, size / FRAMES_PER_SECOND)
+        new: list[Segment] = []
         for start, end, piece in pieces:
             text = tok.decode(piece)
             if not text.strip():
                 continue
-            segment = Segment(
-                id=len(segments), seek=seek, start=round(min(start, duration), 3),
+            new.append(Segment(
+                id=len(segments) + len(new), seek=seek, start=round(min(start, duration), 3),
                 end=round(min(max(end, start), duration), 3), text=text,
                 tokens=[t for t in piece if t < tok.eot],
                 temperature=result.temperature, avg_logprob=result.avg_logprob,
                 compression_ratio=result.compression_ratio,
                 no_speech_prob=result.no_speech_prob,
-            )
+            ))
+        if options.word_timestamps and new:
+            text_tokens = [t for s in new for t in s.tokens]
+            sot = tok.sot_sequence(language, options.task, timestamps=True)
+            weights = yield Align(features, [*sot, tok.no_timestamps, *text_tokens, tok.eot],
+                                  alignment_heads(dims, options.alignment_heads))
+            found = find_words(weights, len(sot), text_tokens, size, tok, language)
+            median = limit_durations(found)
+            last_speech = attach_words(new, merge_punctuation(found), offset, median,
+                                       last_speech)
+        for segment in new:
             segments.append(segment)
             all_tokens.extend(segment.tokens)
             if on_segment is not None:
@@ -160,3 +230,34 @@ def transcribe(
     text = "".join(s.text for s in segments).strip()
     return Transcript(text=text, language=language or "en", duration=round(duration, 3),
                       segments=segments, windows=windows, decoder_steps=steps)
+
+
+def encode(model: Whisper, mels: list[np.ndarray], dtype: mx.Dtype) -> mx.array:
+    """Encoder features (len(mels), ctx, state) of windows' log-mels (frames, n_mels)."""
+    return model.encoder(mx.array(np.stack(mels)).astype(dtype))
+
+
+def run_alone(model: Whisper, tok: WhisperTokenizer, job: Transcription,
+              dtype: mx.Dtype = mx.float32) -> Transcript:
+    """Answer a :func:`transcription`'s requests one at a time (no batching)."""
+    answer: Any = None
+    while True:
+        try:
+            request = job.send(answer)
+        except StopIteration as done:
+            return done.value
+        if isinstance(request, Encode):
+            answer = encode(model, [request.mel], dtype)
+        elif isinstance(request, Language):
+            answer = detect_language(model, tok, request.features)
+        elif isinstance(request, Align):
+            answer = attention_weights(model, request.features, request.tokens, request.heads)
+        else:
+            answer = decode_window(model, request.features, request.window)
+
+
+def transcribe(model: Whisper, tok: WhisperTokenizer, audio: np.ndarray,
+               options: DecodeOptions, *, dtype: mx.Dtype = mx.float32, **kwargs: Any
+               ) -> Transcript:
+    """:func:`transcription` of ``audio``, decoded alone."""
+    return run_alone(model, tok, transcription(model.dims, tok, audio, options, **kwargs), dtype)
