@@ -39,7 +39,7 @@ import numpy as np
 
 from app.models.gguf.loader import _IN_BLOCK as LLAMA_IN_BLOCK
 from app.models.gguf.loader import _TOP_LEVEL as LLAMA_TOP_LEVEL
-from app.models.gguf.loader import _f32, _model_config
+from app.models.gguf.loader import _f32, _model_config, block_sizes
 
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)")
 _SUFFIXES = ("weight", "bias")
@@ -155,14 +155,8 @@ def gemma3_config(meta: dict[str, Any], weights: Weights, path: Path) -> dict[st
     return {
         "model_type": "gemma3_text",
         "architectures": ["Gemma3ForCausalLM"],
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "intermediate_size": int(get("feed_forward_length")),
-        "num_attention_heads": heads,
-        "num_key_value_heads": int(get("attention.head_count_kv", heads)),
+        **block_sizes(get, hidden, heads, eps=1e-6, theta=1_000_000.0),
         "head_dim": head_dim,
-        "rms_norm_eps": _f32(get("attention.layer_norm_rms_epsilon", 1e-6)),
-        "rope_theta": _f32(get("rope.freq_base", 1_000_000.0)),
         "rope_local_base_freq": _f32(get("rope.freq_base_swa", GEMMA3_LOCAL_ROPE_BASE)),
         "rope_scaling": rope_scaling,
         "query_pre_attn_scalar": query_scalar,
@@ -188,13 +182,7 @@ def qwen_config(meta: dict[str, Any], weights: Weights, path: Path) -> dict[str,
     config = {
         "model_type": arch,
         "architectures": ["Qwen2ForCausalLM" if arch == "qwen2" else "Qwen3ForCausalLM"],
-        "hidden_size": hidden,
-        "num_hidden_layers": int(get("block_count")),
-        "intermediate_size": int(get("feed_forward_length")),
-        "num_attention_heads": heads,
-        "num_key_value_heads": int(get("attention.head_count_kv", heads)),
-        "rms_norm_eps": _f32(get("attention.layer_norm_rms_epsilon", 1e-6)),
-        "rope_theta": _f32(get("rope.freq_base", 1_000_000.0)),
+        **block_sizes(get, hidden, heads, eps=1e-6, theta=1_000_000.0),
         "rope_scaling": None,
         "max_position_embeddings": int(get("context_length", 32768)),
         "vocab_size": int(weights["model.embed_tokens.weight"].shape[0]),
@@ -223,13 +211,7 @@ def phi3_config(meta: dict[str, Any], weights: Weights, path: Path) -> dict[str,
     return {
         "model_type": "phi3",
         "architectures": ["Phi3ForCausalLM"],
-        "hidden_size": hidden,
-        "num_hidden_layers": int(get("block_count")),
-        "intermediate_size": int(get("feed_forward_length")),
-        "num_attention_heads": heads,
-        "num_key_value_heads": int(get("attention.head_count_kv", heads)),
-        "rms_norm_eps": _f32(get("attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": _f32(get("rope.freq_base", 10_000.0)),
+        **block_sizes(get, hidden, heads, eps=1e-5, theta=10_000.0),
         "rope_scaling": _phi3_rope_scaling(get, weights, rope_dims, context, original, path),
         "partial_rotary_factor": partial,
         "max_position_embeddings": context,

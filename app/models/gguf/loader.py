@@ -21,6 +21,7 @@ import mmap
 import re
 import struct
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,22 @@ def _source_quantization(meta: dict[str, Any], types: dict[str, str]) -> str:
         return (kinds.most_common(1)[0][0] if kinds else "F32").lower()
 
 
+def block_sizes(
+    get: Callable[..., Any], hidden: int, heads: int, eps: float, theta: float
+) -> dict[str, Any]:
+    """The config keys every family shares: sizes, layer count, norm epsilon, RoPE base
+    (``get`` reads the family's GGUF metadata; ``eps``/``theta``: its defaults)."""
+    return {
+        "hidden_size": hidden,
+        "num_hidden_layers": int(get("block_count")),
+        "intermediate_size": int(get("feed_forward_length")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(get("attention.head_count_kv", heads)),
+        "rms_norm_eps": _f32(get("attention.layer_norm_rms_epsilon", eps)),
+        "rope_theta": _f32(get("rope.freq_base", theta)),
+    }
+
+
 def _model_config(meta: dict[str, Any], weights: dict[str, mx.array], path: Path) -> dict[str, Any]:
     """The mlx-lm ``llama`` config.json equivalent of the GGUF hyperparameters."""
     arch = meta["general.architecture"]
@@ -220,14 +237,8 @@ def _model_config(meta: dict[str, Any], weights: dict[str, mx.array], path: Path
     return {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],
-        "hidden_size": hidden,
-        "num_hidden_layers": int(get("block_count")),
-        "intermediate_size": int(get("feed_forward_length")),
-        "num_attention_heads": heads,
-        "num_key_value_heads": int(get("attention.head_count_kv", heads)),
+        **block_sizes(get, hidden, heads, eps=1e-5, theta=10000.0),
         "head_dim": head_dim,
-        "rms_norm_eps": _f32(get("attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": _f32(get("rope.freq_base", 10000.0)),
         "rope_traditional": True,  # GGUF permutes q/k for interleaved RoPE
         "rope_scaling": rope_scaling,
         "max_position_embeddings": int(get("context_length", 2048)),
