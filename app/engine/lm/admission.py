@@ -16,7 +16,8 @@ generator prefills in insertion order, so sequences admitted early would otherwi
 newcomer's prompt waiting behind theirs.
 
 A sequence's request is its ``group`` (one per API request) and its client its ``client``
-(the caller's X-House-ID; requests without one are each their own client). Running
+(the caller's API key and X-House-ID, ``RequestContext.client()``; requests with neither
+are each their own client). Running
 sequences are never preempted.
 """
 
