@@ -6,6 +6,7 @@ without its copies and with the softmax of :mod:`app.kernels.fast_math` (no scal
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -92,8 +93,8 @@ class _PreparedMask(threading.local):
 def _prepare(mask: mx.array, rep: int, length: int, shape: tuple[int, ...]) -> mx.array:
     if length > 1 and rep > 1:
         mask = mx.tile(mask, (rep, 1) if mask.ndim == 2 else (1, 1, rep, 1))
-    if mask.dtype == mx.bool_:
-        mask = mx.contiguous(mx.broadcast_to(mask, shape))
+    if mask.dtype == mx.bool_ and math.prod(shape) <= FAST_SOFTMAX_MAX:  # held until the next
+        mask = mx.contiguous(mx.broadcast_to(mask, shape))  # forward: bounded
     return mask
 
 

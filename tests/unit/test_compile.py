@@ -14,6 +14,7 @@ from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
 from app.engine.lm.sampling import make_request_sampler
 from app.engine.lm.types import SamplingParams
+from app.kernels import attention as attention_kernels
 from app.kernels import compile as engine_compile
 from app.kernels.attention import sdpa
 from app.kernels.compile import MAX_COMPILED_TOKENS, optimize_model
@@ -182,6 +183,16 @@ def test_sdpa_padded_gqa_matches_mx_fast_and_hidden_rows_are_zero(b, kv_heads, l
     assert mx.allclose(mx.where(visible, got, want), want, atol=1e-5).item()
     assert (b == 1) == visible.all().item()  # b > 1: some rows see no key
     assert mx.all(mx.where(visible, 0.0, got) == 0.0).item()
+
+
+def test_sdpa_large_scores_path_matches_mx_fast(monkeypatch):
+    """Past FAST_SOFTMAX_MAX: MLX's softmax, the prepared mask left unbroadcast."""
+    monkeypatch.setattr(attention_kernels, "FAST_SOFTMAX_MAX", 0)
+    q = mx.random.normal((2, 6, 4, 8))
+    k, v = mx.random.normal((2, 2, 2, 10, 8))
+    mask = create_causal_mask(4, 6, left_padding=mx.array([0, 3]))
+    want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)
+    assert mx.allclose(sdpa(q, k, v, 0.3, mask), want, atol=1e-5).item()
 
 
 def test_sdpa_prepared_mask_follows_the_mask_object():
