@@ -67,11 +67,26 @@ def _geglu_tanh(gate: mx.array, up: mx.array) -> mx.array:
     return gate / (1.0 + p * bits.view(mx.float32)) * up
 
 
-def _masked_softmax(scores: mx.array, keep: mx.array) -> mx.array:
+def _rows(x: mx.array) -> mx.array:
+    """``x`` as a 2-D (rows, last axis) view: MLX's CPU row reductions are ~2-7x faster on it."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def _softmax_parts(scores: mx.array, keep: mx.array) -> tuple[mx.array, mx.array]:
+    """:func:`_masked_softmax` without its last pass: (unnormalised weights, row sums).
+
+    The caller divides by the sums after the ``weights @ v`` matmul, on (rows, head dim)
+    instead of (rows, keys) entries.
+    """
     s = mx.where(keep, scores, -1e30)  # also drops NaNs of masked-out (padding) columns
-    p, bits = _exp2_parts((s - s.max(axis=-1, keepdims=True)) * _LOG2E)  # exponent <= 0
+    row = (*s.shape[:-1], 1)
+    p, bits = _exp2_parts((s - _rows(s).max(axis=1).reshape(row)) * _LOG2E)  # exponent <= 0
     w = mx.where(keep, p * bits.view(mx.float32), 0.0)
-    total = w.sum(axis=-1, keepdims=True)
+    return w, _rows(w).sum(axis=1).reshape(row)
+
+
+def _masked_softmax(scores: mx.array, keep: mx.array) -> mx.array:
+    w, total = _softmax_parts(scores, keep)
     return w / mx.where(total > 0.0, total, 1.0)  # a row with nothing kept: all zeros
 
 
@@ -86,4 +101,9 @@ masked_softmax = PerShapeCompiled(_masked_softmax)
 masked_softmax.__doc__ = (
     "Softmax over the last axis of the entries where ``keep`` (bool, broadcast) is True;"
     " the others get exactly 0 (a row with none kept: all 0)."
+)
+softmax_parts = PerShapeCompiled(_softmax_parts)
+softmax_parts.__doc__ = (
+    "``masked_softmax(scores, keep)`` as (``w``, row sums of ``w``): ``w / sums`` is the softmax"
+    " (rows with none kept: sums 0)."
 )

@@ -14,6 +14,7 @@ from mlx_lm.models.cache import BatchKVCache, make_prompt_cache
 
 from app.engine.lm.sampling import make_request_sampler
 from app.engine.lm.types import SamplingParams
+from app.kernels import attention as attention_kernels
 from app.kernels import compile as engine_compile
 from app.kernels.attention import sdpa
 from app.kernels.compile import MAX_COMPILED_TOKENS, optimize_model
@@ -166,6 +167,44 @@ def test_sdpa_matches_mx_fast(length: int, kv_heads: int, mask_kind: str):
     want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)
     assert got.shape == want.shape
     assert mx.allclose(got, want, atol=1e-5).item()
+
+
+@pytest.mark.parametrize(("b", "kv_heads", "length", "keys"),
+                         [(1, 3, 36, 300), (4, 3, 36, 300), (2, 1, 9, 64), (4, 3, 1, 300)])
+def test_sdpa_padded_gqa_matches_mx_fast_and_hidden_rows_are_zero(b, kv_heads, length, keys):
+    """Left padding longer than a row's view (no visible key): zeros there, mx.fast elsewhere."""
+    q = mx.random.normal((b, 9, length, 16))
+    k, v = mx.random.normal((2, b, kv_heads, keys, 16))
+    padding = mx.array([0, keys - length + 3, keys - 1, 7][:b])
+    mask = create_causal_mask(length, keys - length, left_padding=padding)
+    got = sdpa(q, k, v, 0.25, mask)
+    visible = mask.any(axis=-1, keepdims=True)  # (b, 1, length, 1)
+    want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=mask)
+    assert mx.allclose(mx.where(visible, got, want), want, atol=1e-5).item()
+    assert (b == 1) == visible.all().item()  # b > 1: some rows see no key
+    assert mx.all(mx.where(visible, 0.0, got) == 0.0).item()
+
+
+def test_sdpa_large_scores_path_matches_mx_fast(monkeypatch):
+    """Past FAST_SOFTMAX_MAX: MLX's softmax, the prepared mask left unbroadcast."""
+    monkeypatch.setattr(attention_kernels, "FAST_SOFTMAX_MAX", 0)
+    q = mx.random.normal((2, 6, 4, 8))
+    k, v = mx.random.normal((2, 2, 2, 10, 8))
+    mask = create_causal_mask(4, 6, left_padding=mx.array([0, 3]))
+    want = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)
+    assert mx.allclose(sdpa(q, k, v, 0.3, mask), want, atol=1e-5).item()
+
+
+def test_sdpa_prepared_mask_follows_the_mask_object():
+    """The per-forward mask cache: a new mask object (even of the same shape) is used."""
+    q = mx.random.normal((2, 4, 5, 8))
+    k, v = mx.random.normal((2, 2, 2, 11, 8))
+    for padding in ([0, 2], [3, 0], [3, 0]):
+        mask = create_causal_mask(5, 6, left_padding=mx.array(padding))
+        for kv in (2, 1, 2):  # the same mask object with another GQA layout
+            want = mx.fast.scaled_dot_product_attention(q, k[:, :kv], v[:, :kv], scale=0.3,
+                                                        mask=mask)
+            assert mx.allclose(sdpa(q, k[:, :kv], v[:, :kv], 0.3, mask), want, atol=1e-5).item()
 
 
 def test_llama_with_biases_matches():
