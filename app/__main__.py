@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.config import Settings
+from app.config import Settings, default_in_words
 from app.core.config_errors import ConfigError, describe
 from app.core.request_log import setup_logging
 from app.lifecycle.registry import RegistryError
@@ -41,17 +41,10 @@ COMMAND_SETTINGS = {
 
 
 def _default_text(name: str) -> str:
-    field = Settings.model_fields[name]
-    if field.default_factory is not None:
-        return f"{field.default_factory()}"
-    default = field.default
-    if default is None:
-        return "unset"
-    if isinstance(default, bool):
-        return "on" if default else "off"
-    if isinstance(default, int) and default >= 1024 * 1024 and default % (1024 * 1024) == 0:
-        return f"{default} ({default // (1024 * 1024)} MiB)"
-    return str(default)
+    value, words = default_in_words(name)
+    if words is None:
+        return str(value)
+    return f"{value} ({words})" if words.endswith(" MiB") else words
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None) -> None:

@@ -335,3 +335,24 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+MIB = 1024 * 1024
+
+
+def default_in_words(name: str) -> tuple[Any, str | None]:
+    """A setting's default and, where words read better than the value, those words:
+    ``unset``, ``on``/``off``, ``N MiB``; ``None`` for other values. A computed default
+    (``default_factory``) is computed and never put in words. Shared by the CLI's ``--help``
+    and ``docs/SETTINGS.md`` (``scripts/gen_settings_doc.py``)."""
+    field = Settings.model_fields[name]
+    if field.default_factory is not None:
+        return field.default_factory(), None
+    value = field.default
+    if value is None:
+        return value, "unset"
+    if isinstance(value, bool):
+        return value, "on" if value else "off"
+    if isinstance(value, int) and value >= MIB and value % MIB == 0:
+        return value, f"{value // MIB} MiB"
+    return value, None

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.config import Settings  # noqa: E402
+from app.config import Settings, default_in_words  # noqa: E402
 
 DOC = ROOT / "docs" / "SETTINGS.md"
 HEADER = """# Settings
@@ -29,17 +29,12 @@ form. This page is generated from `app/config.py` by `scripts/gen_settings_doc.p
 
 
 def _default(name: str) -> str:
-    field = Settings.model_fields[name]
-    if field.default_factory is not None:
-        return "see meaning" if name == "cache_dir" else str(field.default_factory())
-    value = field.default
-    if value is None:
-        return "unset"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, int) and value >= 1024 * 1024 and value % (1024 * 1024) == 0:
-        return f"{value // (1024 * 1024)} MiB"
-    return f"`{value}`"
+    if name == "cache_dir":
+        return "see meaning"
+    value, words = default_in_words(name)
+    if words is not None:
+        return words
+    return str(value) if Settings.model_fields[name].default_factory else f"`{value}`"
 
 
 def render() -> str:
